@@ -1,0 +1,111 @@
+"""The public API: `jaxembed.load(path).encode(texts, layer=..., dim=...)`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxembed.data.tokenizer import Tokenizer
+from jaxembed.errors import ConfigError, ModelLoadError
+from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
+from jaxembed.models.bert import BertConfig
+
+
+class EmbeddingModel:
+  """A trained or pretrained text embedder: any (layer, dim) sub-model, one pass.
+
+  `params` is the Flax tree `{'encoder': ...}`; it may be sharded over a mesh (then the
+  forward pass runs where the parameters live).
+  """
+
+  def __init__(self, bert: BertConfig, params, tokenizer: Tokenizer, *,
+               pooling: str = "mean", normalize: bool = True):
+    self.bert = bert
+    self.params = params
+    self.tokenizer = tokenizer
+    self.pooling = pooling
+    self.default_normalize = normalize
+    self.module = Embedder(bert, pooling=pooling)
+
+  @property
+  def num_layers(self) -> int:
+    return self.bert.num_layers
+
+  @property
+  def hidden_size(self) -> int:
+    return self.bert.hidden_size
+
+  @functools.cached_property
+  def _forward(self):
+    module = self.module
+    return jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask))
+
+  def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
+                        progress: str | None = None) -> np.ndarray:
+    """Pooled, unnormalised vectors of every layer: [len(texts), num_layers, hidden]."""
+    texts = list(texts)
+    if isinstance(texts, str):
+      raise TypeError("encode takes a list of strings, not a single string")
+    out = np.zeros((len(texts), self.num_layers, self.hidden_size), np.float32)
+    # Longest first, so batches hold similar lengths and padding is small.
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    n_batches = -(-len(texts) // batch_size)
+    for b, start in enumerate(range(0, len(texts), batch_size)):
+      idx = order[start:start + batch_size]
+      enc = self.tokenizer.encode([texts[i] for i in idx])
+      rows = len(idx)
+      if rows < batch_size:  # keep one batch shape per length bucket
+        enc = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in enc.items()}
+      vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"])
+      out[idx] = np.asarray(vecs)[:rows]
+      if progress and (b + 1) % 10 == 0 or (progress and b + 1 == n_batches):
+        print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
+    return out
+
+  def encode(self, texts: Sequence[str], *, layer: int | None = None,
+             dim: int | None = None, batch_size: int = 64,
+             normalize: bool | None = None) -> np.ndarray:
+    """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
+    last) and the first `dim` coordinates (default all). Returns float32 [n, dim]."""
+    layer = self.num_layers if layer is None else int(layer)
+    dim = self.hidden_size if dim is None else int(dim)
+    if not 1 <= layer <= self.num_layers:
+      raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
+    if not 1 <= dim <= self.hidden_size:
+      raise ConfigError(f"dim={dim} is out of range; valid: 1..{self.hidden_size}")
+    vecs = self.encode_all_layers(texts, batch_size=batch_size)[:, layer - 1, :dim]
+    if self.default_normalize if normalize is None else normalize:
+      vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+    return vecs
+
+
+def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingModel:
+  """A Hugging Face / sentence-transformers BERT folder (config.json, safetensors)."""
+  folder = read_model_folder(path, field="path")
+  params = load_bert_safetensors(folder.weights, folder.bert)
+  tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length)
+  params = jax.tree.map(jnp.asarray, params)
+  # sentence-transformers normalises only when the folder says so; jaxembed's
+  # default is to normalise, as every similarity here is a cosine.
+  return EmbeddingModel(folder.bert, params, tok, pooling=folder.pooling, normalize=True)
+
+
+def load(path: str) -> EmbeddingModel:
+  """Loads a model from a training workdir (latest checkpoint) or a model folder."""
+  resolved = path if path.startswith("pkg:") else os.path.expanduser(path)
+  if os.path.isfile(os.path.join(resolved, "config.json")) and os.path.isdir(
+      os.path.join(resolved, "checkpoints")):
+    from jaxembed.train.workdir import load_from_workdir
+    return load_from_workdir(resolved)
+  if resolved.startswith("pkg:") or os.path.isfile(os.path.join(resolved, "model.safetensors")):
+    return from_model_folder(resolved)
+  raise ModelLoadError(
+      f"{path}: neither a training workdir (config.json + checkpoints/) nor a model "
+      "folder (config.json + model.safetensors + tokenizer.json)")

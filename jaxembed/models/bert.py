@@ -1,0 +1,198 @@
+"""A BERT encoder in Flax Linen that returns every layer's hidden states.
+
+The layout follows Hugging Face's `BertModel` (post-LayerNorm blocks, exact-erf GELU,
+absolute position embeddings) so that its safetensors load by renaming alone
+(`jaxembed.models.loading`). Every parameter carries logical axis names, so the same
+module shards under any mesh through the rules in `jaxembed.sharding`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxembed.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int = 30522
+  hidden_size: int = 384
+  num_layers: int = 6
+  num_heads: int = 12
+  intermediate_size: int = 1536
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  initializer_range: float = 0.02
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ConfigError(
+          f"model: hidden_size={self.hidden_size} is not divisible by "
+          f"num_heads={self.num_heads}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "BertConfig":
+    """Builds the config from a Hugging Face `config.json` dict."""
+    if hf.get("model_type", "bert") != "bert":
+      raise ConfigError(
+          f"model: config.json has model_type={hf.get('model_type')!r}; only 'bert' "
+          "checkpoints load into this encoder")
+    if hf.get("hidden_act", "gelu") != "gelu":
+      raise ConfigError(f"model: hidden_act={hf['hidden_act']!r} is not supported (gelu)")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ConfigError("model: only absolute position embeddings are supported")
+    kwargs = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """The inverse of `from_hf`: a `config.json` dict that `transformers` reads."""
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "intermediate_size": self.intermediate_size,
+        "max_position_embeddings": self.max_position_embeddings,
+        "type_vocab_size": self.type_vocab_size,
+        "layer_norm_eps": self.layer_norm_eps,
+        "hidden_dropout_prob": self.hidden_dropout,
+        "attention_probs_dropout_prob": self.attention_dropout,
+        "initializer_range": self.initializer_range,
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+        "pad_token_id": 0,
+    }
+
+
+def _dense(features, axes, cfg: BertConfig, name: str, **kw):
+  """DenseGeneral whose kernel and bias carry logical axis names."""
+  init = nn.initializers.normal(cfg.initializer_range)
+  return nn.DenseGeneral(
+      features,
+      kernel_init=nn.with_logical_partitioning(init, axes),
+      bias_init=nn.with_logical_partitioning(
+          nn.initializers.zeros_init(),
+          axes[-len(features) if isinstance(features, tuple) else -1:]),
+      dtype=jnp.dtype(cfg.dtype),
+      name=name,
+      **kw)
+
+
+def _layer_norm(cfg: BertConfig, name: str):
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      dtype=jnp.dtype(cfg.dtype),
+      name=name)
+
+
+class SelfAttention(nn.Module):
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    cfg = self.cfg
+    shape = (cfg.num_heads, cfg.head_dim)
+    q = _dense(shape, ("embed", "heads", "kv"), cfg, "query")(x)
+    k = _dense(shape, ("embed", "heads", "kv"), cfg, "key")(x)
+    v = _dense(shape, ("embed", "heads", "kv"), cfg, "value")(x)
+    # mask: [batch, keys] -> [batch, 1 (heads), 1 (queries), keys]
+    key_mask = mask[:, None, None, :].astype(bool)
+    if deterministic or cfg.attention_dropout == 0.0:
+      # The fused path (cuDNN flash attention on GPU); no dropout needed here.
+      out = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+    else:
+      # Attention dropout needs the probabilities, which the fused call hides.
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(q.dtype)
+      logits = jnp.where(key_mask, logits, jnp.finfo(logits.dtype).min)
+      probs = jax.nn.softmax(logits, axis=-1)
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
+                  axis=(-2, -1))(out)
+
+
+class BertLayer(nn.Module):
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    cfg = self.cfg
+    h = SelfAttention(cfg, name="attention")(x, mask, deterministic)
+    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    x = _layer_norm(cfg, "attention_norm")(x + h)
+    h = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(x)
+    h = nn.gelu(h, approximate=False)
+    h = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output")(h)
+    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    x = _layer_norm(cfg, "output_norm")(x + h)
+    return nn.with_logical_constraint(x, ("activation_batch", "activation_length",
+                                          "activation_embed"))
+
+
+class BertEncoder(nn.Module):
+  """Returns a tuple of `num_layers + 1` hidden states, each [batch, length, hidden].
+
+  Index 0 is the embedding output and index i the output of block i, so a sub-model
+  "truncated to layer i" (2D Matryoshka, Starbucks) is read from index i of one pass.
+  """
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True):
+    cfg = self.cfg
+    init = nn.initializers.normal(cfg.initializer_range)
+    length = input_ids.shape[1]
+    if length > cfg.max_position_embeddings:
+      raise ValueError(f"sequence length {length} exceeds max_position_embeddings="
+                       f"{cfg.max_position_embeddings}")
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    dtype = jnp.dtype(cfg.dtype)
+    word = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
+                    embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
+                    name="word_embeddings")
+    pos = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype,
+                   embedding_init=nn.with_logical_partitioning(init, (None, "embed")),
+                   name="position_embeddings")
+    typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
+                   embedding_init=nn.with_logical_partitioning(init, (None, "embed")),
+                   name="token_type_embeddings")
+    x = word(input_ids) + pos(jnp.arange(length)[None, :]) + typ(token_type_ids)
+    x = _layer_norm(cfg, "embeddings_norm")(x)
+    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    hidden = [x]
+    for i in range(cfg.num_layers):
+      x = BertLayer(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+      hidden.append(x)
+    return tuple(hidden)

