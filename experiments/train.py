@@ -1,0 +1,48 @@
+"""Train and evaluate an embedding model.
+
+  python -m experiments.train --config=configs/minilm_wordnet_2d.py --workdir=runs/default
+
+Rerunning the same command resumes from the workdir's latest checkpoint. SIGTERM saves
+a checkpoint and exits with status 0. Config fields can be overridden from the command
+line, e.g. --config.train.steps=100.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxembed.errors import JaxembedError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(logging.Filter):
+  """Keeps orbax's and tfds' INFO chatter out of the progress log (warnings pass)."""
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/absl/")
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
+  from jaxembed.train.loop import train_and_evaluate
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except JaxembedError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

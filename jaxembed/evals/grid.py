@@ -1,0 +1,110 @@
+"""Quality of every (layer, dim) sub-model from one encoding of each text."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from jaxembed.evals.tasks import RetrievalTask, STSTask
+
+
+def evaluate_grid(encode_all_layers, tasks: Sequence[STSTask | RetrievalTask],
+                  layers: Sequence[int], dims: Sequence[int]) -> list[dict]:
+  """`encode_all_layers(texts) -> [n, num_layers, hidden]` is called once; each cell
+  truncates to its dim and renormalises. Returns one row per cell:
+  {'layer', 'dim', '<task>/<metric>': value, ...}."""
+  texts = list(dict.fromkeys(t for task in tasks for t in task.texts))
+  index = {t: i for i, t in enumerate(texts)}
+  logging.info("evaluating %d (layer, dim) cells on %d texts", len(layers) * len(dims),
+               len(texts))
+  vecs = encode_all_layers(texts)
+  rows = []
+  for layer in layers:
+    for dim in dims:
+      v = vecs[:, layer - 1, :dim].astype(np.float64)
+      v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+      row = {"layer": int(layer), "dim": int(dim)}
+      for task in tasks:
+        sub = v[[index[t] for t in task.texts]]
+        row.update({f"{task.name}/{k}": val for k, val in task.score(sub).items()})
+      rows.append(row)
+  return rows
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+  return [k for k in rows[0] if k not in ("layer", "dim")]
+
+
+def grid_array(rows: list[dict], metric: str):
+  layers = sorted({r["layer"] for r in rows})
+  dims = sorted({r["dim"] for r in rows})
+  a = np.full((len(layers), len(dims)), np.nan)
+  for r in rows:
+    a[layers.index(r["layer"]), dims.index(r["dim"])] = r[metric]
+  return layers, dims, a
+
+
+def format_table(before: list[dict] | None, after: list[dict]) -> str:
+  """One block per metric: rows are layers, columns dims; 'after (+delta)' if both."""
+  lines = []
+  for metric in metric_names(after):
+    layers, dims, a = grid_array(after, metric)
+    b = grid_array(before, metric)[2] if before else None
+    lines.append(f"{metric} (x100)" + (" after training (change from before)" if b is not None else ""))
+    lines.append("layer\\dim " + "".join(f"{d:>14d}" for d in dims))
+    for i, layer in enumerate(layers):
+      cells = []
+      for j in range(len(dims)):
+        cell = f"{100 * a[i, j]:.1f}"
+        if b is not None:
+          cell += f" ({100 * (a[i, j] - b[i, j]):+.1f})"
+        cells.append(f"{cell:>14s}")
+      lines.append(f"{layer:>9d} " + "".join(cells))
+    lines.append("")
+  return "\n".join(lines)
+
+
+def save_heatmap(before: list[dict] | None, after: list[dict], path: str) -> None:
+  """A PNG with, per metric, the grid after training and its change from before."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  metrics = metric_names(after)
+  cols = 2 if before else 1
+  fig, axes = plt.subplots(len(metrics), cols, figsize=(5.2 * cols, 3.2 * len(metrics)),
+                           squeeze=False)
+  for m, metric in enumerate(metrics):
+    layers, dims, a = grid_array(after, metric)
+    panels = [("after", a, "viridis")]
+    if before:
+      panels.append(("after - before", a - grid_array(before, metric)[2], "RdBu"))
+    for c, (title, values, cmap) in enumerate(panels):
+      ax = axes[m, c]
+      lim = np.nanmax(np.abs(values)) if cmap == "RdBu" else None
+      im = ax.imshow(values, cmap=cmap, vmin=-lim if lim else None, vmax=lim,
+                     aspect="auto", origin="lower")
+      ax.set_xticks(range(len(dims)), [str(d) for d in dims])
+      ax.set_yticks(range(len(layers)), [str(l) for l in layers])
+      ax.set_xlabel("dim")
+      ax.set_ylabel("layer")
+      ax.set_title(f"{metric}: {title}", fontsize=9)
+      for i in range(len(layers)):
+        for j in range(len(dims)):
+          ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                  color="w" if cmap == "viridis" else "k")
+      fig.colorbar(im, ax=ax)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def save_metrics(path: str, before: list[dict] | None, after: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"before": before, "after": after}, f, indent=1)
+  os.replace(tmp, path)

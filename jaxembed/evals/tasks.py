@@ -1,0 +1,75 @@
+"""Evaluation tasks scored from embeddings: each lists the texts it needs and scores
+a matrix of (already truncated) vectors for them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxembed.evals.retrieval import dense_retrieval_metrics
+from jaxembed.evals.sts import cosine_rows, spearman
+
+
+@dataclasses.dataclass
+class STSTask:
+  """Spearman between the cosine of each text pair and its human rating."""
+  name: str
+  texts: list[str]
+  left: np.ndarray
+  right: np.ndarray
+  gold: np.ndarray
+
+  @classmethod
+  def from_pairs(cls, name: str, texts: list[str], pairs):
+    i, j, g = zip(*pairs)
+    return cls(name, list(texts), np.array(i), np.array(j), np.array(g, np.float64))
+
+  @classmethod
+  def from_word_pairs(cls, name: str, rows):
+    vocab = sorted({w for a, b, _ in rows for w in (a, b)})
+    index = {w: n for n, w in enumerate(vocab)}
+    return cls.from_pairs(name, vocab, [(index[a], index[b], s) for a, b, s in rows])
+
+  def score(self, vecs: np.ndarray) -> dict[str, float]:
+    return {"spearman": spearman(cosine_rows(vecs[self.left], vecs[self.right]), self.gold)}
+
+
+@dataclasses.dataclass
+class RetrievalTask:
+  """Queries retrieve from a corpus; `relevance` is the [Q, D] grade matrix."""
+  name: str
+  queries: list[str]
+  corpus: list[str]
+  relevance: np.ndarray
+  k: int = 10
+
+  @property
+  def texts(self) -> list[str]:
+    return self.queries + self.corpus
+
+  @classmethod
+  def from_pairs(cls, name: str, pairs: list[dict[str, str]], max_queries: int | None,
+                 k: int = 10):
+    """Pairs (anchor=query, positive=relevant doc); the first `max_queries` distinct
+    anchors, in order, are the queries and all their positives form the corpus."""
+    queries: dict[str, int] = {}
+    docs: dict[str, int] = {}
+    rel = []
+    for p in pairs:
+      if p["anchor"] not in queries:
+        if max_queries is not None and len(queries) >= max_queries:
+          continue
+        queries[p["anchor"]] = len(queries)
+      docs.setdefault(p["positive"], len(docs))
+      rel.append((queries[p["anchor"]], docs[p["positive"]]))
+    relevance = np.zeros((len(queries), len(docs)), np.int32)
+    for q, d in rel:
+      relevance[q, d] = 1
+    return cls(name, list(queries), list(docs), relevance, k)
+
+  def score(self, vecs: np.ndarray) -> dict[str, float]:
+    q = vecs[:len(self.queries)]
+    d = vecs[len(self.queries):]
+    m = dense_retrieval_metrics(q @ d.T, self.relevance, self.k)
+    return {f"ndcg@{self.k}": m[f"ndcg@{self.k}"], f"mrr@{self.k}": m[f"mrr@{self.k}"]}

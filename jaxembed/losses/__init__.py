@@ -1,0 +1,4 @@
+"""Objectives: contrastive losses and the Matryoshka wrappers around them."""
+
+from jaxembed.losses.contrastive import info_nce, info_nce_from_logits, l2_normalize
+from jaxembed.losses.matryoshka import Cell, build_cells, matryoshka_loss

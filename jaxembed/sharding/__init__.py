@@ -1,0 +1,5 @@
+"""Mesh construction and logical-axis rules."""
+
+from jaxembed.sharding.mesh import AXES, make_mesh, mesh_shape
+from jaxembed.sharding.rules import (BATCH_AXES, DEFAULT_RULES, batch_sharding,
+                                     param_shardings, replicated, rules_from_config)

@@ -1,0 +1,46 @@
+"""A device mesh built from config: named axes, one of which may be sized -1."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxembed.errors import ConfigError
+
+AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int,
+               field: str = "mesh") -> dict[str, int]:
+  """Resolves a -1 size to 'the rest' and checks the product equals the device count."""
+  unknown = set(sizes) - set(AXES)
+  if unknown:
+    raise ConfigError(f"{field}: unknown axes {sorted(unknown)}; valid axes: {list(AXES)}")
+  shape = {a: int(sizes.get(a, 1)) for a in AXES}
+  free = [a for a, s in shape.items() if s == -1]
+  if len(free) > 1:
+    raise ConfigError(f"{field}: only one axis may be -1, got {free}")
+  if any(s == 0 or s < -1 for s in shape.values()):
+    raise ConfigError(f"{field}: axis sizes must be positive or -1, got {shape}")
+  fixed = math.prod(s for s in shape.values() if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise ConfigError(f"{field}: fixed axes {shape} (product {fixed}) do not divide "
+                        f"the {num_devices} devices")
+    shape[free[0]] = num_devices // fixed
+  if math.prod(shape.values()) != num_devices:
+    raise ConfigError(f"{field}: axes {shape} multiply to {math.prod(shape.values())}, "
+                      f"but there are {num_devices} devices; make the product equal "
+                      "the device count or set one axis to -1")
+  return shape
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(sizes, len(devices))
+  grid = np.asarray(devices).reshape([shape[a] for a in AXES])
+  return Mesh(grid, AXES)

@@ -1,0 +1,1 @@
+"""Train state, the pure train step, optimizers and the training loop."""

@@ -1,0 +1,389 @@
+"""The training job: validate everything, build the sharded state, train, evaluate.
+
+Everything a run can get wrong from its inputs (config fields, model folder, WordNet
+files, empty splits, mesh sizes) is checked in `setup` before the workdir is touched,
+so a bad run leaves nothing behind that would break the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxembed import sharding as shd
+from jaxembed.api import EmbeddingModel
+from jaxembed.checkpoint import Checkpointer
+from jaxembed.data import builders, packaged, pipeline
+from jaxembed.data.tokenizer import Tokenizer
+from jaxembed.errors import ConfigError
+from jaxembed.evals import grid as grid_eval
+from jaxembed.evals.tasks import RetrievalTask, STSTask
+from jaxembed.losses import build_cells, matryoshka_loss
+from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
+from jaxembed.models.bert import BertConfig
+from jaxembed.models.pooling import check_pooling
+from jaxembed.train.optim import make_optimizer
+from jaxembed.train.state import TrainState
+from jaxembed.train.step import train_step
+from jaxembed.train.workdir import Workdir
+
+LOSSES = ("info_nce",)
+
+
+# ----------------------------------------------------------------------------- config
+
+def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                 prefix: str = "") -> None:
+  """Every field of `config` must exist in `schema` (a misspelt field would otherwise
+  be silently ignored)."""
+  for key in config.keys():
+    name = f"{prefix}{key}"
+    if key not in schema:
+      raise ConfigError(f"unknown config field {name!r}; valid fields"
+                        f"{' in ' + prefix.rstrip('.') if prefix else ''}: "
+                        f"{sorted(schema.keys())}")
+    if isinstance(schema[key], ml_collections.ConfigDict) and key != "bert_overrides":
+      check_fields(config[key], schema[key], name + ".")
+
+
+def bert_config(config, folder) -> BertConfig:
+  overrides = dict(config.model.bert_overrides)
+  valid = {f.name for f in dataclasses.fields(BertConfig)}
+  bad = sorted(set(overrides) - valid)
+  if bad:
+    raise ConfigError(f"model.bert_overrides: unknown fields {bad}; valid: {sorted(valid)}")
+  base = dataclasses.asdict(folder.bert)
+  if not config.train.dropout:
+    overrides.update(hidden_dropout=0.0, attention_dropout=0.0)
+  return BertConfig(**{**base, **overrides})
+
+
+def abstract_params(bert: BertConfig, pooling: str):
+  """Shapes of the parameter tree (no memory), unboxed."""
+  return nn.unbox(_abstract_boxed(bert, pooling))
+
+
+def _abstract_boxed(bert: BertConfig, pooling: str):
+  model = Embedder(bert, pooling=pooling)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
+
+
+# ----------------------------------------------------------------------------- setup
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  workdir: Workdir
+  folder: Any
+  bert: BertConfig
+  model: Embedder
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  tokenizer: Tokenizer
+  eval_tokenizer: Tokenizer
+  tx: optax.GradientTransformation
+  schedule: Any
+  loss_fn: Any
+  dataset: Any               # grain IterDataset (per host)
+  eval_tasks: list
+  param_shardings: Any
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  from configs.common import base_config
+  check_fields(config, base_config())
+  if config.loss.name not in LOSSES:
+    raise ConfigError(f"loss.name={config.loss.name!r}; valid values: {list(LOSSES)}")
+  if config.model.init not in ("pretrained", "random"):
+    raise ConfigError(f"model.init={config.model.init!r}; valid: ['pretrained', 'random']")
+  check_pooling(config.model.pooling)
+  folder = read_model_folder(config.model.path)
+  bert = bert_config(config, folder)
+  m = config.loss.matryoshka
+  cells = build_cells(m.mode, num_layers=bert.num_layers, hidden=bert.hidden_size,
+                      layers=m.layers, dims=m.dims, pairs=m.pairs,
+                      weights=list(m.weights) or None)
+  build_cells("grid", num_layers=bert.num_layers, hidden=bert.hidden_size,
+              layers=config.eval.layers, dims=config.eval.dims, field="eval")
+  layers = tuple(range(1, bert.num_layers + 1))
+  layer_index = {l: l - 1 for l in layers}
+  loss_fn = functools.partial(_grid_loss, cells=cells, layer_index=layer_index,
+                              scale=config.loss.scale, symmetric=config.loss.symmetric,
+                              kl_weight=config.loss.kl_weight)
+
+  steps, batch = config.train.steps, config.train.batch_size
+  if steps < 1 or batch < 1:
+    raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
+  mesh = shd.make_mesh(dict(config.mesh))
+  n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch % n_batch_shards or batch % jax.process_count():
+    raise ConfigError(f"train.batch_size={batch} must divide by the data-parallel "
+                      f"size data*fsdp={n_batch_shards} and by the {jax.process_count()} "
+                      "processes")
+  rules = shd.rules_from_config(config.sharding.rules)
+  model = Embedder(bert, pooling=config.model.pooling)
+  param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
+                                        mesh, rules)
+  tx, schedule = make_optimizer(config.optim, steps)
+
+  if config.data.seq_len > bert.max_position_embeddings:
+    raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds the model's "
+                      f"{bert.max_position_embeddings} positions")
+  tokenizer = Tokenizer(folder.tokenizer, config.data.seq_len)
+  eval_tokenizer = Tokenizer(folder.tokenizer,
+                             min(config.eval.max_length, bert.max_position_embeddings))
+  builder = builders.wordnet_pairs(
+      wordnet_dir=config.data.wordnet_dir, tfds_dir=config.data.tfds_dir,
+      holdout_fraction=config.data.holdout_fraction, seed=config.data.split_seed,
+      pair_kinds=tuple(config.data.pair_kinds))
+  dataset = pipeline.pair_dataset(
+      builder.as_data_source("train"), tokenizer=tokenizer,
+      batch_size=batch // jax.process_count(), seq_len=config.data.seq_len,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      max_examples=config.data.max_train_examples)
+  eval_tasks = build_eval_tasks(config, builder)
+  return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
+             model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
+             eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
+             dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings)
+
+
+def _grid_loss(q, d, **kw):
+  loss, per_cell = matryoshka_loss(q, d, **kw)
+  return loss, {f"loss/{k}": v for k, v in per_cell.items()}
+
+
+def build_eval_tasks(config, builder) -> list:
+  tasks = []
+  if config.eval.wordnet_queries:
+    test = pipeline.as_numpy_records(builder.as_data_source("test"))
+    tasks.append(RetrievalTask.from_pairs("wordnet", test, config.eval.wordnet_queries))
+  if config.eval.lee:
+    docs, pairs = packaged.load_lee()
+    tasks.append(STSTask.from_pairs("lee", docs, pairs))
+  if config.eval.simlex:
+    tasks.append(STSTask.from_word_pairs("simlex", packaged.load_simlex()))
+  return tasks
+
+
+# ----------------------------------------------------------------------------- state
+
+def mesh_context(run: Run):
+  """Enter the mesh and the logical-axis rules around every traced function."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(run.mesh))
+  stack.enter_context(nn.logical_axis_rules(run.rules))
+  return stack
+
+
+def state_shardings(run: Run, abstract_opt_state) -> TrainState:
+  rep = shd.replicated(run.mesh)
+  opt = optax.tree_map_params(run.tx, lambda _, s: s, abstract_opt_state,
+                              run.param_shardings,
+                              transform_non_params=lambda _: rep)
+  return TrainState(step=rep, params=run.param_shardings, opt_state=opt, rng=rep)
+
+
+def _put_global(tree, shardings):
+  """Host numpy arrays -> global arrays, each device taking only its own slice."""
+  return jax.tree.map(
+      lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: a[idx]),
+      tree, shardings)
+
+
+def initial_params(run: Run):
+  """Pretrained weights placed straight into their shards, or a jitted random init
+  whose outputs are born sharded."""
+  if run.config.model.init == "pretrained":
+    params = load_bert_safetensors(run.folder.weights, run.bert)
+    return _put_global(params, run.param_shardings)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, ids, ids))["params"],
+                 out_shardings=run.param_shardings)
+  with mesh_context(run):
+    return init(jax.random.PRNGKey(run.config.seed))
+
+
+def abstract_state(run: Run):
+  shapes = abstract_params(run.bert, run.config.model.pooling)
+  opt_shapes = jax.eval_shape(run.tx.init, shapes)
+  shardings = state_shardings(run, opt_shapes)
+  shapes_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,
+                            opt_state=opt_shapes,
+                            rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes_state, shardings), shardings
+
+
+def new_state(run: Run, shardings: TrainState) -> TrainState:
+  params = initial_params(run)
+  opt_state = jax.jit(run.tx.init, out_shardings=shardings.opt_state)(params)
+  rep = shd.replicated(run.mesh)
+  return TrainState(step=jax.device_put(jnp.int32(0), rep), params=params,
+                    opt_state=opt_state,
+                    rng=jax.device_put(jax.random.PRNGKey(run.config.seed + 1), rep))
+
+
+def compile_train_step(run: Run, shardings: TrainState):
+  batch_sh = shd.batch_sharding(run.mesh)
+  step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
+                           deterministic=not run.config.train.dropout)
+  return jax.jit(step, in_shardings=(shardings, batch_sh),
+                 out_shardings=(shardings, shd.replicated(run.mesh)), donate_argnums=0)
+
+
+def global_batch(run: Run, local_batch):
+  sh = shd.batch_sharding(run.mesh)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sh, a), local_batch)
+
+
+# ----------------------------------------------------------------------------- eval
+
+def evaluate(run: Run, params, label: str) -> list[dict]:
+  model = EmbeddingModel(run.bert, params, run.eval_tokenizer,
+                         pooling=run.config.model.pooling)
+  t0 = time.time()
+  with mesh_context(run):
+    rows = grid_eval.evaluate_grid(
+        functools.partial(model.encode_all_layers, batch_size=run.config.eval.batch_size,
+                          progress=f"eval ({label})"),
+        run.eval_tasks, run.config.eval.layers, run.config.eval.dims)
+  logging.info("eval (%s) took %.1fs", label, time.time() - t0)
+  return rows
+
+
+# ----------------------------------------------------------------------------- loop
+
+class _StopSignal:
+  """SIGTERM (and SIGINT) ask the loop to save and stop at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received %s: saving a checkpoint and stopping",
+                    signal.Signals(signum).name)
+    self.requested = True
+
+  def restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+@dataclasses.dataclass
+class Result:
+  step: int
+  completed: bool            # False when stopped by a signal before the last step
+  before: list | None
+  after: list | None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+  stop = _StopSignal()
+  try:
+    return _train_and_evaluate(config, workdir, stop)
+  finally:
+    stop.restore()
+
+
+def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
+  run = setup(config, workdir)
+  wd = run.workdir
+  resuming = wd.check_config(config)
+  wd.write_config(config, run.folder)
+  ckpt = Checkpointer(wd.checkpoints, keep=config.train.keep_checkpoints)
+  abstract, shardings = abstract_state(run)
+  data_iter = iter(run.dataset)
+  if resuming and ckpt.latest_step() is not None:
+    logging.info("resuming from %s/%d", wd.checkpoints, ckpt.latest_step())
+    state = ckpt.restore(abstract, data_iter)
+    wd.truncate_log(int(state.step))
+  else:
+    state = new_state(run, shardings)
+  step_fn = compile_train_step(run, shardings)
+  total = config.train.steps
+
+  before = _load_or_eval_before(run, state, wd) if config.eval.before else None
+  start = int(state.step)
+  t_last, n_last = time.time(), start
+  logging.info("training steps %d..%d, global batch %d, mesh %s", start, total,
+               config.train.batch_size, dict(run.mesh.shape))
+  step = start
+  while step < total:
+    if stop.requested or ckpt.reached_preemption(step):
+      ckpt.save(step, state, data_iter, force=True)
+      ckpt.wait()
+      logging.info("stopped at step %d; checkpoint saved, rerun the same command to "
+                   "continue", step)
+      ckpt.close()
+      return Result(step=step, completed=False, before=before, after=None)
+    batch = global_batch(run, next(data_iter))
+    with mesh_context(run):
+      state, metrics = step_fn(state, batch)
+    step += 1
+    if step % config.train.log_every == 0 or step == total:
+      metrics = jax.device_get(metrics)
+      loss = float(metrics["loss"])
+      if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}; lower "
+                                 "optim.learning_rate or check the data")
+      now = time.time()
+      rate = (step - n_last) * config.train.batch_size / max(now - t_last, 1e-9)
+      eta = (total - step) * config.train.batch_size / max(rate, 1e-9)
+      record = {"step": step, "loss": loss, "learning_rate": float(run.schedule(step - 1)),
+                "examples_per_sec": rate, "grad_norm": float(metrics["grad_norm"])}
+      wd.append_log(record)
+      logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  eta %ds", step, total,
+                   loss, record["learning_rate"], rate, eta)
+      t_last, n_last = now, step
+    if step % config.train.checkpoint_every == 0 or step == total:
+      ckpt.save(step, state, data_iter)
+  ckpt.wait()
+  ckpt.close()
+
+  after = evaluate(run, state.params, "after")
+  if jax.process_index() == 0:
+    grid_eval.save_metrics(wd.metrics, before, after)
+    grid_eval.save_heatmap(before, after, wd.heatmap)
+    print(grid_eval.format_table(before, after), flush=True)
+    logging.info("wrote %s and %s", wd.metrics, wd.heatmap)
+  return Result(step=step, completed=True, before=before, after=after)
+
+
+def _load_or_eval_before(run: Run, state: TrainState, wd: Workdir):
+  import json
+  if os.path.exists(wd.metrics_before):
+    with open(wd.metrics_before) as f:
+      return json.load(f)
+  if int(state.step) != 0:
+    return None  # trained before metrics were asked for: nothing to compare with
+  rows = evaluate(run, state.params, "before")
+  if jax.process_index() == 0:
+    tmp = wd.metrics_before + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(rows, f, indent=1)
+    os.replace(tmp, wd.metrics_before)
+    print(grid_eval.format_table(None, rows), flush=True)
+  return rows

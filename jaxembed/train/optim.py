@@ -1,0 +1,46 @@
+"""Optimizer and learning-rate schedule from config (optax)."""
+
+from __future__ import annotations
+
+import optax
+
+from jaxembed.errors import ConfigError
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_schedule(cfg, total_steps: int):
+  """Linear warmup to cfg.learning_rate, then constant / linear / cosine to zero."""
+  if cfg.schedule not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={cfg.schedule!r}; valid values: {list(SCHEDULES)}")
+  if cfg.learning_rate <= 0:
+    raise ConfigError(f"optim.learning_rate={cfg.learning_rate} must be positive")
+  warmup = int(cfg.warmup_steps)
+  if not 0 <= warmup <= total_steps:
+    raise ConfigError(f"optim.warmup_steps={warmup} must be in 0..train.steps={total_steps}")
+  decay_steps = max(total_steps - warmup, 1)
+  if cfg.schedule == "constant":
+    after = optax.constant_schedule(cfg.learning_rate)
+  elif cfg.schedule == "linear":
+    after = optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps)
+  else:
+    after = optax.cosine_decay_schedule(cfg.learning_rate, decay_steps)
+  if warmup == 0:
+    return after
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.learning_rate, warmup), after], [warmup])
+
+
+def make_optimizer(cfg, total_steps: int):
+  """Returns (optax transformation, schedule)."""
+  schedule = make_schedule(cfg, total_steps)
+  if cfg.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={cfg.name!r}; valid values: {list(OPTIMIZERS)}")
+  if cfg.name == "adamw":
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                      weight_decay=cfg.weight_decay)
+  else:
+    opt = optax.sgd(schedule, momentum=cfg.b1)
+  chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+  return optax.chain(*chain, opt), schedule

@@ -1,0 +1,47 @@
+"""The one train step: a pure function of (state, batch), model and loss injected."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxembed.train.state import TrainState
+
+
+def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
+  """Anchors and positives in one forward pass (one larger matmul per layer).
+
+  Returns (anchor, positive) pooled vectors, each [batch, n_layers, hidden].
+  """
+  ids = jnp.concatenate([batch["anchor"]["input_ids"], batch["positive"]["input_ids"]])
+  mask = jnp.concatenate([batch["anchor"]["attention_mask"],
+                          batch["positive"]["attention_mask"]])
+  out = model.apply({"params": params}, ids, mask, deterministic=deterministic,
+                    rngs=None if deterministic else {"dropout": rng})
+  n = batch["anchor"]["input_ids"].shape[0]
+  return out[:n], out[n:]
+
+
+def train_step(state: TrainState, batch, *, model: nn.Module,
+               loss_fn: Callable, tx: optax.GradientTransformation,
+               deterministic: bool = False):
+  """loss_fn(anchor_layers, positive_layers) -> (loss, {name: scalar}).
+
+  The dropout key is fold_in(state.rng, state.step): it depends on nothing but the
+  seed and the step, so a resumed run draws the same masks as an uninterrupted one.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def compute(params):
+    q, d = encode_pairs(model, params, batch, rng, deterministic=deterministic)
+    return loss_fn(q, d)
+
+  (loss, aux), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
