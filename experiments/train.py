@@ -44,5 +44,23 @@ def main(argv):
     sys.exit(2)
 
 
+def parse_flags(argv):
+  """absl's parser, with a one-line error for a bad --config override (a misspelt
+  field otherwise ends in a three-part traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, ValueError, flags.Error) as e:
+    text = str(e.args[0] if e.args else e).replace("\\n", "\n").replace("\\'", "'")
+    lines = [l.strip(" '") for l in text.splitlines() if l.strip()]
+    if any(l.startswith("Traceback") for l in lines):  # keep the cause, not the stack
+      lines = [lines[0], lines[-1]]
+    print("error: " + " ".join(lines), file=sys.stderr)
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    if overrides:
+      print(f"  (command-line overrides: {' '.join(overrides)}; unknown fields are "
+            "refused so that a typo is never silently ignored)", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

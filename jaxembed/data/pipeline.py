@@ -53,6 +53,15 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                                               prefetch_buffer_size=4))
 
 
-def as_numpy_records(source, limit: int | None = None) -> list[dict[str, str]]:
+def as_numpy_records(source, limit: int | None = None,
+                     chunk: int = 8192) -> list[dict[str, str]]:
+  """All records (or the first `limit`) as dicts of str, read in batches (one read per
+  record is ~20x slower on array_record)."""
   n = len(source) if limit is None else min(limit, len(source))
-  return [{k: decode_text(v) for k, v in source[i].items()} for i in range(n)]
+  out = []
+  for start in range(0, n, chunk):
+    idx = list(range(start, min(start + chunk, n)))
+    rows = source.__getitems__(idx) if hasattr(source, "__getitems__") else [
+        source[i] for i in idx]
+    out += [{k: decode_text(v) for k, v in r.items()} for r in rows]
+  return out

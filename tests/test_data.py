@@ -1,0 +1,91 @@
+"""WordNet parsing and split, and the grain pipeline's determinism and resumption."""
+
+import numpy as np
+import pytest
+
+from jaxembed.data import builders, pipeline, wordnet
+from jaxembed.data.tokenizer import Tokenizer
+from jaxembed.errors import DataError
+from jaxembed.models import read_model_folder
+from conftest import MINILM
+
+LINE = ('00001740 00 a 02 able 0 galore(ip) 0 005 = 05200169 n 0000 | (usually followed '
+        'by `to\') having the necessary means or skill; "able to swim"; "she was able to '
+        'program her computer"  \n')
+
+
+def test_parse_line():
+  s = wordnet.parse_line(LINE, "a")
+  assert s.id == "00001740-a"
+  assert s.lemmas == ("able", "galore")
+  assert s.definition == "(usually followed by `to') having the necessary means or skill"
+  assert s.examples == ("able to swim", "she was able to program her computer")
+  assert wordnet.parse_line("  1 This software and database is provided\n", "n") is None
+
+
+@pytest.fixture(scope="module")
+def builder(tfds_dir):
+  return builders.wordnet_pairs(wordnet_dir=wordnet.DEFAULT_DIR, tfds_dir=tfds_dir,
+                                holdout_fraction=0.05, seed=0)
+
+
+def test_split_is_by_synset_and_leaks_no_text(builder):
+  train = pipeline.as_numpy_records(builder.as_data_source("train"))
+  test = pipeline.as_numpy_records(builder.as_data_source("test"))
+  assert len(train) > 200_000 and len(test) > 1_000
+  test_synsets = {r["synset"] for r in test}
+  assert not test_synsets & {r["synset"] for r in train}
+  test_texts = {r["anchor"] for r in test} | {r["positive"] for r in test}
+  assert not test_texts & ({r["anchor"] for r in train} | {r["positive"] for r in train})
+  # The split is the hash rule, recomputed independently here.
+  assert all(wordnet.is_held_out(s, 0.05, 0) for s in test_synsets)
+  assert {r["kind"] for r in train} == {"gloss_example", "lemma_gloss"}
+
+
+def test_missing_wordnet_dir(tmp_path):
+  (tmp_path / "data.noun").write_text("")
+  with pytest.raises(DataError, match=r"data.wordnet_dir=.*\['data.verb', 'data.adj', "
+                                      r"'data.adv'\] are missing.*apt-get install"):
+    builders.wordnet_pairs(wordnet_dir=str(tmp_path), tfds_dir=str(tmp_path / "t"),
+                           holdout_fraction=0.05, seed=0)
+
+
+def make_dataset(builder, seed, **kw):
+  tok = Tokenizer(read_model_folder(MINILM).tokenizer, 16)
+  return pipeline.pair_dataset(builder.as_data_source("train"), tokenizer=tok,
+                               batch_size=8, seq_len=16, seed=seed, max_examples=40, **kw)
+
+
+def take(it, n):
+  return [next(it)["anchor"]["input_ids"] for _ in range(n)]
+
+
+def test_pipeline_is_deterministic_resumable_and_reshuffles(builder):
+  a = take(iter(make_dataset(builder, seed=1)), 12)
+  b = take(iter(make_dataset(builder, seed=1)), 12)
+  np.testing.assert_array_equal(np.stack(a), np.stack(b))
+  other = take(iter(make_dataset(builder, seed=2)), 12)
+  assert not np.array_equal(np.stack(a), np.stack(other))
+  # 40 examples = 5 batches an epoch; epochs 1 and 2 hold the same rows, reshuffled.
+  epoch1, epoch2 = np.concatenate(a[:5]), np.concatenate(a[5:10])
+  assert not np.array_equal(epoch1, epoch2)
+  assert sorted(map(tuple, epoch1)) == sorted(map(tuple, epoch2))
+  it = iter(make_dataset(builder, seed=1))
+  take(it, 7)
+  state = it.get_state()
+  fresh = iter(make_dataset(builder, seed=1))
+  fresh.set_state(state)
+  np.testing.assert_array_equal(np.stack(take(fresh, 5)), np.stack(a[7:12]))
+
+
+def test_hosts_read_disjoint_slices(builder):
+  rows = [set(map(tuple, np.concatenate(take(iter(make_dataset(
+      builder, seed=1, process_index=i, process_count=2)), 2)))) for i in range(2)]
+  assert rows[0] and rows[1] and not rows[0] & rows[1]
+
+
+def test_empty_split_is_named(builder):
+  with pytest.raises(DataError, match=r"split 'train' is empty \(data.max_train_examples=0\)"):
+    tok = Tokenizer(read_model_folder(MINILM).tokenizer, 16)
+    pipeline.pair_dataset(builder.as_data_source("train"), tokenizer=tok, batch_size=8,
+                          seq_len=16, seed=0, max_examples=0)

@@ -1,0 +1,60 @@
+"""Retrieval and STS metrics against slow, obvious implementations."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from jaxembed.evals.retrieval import dense_retrieval_metrics
+from jaxembed.evals.sts import spearman
+from jaxembed.evals.tasks import RetrievalTask
+
+
+def slow_metrics(scores, rel, k):
+  ndcgs, mrrs, recalls = [], [], []
+  for q in range(scores.shape[0]):
+    docs = sorted(range(scores.shape[1]), key=lambda d: (-scores[q, d], d))[:k]
+    dcg = sum(rel[q, d] / math.log2(i + 2) for i, d in enumerate(docs))
+    ideal = sorted(rel[q], reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    ndcgs.append(dcg / idcg if idcg else 0.0)
+    first = next((i for i, d in enumerate(docs) if rel[q, d] > 0), None)
+    mrrs.append(0.0 if first is None else 1.0 / (first + 1))
+    n_rel = sum(1 for r in rel[q] if r > 0)
+    recalls.append(sum(1 for d in docs if rel[q, d] > 0) / n_rel if n_rel else 0.0)
+  return {f"ndcg@{k}": np.mean(ndcgs), f"mrr@{k}": np.mean(mrrs),
+          f"recall@{k}": np.mean(recalls)}
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_retrieval_metrics_match_slow_loop(k):
+  rng = np.random.default_rng(0)
+  scores = rng.integers(0, 4, size=(30, 25)).astype(float)  # many ties
+  rel = rng.integers(0, 3, size=(30, 25)) * (rng.random((30, 25)) < 0.15)
+  rel[0] = 0  # a query without relevant documents
+  got = dense_retrieval_metrics(scores, rel, k)
+  want = slow_metrics(scores, rel, k)
+  for name in want:
+    assert got[name] == pytest.approx(want[name], abs=1e-12), name
+
+
+def test_spearman_matches_rank_correlation_by_hand():
+  rng = np.random.default_rng(1)
+  x = rng.integers(0, 5, 40).astype(float)
+  y = x + rng.normal(size=40)
+  rx, ry = scipy.stats.rankdata(x), scipy.stats.rankdata(y)
+  want = np.corrcoef(rx, ry)[0, 1]
+  assert spearman(x, y) == pytest.approx(want, abs=1e-12)
+
+
+def test_retrieval_task_from_pairs():
+  pairs = [dict(anchor="q1", positive="a"), dict(anchor="q1", positive="b"),
+           dict(anchor="q2", positive="c"), dict(anchor="q3", positive="d")]
+  task = RetrievalTask.from_pairs("t", pairs, max_queries=2)
+  assert task.queries == ["q1", "q2"] and task.corpus == ["a", "b", "c"]
+  np.testing.assert_array_equal(task.relevance, [[1, 1, 0], [0, 0, 1]])
+  # Perfect vectors: each query equals the mean of its documents.
+  vecs = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]], float)
+  m = task.score(vecs)
+  assert m["ndcg@10"] == pytest.approx(1.0) and m["mrr@10"] == pytest.approx(1.0)
