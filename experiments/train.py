@@ -18,6 +18,12 @@ from jaxembed.errors import JaxembedError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0, for a multi-host run started by hand (TPU pods, SLURM and "
+    "Open MPI are detected without it).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,7 +41,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
+  from jaxembed.sharding.distributed import initialize
   from jaxembed.train.loop import train_and_evaluate
+  initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except JaxembedError as e:

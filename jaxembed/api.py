@@ -44,8 +44,34 @@ class EmbeddingModel:
 
   @functools.cached_property
   def _forward(self):
+    """(params, ids, mask) -> numpy [batch, layers, hidden].
+
+    Parameters sharded over a mesh (a model in training, possibly across processes)
+    get their inputs as global arrays split over the mesh's batch axes when the batch
+    divides, replicated otherwise; the output comes back replicated.
+    """
     module = self.module
-    return jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask))
+
+    def apply(p, ids, mask):
+      return module.apply({"params": p}, ids, mask)
+
+    leaf = jax.tree.leaves(self.params)[0]
+    mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+    if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
+      jitted = jax.jit(apply)
+      return lambda p, ids, mask: np.asarray(jitted(p, ids, mask))
+    from jaxembed import sharding as shd
+    rep = shd.replicated(mesh)
+    split = shd.batch_sharding(mesh)
+    n_split = mesh.shape["data"] * mesh.shape["fsdp"]
+    jitted = jax.jit(apply, out_shardings=rep)
+
+    def call(p, ids, mask):
+      sh = split if ids.shape[0] % n_split == 0 else rep
+      ids, mask = (jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx])
+                   for a in (ids, mask))
+      return np.asarray(jitted(p, ids, mask).addressable_data(0))
+    return call
 
   def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
                         progress: str | None = None) -> np.ndarray:
@@ -64,7 +90,7 @@ class EmbeddingModel:
       if rows < batch_size:  # keep one batch shape per length bucket
         enc = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in enc.items()}
       vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"])
-      out[idx] = np.asarray(vecs)[:rows]
+      out[idx] = vecs[:rows]
       if progress and (b + 1) % 10 == 0 or (progress and b + 1 == n_batches):
         print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
     return out

@@ -86,10 +86,12 @@ def wordnet_pairs(*, wordnet_dir: str, tfds_dir: str, holdout_fraction: float, s
   if not 0.0 < holdout_fraction < 1.0:
     raise DataError(f"data.holdout_fraction={holdout_fraction}: must be strictly "
                     "between 0 and 1")
-  builder = WordNetPairs(wordnet_dir=wordnet_dir, holdout_fraction=holdout_fraction,
-                         seed=seed, pair_kinds=pair_kinds,
-                         data_dir=os.path.expanduser(tfds_dir))
-  with _exclusive(os.path.expanduser(tfds_dir), builder.name):
+  data_dir = os.path.expanduser(tfds_dir)
+  # The builder reads the dataset's metadata when constructed, so it is made under
+  # the lock: one made while another process was still writing would see no splits.
+  with _exclusive(data_dir, WordNetPairs.name):
+    builder = WordNetPairs(wordnet_dir=wordnet_dir, holdout_fraction=holdout_fraction,
+                           seed=seed, pair_kinds=pair_kinds, data_dir=data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

@@ -24,14 +24,40 @@ class TokenizePairs:
     return out
 
 
+class HostShard(grain.MapDataset):
+  """This host's rows of each global batch of `parent`.
+
+  Global batch b is parent[b * global_batch : (b + 1) * global_batch]; host i reads
+  rows [i * per_host, (i + 1) * per_host) of it. Concatenated in process order (as
+  `jax.make_array_from_process_local_data` assembles them), the hosts' batches are the
+  global batch, so a run sees the same data whether it has 1 host or 64.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._global = global_batch
+    self._per_host = global_batch // process_count
+    self._offset = process_index * self._per_host
+
+  def __len__(self):
+    return (len(self._parent) // self._global) * self._per_host
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._per_host)
+    return self._parent[batch * self._global + self._offset + row]
+
+
 def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  max_examples: int | None = None, split_name: str = "train",
                  num_threads: int = 2) -> grain.IterDataset:
   """An endless, per-epoch reshuffled stream of tokenised pair batches for this host.
 
-  `batch_size` is this host's share of the global batch. Each host reads a disjoint
-  slice of the records (`process_index::process_count`).
+  `batch_size` is the global batch; this host yields its `batch_size / process_count`
+  rows of each global batch (see HostShard).
   """
   ds = grain.MapDataset.source(source)
   if max_examples is not None:
@@ -41,13 +67,16 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                     + (f" (data.max_train_examples={max_examples})"
                        if max_examples is not None else "")
                     + "; it needs at least one batch of examples")
-  ds = ds[process_index::process_count]
   if len(ds) < batch_size:
-    raise DataError(f"data split {split_name!r} has {len(ds)} examples on this host, "
-                    f"fewer than one batch of {batch_size}; lower train.batch_size or "
-                    "raise data.max_train_examples")
-  ds = (ds.shuffle(seed=seed).repeat(None)
-        .batch(batch_size, drop_remainder=True)
+    raise DataError(f"data split {split_name!r} has {len(ds)} examples, fewer than one "
+                    f"batch of {batch_size}; lower train.batch_size or raise "
+                    "data.max_train_examples")
+  if batch_size % process_count:
+    raise DataError(f"train.batch_size={batch_size} does not divide over "
+                    f"{process_count} processes")
+  ds = HostShard(ds.shuffle(seed=seed).repeat(None), batch_size, process_index,
+                 process_count)
+  ds = (ds.batch(batch_size // process_count, drop_remainder=True)
         .map(TokenizePairs(tokenizer, seq_len)))
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                               prefetch_buffer_size=4))

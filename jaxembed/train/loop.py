@@ -157,7 +157,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
       pair_kinds=tuple(config.data.pair_kinds))
   dataset = pipeline.pair_dataset(
       builder.as_data_source("train"), tokenizer=tokenizer,
-      batch_size=batch // jax.process_count(), seq_len=config.data.seq_len,
+      batch_size=batch, seq_len=config.data.seq_len,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
       max_examples=config.data.max_train_examples)
@@ -238,10 +238,11 @@ def abstract_state(run: Run):
 def new_state(run: Run, shardings: TrainState) -> TrainState:
   params = initial_params(run)
   opt_state = jax.jit(run.tx.init, out_shardings=shardings.opt_state)(params)
-  rep = shd.replicated(run.mesh)
-  return TrainState(step=jax.device_put(jnp.int32(0), rep), params=params,
-                    opt_state=opt_state,
-                    rng=jax.device_put(jax.random.PRNGKey(run.config.seed + 1), rep))
+  scalars = {"step": np.int32(0),
+             "rng": np.asarray(jax.random.PRNGKey(run.config.seed + 1))}
+  scalars = _put_global(scalars, {"step": shardings.step, "rng": shardings.rng})
+  return TrainState(step=scalars["step"], params=params, opt_state=opt_state,
+                    rng=scalars["rng"])
 
 
 def compile_train_step(run: Run, shardings: TrainState):
@@ -250,6 +251,11 @@ def compile_train_step(run: Run, shardings: TrainState):
                            deterministic=not run.config.train.dropout)
   return jax.jit(step, in_shardings=(shardings, batch_sh),
                  out_shardings=(shardings, shd.replicated(run.mesh)), donate_argnums=0)
+
+
+def local_value(tree):
+  """Replicated global arrays -> numpy, also when other processes hold some devices."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 def global_batch(run: Run, local_batch):
@@ -280,8 +286,12 @@ class _StopSignal:
   def __init__(self):
     self.requested = False
     self._old = {}
+    # With several processes, one process alone stopping would leave the others
+    # waiting in a collective: there jax's preemption notifier owns SIGTERM and all
+    # processes agree on the step through Checkpointer.reached_preemption.
+    signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else ()
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in signals:
         self._old[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
@@ -322,14 +332,14 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
   if resuming and ckpt.latest_step() is not None:
     logging.info("resuming from %s/%d", wd.checkpoints, ckpt.latest_step())
     state = ckpt.restore(abstract, data_iter)
-    wd.truncate_log(int(state.step))
+    wd.truncate_log(int(local_value(state.step)))
   else:
     state = new_state(run, shardings)
   step_fn = compile_train_step(run, shardings)
   total = config.train.steps
 
   before = _load_or_eval_before(run, state, wd) if config.eval.before else None
-  start = int(state.step)
+  start = int(local_value(state.step))
   t_last, n_last = time.time(), start
   logging.info("training steps %d..%d, global batch %d, mesh %s", start, total,
                config.train.batch_size, dict(run.mesh.shape))
@@ -347,7 +357,7 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
       state, metrics = step_fn(state, batch)
     step += 1
     if step % config.train.log_every == 0 or step == total:
-      metrics = jax.device_get(metrics)
+      metrics = local_value(metrics)
       loss = float(metrics["loss"])
       if not math.isfinite(loss):
         raise FloatingPointError(f"loss is {loss} at step {step}; lower "
@@ -377,10 +387,17 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
 
 def _load_or_eval_before(run: Run, state: TrainState, wd: Workdir):
   import json
-  if os.path.exists(wd.metrics_before):
+  # Evaluation runs collectives, so every process must take the same branch: process
+  # 0's view of the workdir decides (on a pod, other hosts may not share its disk).
+  from jax.experimental import multihost_utils
+  cached = bool(multihost_utils.broadcast_one_to_all(
+      np.int32(os.path.exists(wd.metrics_before))))
+  if cached:
+    if jax.process_index() != 0:
+      return None  # only process 0 writes metrics.json
     with open(wd.metrics_before) as f:
       return json.load(f)
-  if int(state.step) != 0:
+  if int(local_value(state.step)) != 0:
     return None  # trained before metrics were asked for: nothing to compare with
   rows = evaluate(run, state.params, "before")
   if jax.process_index() == 0:

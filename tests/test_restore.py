@@ -1,0 +1,48 @@
+"""A checkpoint written on one device count restores onto another (8 -> 4 -> 1 and
+1 -> 8), and training continues with the same losses."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxembed.checkpoint import Checkpointer
+from jaxembed.train import loop
+
+
+def make(config, devices, workdir):
+  run = loop.setup(config, workdir, devices=devices)
+  abstract, shardings = loop.abstract_state(run)
+  return run, abstract, shardings, loop.compile_train_step(run, shardings)
+
+
+def steps(run, step_fn, state, data, n):
+  out = []
+  for _ in range(n):
+    with loop.mesh_context(run):
+      state, metrics = step_fn(state, loop.global_batch(run, next(data)))
+    out.append(float(loop.local_value(metrics["loss"])))
+  return state, np.array(out)
+
+
+@pytest.mark.parametrize("first, then", [(8, 4), (4, 1), (1, 8)])
+def test_restore_on_another_device_count(tmp_path, smoke_config, first, then):
+  config = smoke_config()
+  config.mesh.update(data=-1, fsdp=2 if min(first, then) >= 2 else 1, tensor=1)
+  devices = jax.devices()
+  run, _, shardings, step_fn = make(config, devices[:first], str(tmp_path))
+  state = loop.new_state(run, shardings)
+  data = iter(run.dataset)
+  state, _ = steps(run, step_fn, state, data, 3)
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(3, state, data, force=True)
+  ckpt.wait()
+  _, reference = steps(run, step_fn, state, data, 3)  # how the run would go on
+
+  run2, abstract2, _, step_fn2 = make(config, devices[:then], str(tmp_path))
+  data2 = iter(run2.dataset)
+  restored = Checkpointer(str(tmp_path / "ckpt")).restore(abstract2, data2)
+  assert int(loop.local_value(restored.step)) == 3
+  kernel = restored.params["encoder"]["layer_0"]["intermediate"]["kernel"]
+  assert len(kernel.sharding.device_set) == then
+  _, continued = steps(run2, step_fn2, restored, data2, 3)
+  np.testing.assert_allclose(continued, reference, rtol=1e-5, atol=1e-5)
