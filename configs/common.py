@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
 
-  c.mesh = ml_collections.ConfigDict()
+  c.mesh = ml_collections.ConfigDict()           # -1: the rest of the devices
+  c.mesh.dcn_data = 1                               # across slices / nodes
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1

@@ -63,7 +63,7 @@ class EmbeddingModel:
     from jaxembed import sharding as shd
     rep = shd.replicated(mesh)
     split = shd.batch_sharding(mesh)
-    n_split = mesh.shape["data"] * mesh.shape["fsdp"]
+    n_split = shd.batch_shards(mesh)
     jitted = jax.jit(apply, out_shardings=rep)
 
     def call(p, ids, mask):

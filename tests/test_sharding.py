@@ -69,4 +69,4 @@ def test_bad_mesh_fails_before_compiling(sizes, match):
 
 def test_minus_one_takes_the_rest():
   mesh = shd.make_mesh(dict(data=-1, fsdp=2, tensor=1))
-  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  assert dict(mesh.shape) == {"dcn_data": 1, "data": 4, "fsdp": 2, "tensor": 1}

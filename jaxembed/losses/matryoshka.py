@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
-from jaxembed.losses.contrastive import info_nce_from_logits, l2_normalize
+from jaxembed.losses.contrastive import candidates, info_nce_from_logits, l2_normalize
 
 MODES = ("none", "mrl", "grid", "pairs")
 
@@ -79,20 +79,25 @@ def build_cells(mode: str, *, num_layers: int, hidden: int, layers: Sequence[int
   return tuple(Cell(int(l), int(d), float(w)) for (l, d), w in zip(coords, weights))
 
 
-def cell_logits(q_layers, d_layers, cell: Cell, layer_index: dict[int, int], scale: float):
-  """scale * cosine between queries and documents of one (layer, dim) sub-model."""
+def cell_logits(q_layers, d_layers, cell: Cell, layer_index: dict[int, int], scale: float,
+                neg_layers=None):
+  """scale * cosine between queries and candidates of one (layer, dim) sub-model.
+
+  neg_layers: optional hard negatives [batch, k, n_layers, hidden]."""
   i = layer_index[cell.layer]
   q = l2_normalize(q_layers[:, i, :cell.dim])
   d = l2_normalize(d_layers[:, i, :cell.dim])
-  return scale * q @ d.T
+  negs = None if neg_layers is None else l2_normalize(neg_layers[:, :, i, :cell.dim])
+  return scale * q @ candidates(d, negs).T
 
 
-def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], *,
+def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], neg_layers=None, *,
                     layer_index: dict[int, int], scale: float = 20.0,
                     symmetric: bool = False, kl_weight: float = 0.0):
   """Weighted mean over cells of InfoNCE, plus kl_weight * KL(full || cell).
 
-  q_layers, d_layers: [batch, n_layers, hidden] pooled vectors; `layer_index` maps a
+  q_layers, d_layers: [batch, n_layers, hidden] pooled vectors (neg_layers, optional:
+  [batch, k, n_layers, hidden] hard negatives); `layer_index` maps a
   1-based layer to its index on axis 1. Weights are normalised to sum to one, so the
   loss is on the scale of a single InfoNCE. Returns (loss, {cell name: cell loss}).
   """
@@ -104,9 +109,9 @@ def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], *,
     full_layer = max(layer_index)
     full = Cell(full_layer, q_layers.shape[-1])
     teacher = jax.nn.softmax(jax.lax.stop_gradient(
-        cell_logits(q_layers, d_layers, full, layer_index, scale)), axis=-1)
+        cell_logits(q_layers, d_layers, full, layer_index, scale, neg_layers)), axis=-1)
   for cell in cells:
-    logits = cell_logits(q_layers, d_layers, cell, layer_index, scale)
+    logits = cell_logits(q_layers, d_layers, cell, layer_index, scale, neg_layers)
     value = info_nce_from_logits(logits, symmetric=symmetric)
     if teacher is not None:
       log_student = jax.nn.log_softmax(logits, axis=-1)

@@ -11,7 +11,9 @@ from jax.sharding import Mesh
 
 from jaxembed.errors import ConfigError
 
-AXES = ("data", "fsdp", "tensor")
+# dcn_data: data parallelism across slices / nodes (the slow network); the others
+# within a slice or node (ICI / NVLink).
+AXES = ("dcn_data", "data", "fsdp", "tensor")
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int,
@@ -40,7 +42,20 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int,
 
 
 def make_mesh(sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh:
+  """Devices laid out as dcn_data x data x fsdp x tensor.
+
+  Across TPU slices (devices carry `slice_index`) the dcn_data axis runs over slices
+  and the rest within each slice; otherwise devices are taken in order (process
+  order, so dcn_data then also splits over hosts).
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
-  grid = np.asarray(devices).reshape([shape[a] for a in AXES])
+  dims = [shape[a] for a in AXES]
+  n_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if shape["dcn_data"] > 1 and n_slices == shape["dcn_data"]:
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_hybrid_device_mesh(
+        [1, *dims[1:]], [shape["dcn_data"], 1, 1, 1], devices)
+  else:
+    grid = np.asarray(devices).reshape(dims)
   return Mesh(grid, AXES)

@@ -14,7 +14,7 @@ from jaxembed.errors import ConfigError
 # Parameters are FSDP-sharded over their `embed` dimension and tensor-parallel over
 # `mlp` and `heads`; activations are split over the batch on both data axes.
 DEFAULT_RULES: tuple[tuple[str, object], ...] = (
-    ("activation_batch", ("data", "fsdp")),
+    ("activation_batch", ("dcn_data", "data", "fsdp")),
     ("activation_length", None),
     ("activation_embed", None),
     ("embed", "fsdp"),
@@ -25,7 +25,7 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ("norm", None),
 )
 
-BATCH_AXES = ("data", "fsdp")
+BATCH_AXES = ("dcn_data", "data", "fsdp")
 
 
 def rules_from_config(rules: Sequence[Sequence] | None) -> tuple[tuple[str, object], ...]:
@@ -70,6 +70,11 @@ def param_shardings(abstract_boxed, mesh: Mesh, rules):
             "mesh sizes or the rule for that logical axis in sharding.rules")
   return jax.tree.map(lambda s: NamedSharding(mesh, s), mesh_specs,
                       is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch is split (the product of the batch axes)."""
+  return _axis_size(mesh, BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

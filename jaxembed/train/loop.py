@@ -134,11 +134,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   if steps < 1 or batch < 1:
     raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
   mesh = shd.make_mesh(dict(config.mesh), devices)
-  n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  n_batch_shards = shd.batch_shards(mesh)
   if batch % n_batch_shards or batch % jax.process_count():
     raise ConfigError(f"train.batch_size={batch} must divide by the data-parallel "
-                      f"size data*fsdp={n_batch_shards} and by the {jax.process_count()} "
-                      "processes")
+                      f"size dcn_data*data*fsdp={n_batch_shards} and by the "
+                      f"{jax.process_count()} processes")
   rules = shd.rules_from_config(config.sharding.rules)
   model = Embedder(bert, pooling=config.model.pooling)
   param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
