@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps = 400
   c.train.batch_size = 32                            # pairs, global
   c.train.dropout = True
+  c.train.grad_cache_minibatch = 0                   # >0: GradCache mini-batch (pairs)
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2

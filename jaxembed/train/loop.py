@@ -139,6 +139,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
     raise ConfigError(f"train.batch_size={batch} must divide by the data-parallel "
                       f"size dcn_data*data*fsdp={n_batch_shards} and by the "
                       f"{jax.process_count()} processes")
+  mini = config.train.grad_cache_minibatch
+  if mini and (batch % mini or mini % n_batch_shards):
+    raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
+                      f"{batch} and be a multiple of the {n_batch_shards} batch shards")
   rules = shd.rules_from_config(config.sharding.rules)
   model = Embedder(bert, pooling=config.model.pooling)
   param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
@@ -248,7 +252,8 @@ def new_state(run: Run, shardings: TrainState) -> TrainState:
 def compile_train_step(run: Run, shardings: TrainState):
   batch_sh = shd.batch_sharding(run.mesh)
   step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
-                           deterministic=not run.config.train.dropout)
+                           deterministic=not run.config.train.dropout,
+                           grad_cache_minibatch=run.config.train.grad_cache_minibatch)
   return jax.jit(step, in_shardings=(shardings, batch_sh),
                  out_shardings=(shardings, shd.replicated(run.mesh)), donate_argnums=0)
 

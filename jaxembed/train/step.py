@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxembed.train.grad_cache import grad_cache_value_and_grad
 from jaxembed.train.state import TrainState
 
 
@@ -28,19 +29,26 @@ def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
 
 def train_step(state: TrainState, batch, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
-               deterministic: bool = False):
+               deterministic: bool = False, grad_cache_minibatch: int = 0):
   """loss_fn(anchor_layers, positive_layers) -> (loss, {name: scalar}).
 
   The dropout key is fold_in(state.rng, state.step): it depends on nothing but the
   seed and the step, so a resumed run draws the same masks as an uninterrupted one.
+  grad_cache_minibatch > 0 encodes the batch in mini-batches of that many pairs
+  (GradCache), bounding activation memory by the mini-batch.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
-  def compute(params):
-    q, d = encode_pairs(model, params, batch, rng, deterministic=deterministic)
-    return loss_fn(q, d)
+  def encode(params, sub_batch, key):
+    return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
 
-  (loss, aux), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
+  if grad_cache_minibatch:
+    (loss, aux), grads = grad_cache_value_and_grad(
+        encode, lambda emb: loss_fn(*emb), state.params, batch, rng,
+        grad_cache_minibatch)
+  else:
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: loss_fn(*encode(p, batch, rng)), has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
