@@ -24,6 +24,8 @@ _COORDINATOR = flags.DEFINE_string(
     "Open MPI are detected without it).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join a multi-host job found by jax itself (TPU pod, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,7 +45,8 @@ def main(argv):
     handler.addFilter(_QuietLibraries())
   from jaxembed.sharding.distributed import initialize
   from jaxembed.train.loop import train_and_evaluate
-  initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+             multihost=_MULTIHOST.value)
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except JaxembedError as e:

@@ -23,7 +23,8 @@ class Checkpointer:
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+        max_to_keep=None if read_only else keep, create=not read_only,
+        read_only=read_only, save_interval_steps=0 if read_only else 1,
         cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=async_save)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Sequence
 
 import numpy as np
@@ -68,8 +66,9 @@ def format_table(before: list[dict] | None, after: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def save_heatmap(before: list[dict] | None, after: list[dict], path: str) -> None:
+def heatmap_png(before: list[dict] | None, after: list[dict]) -> bytes:
   """A PNG with, per metric, the grid after training and its change from before."""
+  import io
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -100,13 +99,7 @@ def save_heatmap(before: list[dict] | None, after: list[dict], path: str) -> Non
                   color="w" if cmap == "viridis" else "k")
       fig.colorbar(im, ax=ax)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
   plt.close(fig)
-
-
-def save_metrics(path: str, before: list[dict] | None, after: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump({"before": before, "after": after}, f, indent=1)
-  os.replace(tmp, path)
+  return buf.getvalue()

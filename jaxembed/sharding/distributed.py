@@ -19,11 +19,13 @@ def _cluster_detected() -> bool:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+               process_id: int | None = None, multihost: bool = False) -> None:
   """Joins the processes of a multi-host job; does nothing for a single process.
 
-  With an explicit coordinator, CPU collectives go through gloo, so that several
-  processes on CPUs (tests, or CPU-only clusters) exchange data for real.
+  multihost=True asks jax to find its peers itself (TPU pods, SLURM, Open MPI), which
+  is what the launch scripts in tpu/ pass. With an explicit coordinator, CPU
+  collectives go through gloo, so that several processes on CPUs (tests, or CPU-only
+  clusters) exchange data for real.
   """
   if coordinator_address:
     if num_processes is None or process_id is None:
@@ -31,7 +33,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
-  elif _cluster_detected():
+  elif multihost or _cluster_detected():
     jax.distributed.initialize()
   else:
     return

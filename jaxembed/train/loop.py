@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -383,32 +383,27 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
 
   after = evaluate(run, state.params, "after")
   if jax.process_index() == 0:
-    grid_eval.save_metrics(wd.metrics, before, after)
-    grid_eval.save_heatmap(before, after, wd.heatmap)
+    wd.write(Workdir.METRICS, json.dumps({"before": before, "after": after}, indent=1))
+    wd.write(Workdir.HEATMAP, grid_eval.heatmap_png(before, after))
     print(grid_eval.format_table(before, after), flush=True)
-    logging.info("wrote %s and %s", wd.metrics, wd.heatmap)
+    logging.info("wrote %s and %s", wd / Workdir.METRICS, wd / Workdir.HEATMAP)
   return Result(step=step, completed=True, before=before, after=after)
 
 
 def _load_or_eval_before(run: Run, state: TrainState, wd: Workdir):
-  import json
   # Evaluation runs collectives, so every process must take the same branch: process
   # 0's view of the workdir decides (on a pod, other hosts may not share its disk).
   from jax.experimental import multihost_utils
   cached = bool(multihost_utils.broadcast_one_to_all(
-      np.int32(os.path.exists(wd.metrics_before))))
+      np.int32(wd.exists(Workdir.METRICS_BEFORE))))
   if cached:
     if jax.process_index() != 0:
       return None  # only process 0 writes metrics.json
-    with open(wd.metrics_before) as f:
-      return json.load(f)
+    return wd.read_json(Workdir.METRICS_BEFORE)
   if int(local_value(state.step)) != 0:
     return None  # trained before metrics were asked for: nothing to compare with
   rows = evaluate(run, state.params, "before")
+  wd.write(Workdir.METRICS_BEFORE, json.dumps(rows, indent=1))
   if jax.process_index() == 0:
-    tmp = wd.metrics_before + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(rows, f, indent=1)
-    os.replace(tmp, wd.metrics_before)
     print(grid_eval.format_table(None, rows), flush=True)
   return rows

@@ -7,39 +7,70 @@
   metrics_before.json  the grid before training (kept, so a resume doesn't redo it)
   metrics.json         {"before": [...], "after": [...]}
   grid.png             heatmap of the grid
+
+Paths go through etils.epath, so a workdir may be local or on a bucket shared by the
+hosts of a pod (gs://...; needs gcsfs). Only process 0 writes files here; Orbax
+coordinates the checkpoint writes of all processes itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import ml_collections
+from etils import epath
 
 from jaxembed.errors import ConfigError, ModelLoadError
 
 
 class Workdir:
+  CONFIG = "config.json"
+  MODEL_DIR = "model"
+  CHECKPOINTS = "checkpoints"
+  TRAIN_LOG = "train_log.jsonl"
+  METRICS_BEFORE = "metrics_before.json"
+  METRICS = "metrics.json"
+  HEATMAP = "grid.png"
 
   def __init__(self, path: str):
-    self.path = os.path.abspath(os.path.expanduser(path))
+    path = str(path)
+    self.remote = "://" in path
+    self.path = epath.Path(path if self.remote else os.path.abspath(os.path.expanduser(path)))
 
-  def __getattr__(self, name):
-    files = {"config": "config.json", "model_dir": "model", "checkpoints": "checkpoints",
-             "train_log": "train_log.jsonl", "metrics_before": "metrics_before.json",
-             "metrics": "metrics.json", "heatmap": "grid.png"}
-    if name in files:
-      return os.path.join(self.path, files[name])
-    raise AttributeError(name)
+  def __truediv__(self, name: str) -> epath.Path:
+    return self.path / name
+
+  @property
+  def checkpoints(self) -> str:
+    return str(self / self.CHECKPOINTS)
+
+  def exists(self, name: str) -> bool:
+    return (self / name).exists()
+
+  def read_json(self, name: str):
+    return json.loads((self / name).read_text())
+
+  def write(self, name: str, data: str | bytes) -> None:
+    """Process 0 only; atomic on local disks (write then rename), as objects are on
+    a bucket."""
+    if jax.process_index() != 0:
+      return
+    target = self / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if self.remote:
+      (target.write_bytes if isinstance(data, bytes) else target.write_text)(data)
+      return
+    tmp = target.parent / (target.name + ".tmp")
+    (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
+    os.replace(tmp, target)
 
   def check_config(self, config: ml_collections.ConfigDict) -> bool:
     """True if the workdir already holds this run; raises if it holds another."""
-    if not os.path.exists(self.config):
+    if not self.exists(self.CONFIG):
       return False
-    with open(self.config) as f:
-      saved = json.load(f)
+    saved = self.read_json(self.CONFIG)
     now = json.loads(config.to_json_best_effort())
     diffs = sorted(_diff(saved, now))
     if diffs:
@@ -51,34 +82,34 @@ class Workdir:
 
   def write_config(self, config: ml_collections.ConfigDict, model_folder) -> None:
     """Writes config.json and copies the small model files (not the weights)."""
-    if jax.process_index() != 0:
-      return
-    os.makedirs(self.model_dir, exist_ok=True)
     for name in ("config.json", "tokenizer.json"):
-      shutil.copy(os.path.join(model_folder.path, name), os.path.join(self.model_dir, name))
-    with open(os.path.join(self.model_dir, "jaxembed.json"), "w") as f:
-      json.dump({"pooling": model_folder.pooling,
-                 "max_seq_length": model_folder.max_seq_length}, f)
-    tmp = self.config + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
-    os.replace(tmp, self.config)
+      with open(os.path.join(model_folder.path, name)) as f:
+        self.write(f"{self.MODEL_DIR}/{name}", f.read())
+    self.write(f"{self.MODEL_DIR}/jaxembed.json",
+               json.dumps({"pooling": model_folder.pooling,
+                           "max_seq_length": model_folder.max_seq_length}))
+    self.write(self.CONFIG, config.to_json_best_effort(indent=1))
+
+  def _log_lines(self) -> list[str]:
+    if not self.exists(self.TRAIN_LOG):
+      return []
+    return [l + "\n" for l in (self / self.TRAIN_LOG).read_text().splitlines() if l.strip()]
 
   def truncate_log(self, last_step: int) -> None:
     """Drops log lines past the restored step (they were written after the last
     checkpoint of a run that then died), so the log reads as one run."""
-    if jax.process_index() != 0 or not os.path.exists(self.train_log):
-      return
-    with open(self.train_log) as f:
-      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
-    with open(self.train_log, "w") as f:
-      f.writelines(lines)
+    lines = [l for l in self._log_lines() if json.loads(l)["step"] <= last_step]
+    self.write(self.TRAIN_LOG, "".join(lines))
 
   def append_log(self, record: dict) -> None:
     if jax.process_index() != 0:
       return
-    with open(self.train_log, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self.remote:  # bucket objects cannot be appended to: rewrite
+      self.write(self.TRAIN_LOG, "".join(self._log_lines()) + line)
+      return
+    with open(self / self.TRAIN_LOG, "a") as f:
+      f.write(line)
 
 
 def _diff(a, b, prefix=""):
@@ -91,6 +122,8 @@ def _diff(a, b, prefix=""):
 
 def load_from_workdir(path: str):
   """The latest checkpoint's parameters with the run's model and tokenizer."""
+  import tempfile
+
   import jax.numpy as jnp
   from jaxembed.api import EmbeddingModel
   from jaxembed.checkpoint import Checkpointer
@@ -99,12 +132,10 @@ def load_from_workdir(path: str):
   from jaxembed.train.loop import abstract_params
 
   wd = Workdir(path)
-  with open(wd.config) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  with open(os.path.join(wd.model_dir, "config.json")) as f:
-    bert = BertConfig.from_hf(json.load(f), **dict(config.model.bert_overrides))
-  with open(os.path.join(wd.model_dir, "jaxembed.json")) as f:
-    meta = json.load(f)
+  config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
+  bert = BertConfig.from_hf(wd.read_json(f"{Workdir.MODEL_DIR}/config.json"),
+                            **dict(config.model.bert_overrides))
+  meta = wd.read_json(f"{Workdir.MODEL_DIR}/jaxembed.json")
   ckpt = Checkpointer(wd.checkpoints, read_only=True)
   if ckpt.latest_step() is None:
     raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
@@ -114,5 +145,9 @@ def load_from_workdir(path: str):
                         shapes)
   params = jax.tree.map(jnp.asarray, ckpt.restore_params(target))
   ckpt.close()
-  tok = Tokenizer(os.path.join(wd.model_dir, "tokenizer.json"), meta["max_seq_length"])
+  # The tokenizers library reads a local file.
+  tok_file = os.path.join(tempfile.mkdtemp(prefix="jaxembed-tok-"), "tokenizer.json")
+  with open(tok_file, "w") as f:
+    f.write((wd / Workdir.MODEL_DIR / "tokenizer.json").read_text())
+  tok = Tokenizer(tok_file, meta["max_seq_length"])
   return EmbeddingModel(bert, params, tok, pooling=config.model.pooling, normalize=True)
