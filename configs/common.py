@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.scale = 20.0                                # 1 / temperature
   c.loss.symmetric = False
   c.loss.kl_weight = 0.0                             # Starbucks' KL to the full model
+  c.loss.blockwise = False                           # ring loss: no global B x B logits
+  c.loss.blockwise_chunk = 512                       # candidates scored at a time
   c.loss.matryoshka = ml_collections.ConfigDict()
   c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
   c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)

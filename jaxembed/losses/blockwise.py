@@ -34,12 +34,10 @@ def _varying(x, axis):
 
 
 def _chunked(x, chunk):
-  """[n, D] -> [n / chunk, chunk, D] (n must divide)."""
+  """[n, D] -> [n / c, c, D] with c the largest divisor of n that is <= chunk."""
   n = x.shape[0]
-  chunk = min(chunk, n)
-  if n % chunk:
-    raise ValueError(f"{n} candidates per device do not split into chunks of {chunk}")
-  return x.reshape(n // chunk, chunk, x.shape[-1])
+  c = max(d for d in range(1, min(chunk, n) + 1) if n % d == 0)
+  return x.reshape(n // c, c, x.shape[-1])
 
 
 def _ring_logsumexp(q, block, *, axis, n_dev, scale, chunk):

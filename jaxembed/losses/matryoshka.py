@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
+from jaxembed.losses.blockwise import ring_info_nce
 from jaxembed.losses.contrastive import candidates, info_nce_from_logits, l2_normalize
 
 MODES = ("none", "mrl", "grid", "pairs")
@@ -93,14 +94,21 @@ def cell_logits(q_layers, d_layers, cell: Cell, layer_index: dict[int, int], sca
 
 def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], neg_layers=None, *,
                     layer_index: dict[int, int], scale: float = 20.0,
-                    symmetric: bool = False, kl_weight: float = 0.0):
+                    symmetric: bool = False, kl_weight: float = 0.0,
+                    blockwise_mesh=None, blockwise_chunk: int = 512):
   """Weighted mean over cells of InfoNCE, plus kl_weight * KL(full || cell).
 
   q_layers, d_layers: [batch, n_layers, hidden] pooled vectors (neg_layers, optional:
   [batch, k, n_layers, hidden] hard negatives); `layer_index` maps a
   1-based layer to its index on axis 1. Weights are normalised to sum to one, so the
   loss is on the scale of a single InfoNCE. Returns (loss, {cell name: cell loss}).
+
+  blockwise_mesh: compute each cell's InfoNCE with `blockwise.ring_info_nce` over that
+  mesh (no device holds the global logits); the KL term needs the full distributions
+  and is not available then.
   """
+  if blockwise_mesh is not None and kl_weight:
+    raise ValueError("the KL term needs the full logits; it can't be used blockwise")
   total_w = sum(c.weight for c in cells)
   per_cell = {}
   loss = 0.0
@@ -111,6 +119,15 @@ def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], neg_layers=None, 
     teacher = jax.nn.softmax(jax.lax.stop_gradient(
         cell_logits(q_layers, d_layers, full, layer_index, scale, neg_layers)), axis=-1)
   for cell in cells:
+    if blockwise_mesh is not None:
+      i = layer_index[cell.layer]
+      value = ring_info_nce(
+          q_layers[:, i, :cell.dim], d_layers[:, i, :cell.dim],
+          None if neg_layers is None else neg_layers[:, :, i, :cell.dim],
+          mesh=blockwise_mesh, scale=scale, symmetric=symmetric, chunk=blockwise_chunk)
+      per_cell[cell.name] = value
+      loss = loss + (cell.weight / total_w) * value
+      continue
     logits = cell_logits(q_layers, d_layers, cell, layer_index, scale, neg_layers)
     value = info_nce_from_logits(logits, symmetric=symmetric)
     if teacher is not None:

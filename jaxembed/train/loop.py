@@ -124,11 +124,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
                       weights=list(m.weights) or None)
   build_cells("grid", num_layers=bert.num_layers, hidden=bert.hidden_size,
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
-  layers = tuple(range(1, bert.num_layers + 1))
-  layer_index = {l: l - 1 for l in layers}
-  loss_fn = functools.partial(_grid_loss, cells=cells, layer_index=layer_index,
-                              scale=config.loss.scale, symmetric=config.loss.symmetric,
-                              kl_weight=config.loss.kl_weight)
+  if config.loss.blockwise and config.loss.kl_weight:
+    raise ConfigError("loss.blockwise=True cannot be combined with loss.kl_weight="
+                      f"{config.loss.kl_weight}: the KL term needs the full logits")
 
   steps, batch = config.train.steps, config.train.batch_size
   if steps < 1 or batch < 1:
@@ -144,6 +142,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
     raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
                       f"{batch} and be a multiple of the {n_batch_shards} batch shards")
   rules = shd.rules_from_config(config.sharding.rules)
+  layer_index = {l: l - 1 for l in range(1, bert.num_layers + 1)}
+  loss_fn = functools.partial(
+      _grid_loss, cells=cells, layer_index=layer_index, scale=config.loss.scale,
+      symmetric=config.loss.symmetric, kl_weight=config.loss.kl_weight,
+      blockwise_mesh=mesh if config.loss.blockwise else None,
+      blockwise_chunk=config.loss.blockwise_chunk)
   model = Embedder(bert, pooling=config.model.pooling)
   param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
                                         mesh, rules)
@@ -172,8 +176,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings)
 
 
-def _grid_loss(q, d, **kw):
-  loss, per_cell = matryoshka_loss(q, d, **kw)
+def _grid_loss(q, d, negatives=None, **kw):
+  loss, per_cell = matryoshka_loss(q, d, neg_layers=negatives, **kw)
   return loss, {f"loss/{k}": v for k, v in per_cell.items()}
 
 

@@ -14,23 +14,31 @@ from jaxembed.train.state import TrainState
 
 
 def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
-  """Anchors and positives in one forward pass (one larger matmul per layer).
+  """Anchors, positives and (if the batch has them) k hard negatives per pair, in one
+  forward pass (one larger matmul per layer).
 
-  Returns (anchor, positive) pooled vectors, each [batch, n_layers, hidden].
+  Returns (anchor, positive) pooled vectors, each [batch, n_layers, hidden], and
+  negatives [batch, k, n_layers, hidden] when present.
   """
-  ids = jnp.concatenate([batch["anchor"]["input_ids"], batch["positive"]["input_ids"]])
-  mask = jnp.concatenate([batch["anchor"]["attention_mask"],
-                          batch["positive"]["attention_mask"]])
+  parts = [batch["anchor"], batch["positive"]]
+  negatives = batch.get("negatives")
+  if negatives is not None:
+    b, k, t = negatives["input_ids"].shape
+    parts.append({key: v.reshape(b * k, t) for key, v in negatives.items()})
+  ids = jnp.concatenate([p["input_ids"] for p in parts])
+  mask = jnp.concatenate([p["attention_mask"] for p in parts])
   out = model.apply({"params": params}, ids, mask, deterministic=deterministic,
                     rngs=None if deterministic else {"dropout": rng})
   n = batch["anchor"]["input_ids"].shape[0]
-  return out[:n], out[n:]
+  if negatives is None:
+    return out[:n], out[n:2 * n]
+  return out[:n], out[n:2 * n], out[2 * n:].reshape(n, k, *out.shape[1:])
 
 
 def train_step(state: TrainState, batch, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0):
-  """loss_fn(anchor_layers, positive_layers) -> (loss, {name: scalar}).
+  """loss_fn(anchor_layers, positive_layers[, negative_layers]) -> (loss, {name: scalar}).
 
   The dropout key is fold_in(state.rng, state.step): it depends on nothing but the
   seed and the step, so a resumed run draws the same masks as an uninterrupted one.
