@@ -151,3 +151,16 @@ def test_bad_cells_fail_with_valid_values(kw, match):
   mode = kw.pop("mode")
   with pytest.raises(ConfigError, match=match):
     build_cells(mode, num_layers=6, hidden=384, **kw)
+
+
+def test_prefix_cosines_match_per_dim_normalisation():
+  from jaxembed.losses.matryoshka import prefix_cosines
+  rng = np.random.default_rng(4)
+  q, c = rng.normal(size=(5, 12)), rng.normal(size=(7, 12))
+  q[2, :4] = 0.0  # a zero prefix: clamped norm, cosine 0, as l2_normalize gives
+  dims = (2, 4, 9, 12)
+  got = np.asarray(prefix_cosines(jnp.asarray(q), jnp.asarray(c), dims))
+  for n, m in enumerate(dims):
+    qn = q[:, :m] / np.maximum(np.linalg.norm(q[:, :m], axis=1, keepdims=True), 1e-12)
+    cn = c[:, :m] / np.maximum(np.linalg.norm(c[:, :m], axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(got[n], qn @ cn.T, atol=1e-6)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
 from jaxembed.losses.blockwise import ring_info_nce
-from jaxembed.losses.contrastive import candidates, info_nce_from_logits, l2_normalize
+from jaxembed.losses.contrastive import candidates, info_nce_from_logits
 
 MODES = ("none", "mrl", "grid", "pairs")
 
@@ -80,16 +80,39 @@ def build_cells(mode: str, *, num_layers: int, hidden: int, layers: Sequence[int
   return tuple(Cell(int(l), int(d), float(w)) for (l, d), w in zip(coords, weights))
 
 
-def cell_logits(q_layers, d_layers, cell: Cell, layer_index: dict[int, int], scale: float,
-                neg_layers=None):
-  """scale * cosine between queries and candidates of one (layer, dim) sub-model.
+def prefix_cosines(q, c, dims: Sequence[int], eps: float = 1e-12):
+  """cos(q[:, :m], c[:, :m]) for every m in `dims` (ascending): [len(dims), Bq, Bc].
 
-  neg_layers: optional hard negatives [batch, k, n_layers, hidden]."""
-  i = layer_index[cell.layer]
-  q = l2_normalize(q_layers[:, i, :cell.dim])
-  d = l2_normalize(d_layers[:, i, :cell.dim])
-  negs = None if neg_layers is None else l2_normalize(neg_layers[:, :, i, :cell.dim])
-  return scale * q @ candidates(d, negs).T
+  The width is cut at the dims into chunks; each chunk's dot products and squared norms
+  are computed once and the prefixes are their cumulative sums, so the whole nested
+  family costs one [Bq, D] x [D, Bc] product instead of one per dim. Norms are clamped
+  at eps as in `l2_normalize`.
+  """
+  bounds = [0, *dims]
+  spans = list(zip(bounds[:-1], bounds[1:]))
+  dots = jnp.cumsum(jnp.stack([q[:, a:b] @ c[:, a:b].T for a, b in spans]), axis=0)
+  q_sq = jnp.cumsum(jnp.stack([jnp.sum(jnp.square(q[:, a:b]), -1) for a, b in spans]), 0)
+  c_sq = jnp.cumsum(jnp.stack([jnp.sum(jnp.square(c[:, a:b]), -1) for a, b in spans]), 0)
+  q_norm = jnp.maximum(jnp.sqrt(q_sq), eps)
+  c_norm = jnp.maximum(jnp.sqrt(c_sq), eps)
+  return dots / (q_norm[:, :, None] * c_norm[:, None, :])
+
+
+def grid_logits(q_layers, d_layers, cells: Sequence[Cell], layer_index: dict[int, int],
+                scale: float, neg_layers=None, extra: Sequence[Cell] = ()):
+  """scale * cosine logits [Bq, B (+ B*k)] of every cell, layer by layer: each layer's
+  vectors are read once and all its dims come from `prefix_cosines`."""
+  out = {}
+  wanted = list(cells) + list(extra)
+  for layer in sorted({c.layer for c in wanted}):
+    i = layer_index[layer]
+    dims = sorted({c.dim for c in wanted if c.layer == layer})
+    negs = None if neg_layers is None else neg_layers[:, :, i, :]
+    cos = prefix_cosines(q_layers[:, i, :], candidates(d_layers[:, i, :], negs), dims)
+    for c in wanted:
+      if c.layer == layer:
+        out[(c.layer, c.dim)] = scale * cos[dims.index(c.dim)]
+  return out
 
 
 def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], neg_layers=None, *,
@@ -111,30 +134,26 @@ def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], neg_layers=None, 
     raise ValueError("the KL term needs the full logits; it can't be used blockwise")
   total_w = sum(c.weight for c in cells)
   per_cell = {}
-  loss = 0.0
-  teacher = None
-  if kl_weight:
-    full_layer = max(layer_index)
-    full = Cell(full_layer, q_layers.shape[-1])
-    teacher = jax.nn.softmax(jax.lax.stop_gradient(
-        cell_logits(q_layers, d_layers, full, layer_index, scale, neg_layers)), axis=-1)
-  for cell in cells:
-    if blockwise_mesh is not None:
+  if blockwise_mesh is not None:
+    for cell in cells:
       i = layer_index[cell.layer]
-      value = ring_info_nce(
+      per_cell[cell.name] = ring_info_nce(
           q_layers[:, i, :cell.dim], d_layers[:, i, :cell.dim],
           None if neg_layers is None else neg_layers[:, :, i, :cell.dim],
           mesh=blockwise_mesh, scale=scale, symmetric=symmetric, chunk=blockwise_chunk)
+  else:
+    full = Cell(max(layer_index), q_layers.shape[-1])
+    logits = grid_logits(q_layers, d_layers, cells, layer_index, scale, neg_layers,
+                         extra=(full,) if kl_weight else ())
+    if kl_weight:
+      teacher = jax.nn.softmax(jax.lax.stop_gradient(logits[(full.layer, full.dim)]), -1)
+      log_teacher = jnp.log(jnp.clip(teacher, 1e-30))
+    for cell in cells:
+      cell_logit = logits[(cell.layer, cell.dim)]
+      value = info_nce_from_logits(cell_logit, symmetric=symmetric)
+      if kl_weight:
+        log_student = jax.nn.log_softmax(cell_logit, axis=-1)
+        value += kl_weight * jnp.mean(jnp.sum(teacher * (log_teacher - log_student), -1))
       per_cell[cell.name] = value
-      loss = loss + (cell.weight / total_w) * value
-      continue
-    logits = cell_logits(q_layers, d_layers, cell, layer_index, scale, neg_layers)
-    value = info_nce_from_logits(logits, symmetric=symmetric)
-    if teacher is not None:
-      log_student = jax.nn.log_softmax(logits, axis=-1)
-      kl = jnp.mean(jnp.sum(teacher * (jnp.log(jnp.clip(teacher, 1e-30)) - log_student),
-                            axis=-1))
-      value = value + kl_weight * kl
-    per_cell[cell.name] = value
-    loss = loss + (cell.weight / total_w) * value
+  loss = sum((c.weight / total_w) * per_cell[c.name] for c in cells)
   return loss, per_cell
