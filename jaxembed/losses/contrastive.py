@@ -59,3 +59,104 @@ def sigmoid_loss(q, d, negatives=None, *, log_scale, bias):
   b = q.shape[0]
   z = jnp.full_like(logits, -1.0).at[:, :b].add(2.0 * jnp.eye(b, dtype=logits.dtype))
   return -jnp.sum(jax.nn.log_sigmoid(z * logits)) / b
+
+
+DIRECTIONS = ("qd", "dq", "qq", "dd")
+
+
+def contrastive_loss(q, d, negatives=None, *, scale=20.0, directions=("qd",),
+                     positive_ids=None, candidate_ids=None, margin=None,
+                     focal_gamma: float = 0.0, query_negatives=None,
+                     per_example: bool = False):
+  """InfoNCE with a partition function over the chosen directions, and masking of
+  false negatives.
+
+  For pair i the loss is -log(exp(s(q_i, d_i)) / Z_i) with Z_i summing, per direction:
+    qd: s(q_i, c_j) over every candidate (positives and hard negatives),
+    dq: s(q_j, d_i) over every query j != i,
+    qq: s(q_i, q_j) over j != i,       dd: s(d_i, d_j) over j != i,
+  (the "improved contrastive loss" of GTE, Li et al. 2023; ("qd",) is plain InfoNCE).
+  s = scale * cosine; `scale` may be a traced value (a learnable temperature).
+
+  False negatives are dropped from Z_i: a candidate whose id equals the positive's id
+  (`positive_ids` [B], `candidate_ids` [B + B*k]: the same text), and, with `margin`,
+  any negative scoring above s(q_i, d_i) + margin (as cosine).
+  query_negatives [B, s, D]: extra negatives seen by their own query only (e.g. from
+  `mix_hard_negatives`).
+  focal_gamma > 0 weights each example by (1 - p_i)^gamma, p_i its positive's
+  probability (focal loss, Lin et al. 2017, as KaLM-Embedding-V2 uses it).
+  """
+  unknown = set(directions) - set(DIRECTIONS)
+  if unknown or not directions:
+    raise ValueError(f"directions {list(directions)}: valid {list(DIRECTIONS)}")
+  qn, dn = l2_normalize(q), l2_normalize(d)
+  cands = candidates(dn, None if negatives is None else l2_normalize(negatives))
+  b = q.shape[0]
+  eye = jnp.eye(b, dtype=bool)
+  cos_qc = qn @ cands.T                                   # [B, C]
+  pos_cos = jnp.sum(qn * dn, axis=-1)                     # [B]
+
+  def keep_mask(cos, ids_row, ids_col, self_mask):
+    """True where a term stays in Z_i; the positive itself is handled apart."""
+    keep = ~self_mask
+    if ids_row is not None:
+      keep &= ids_col[None, :] != ids_row[:, None]
+    if margin is not None:
+      keep &= jax.lax.stop_gradient(cos) <= jax.lax.stop_gradient(pos_cos)[:, None] + margin
+    return keep
+
+  pos_ids = positive_ids
+  cand_ids = candidate_ids
+  terms = [scale * pos_cos[:, None]]                      # the positive, once
+  masks = [jnp.ones((b, 1), bool)]
+  if "qd" in directions:
+    self_col = jnp.zeros(cos_qc.shape, bool).at[:, :b].set(eye)
+    terms.append(scale * cos_qc)
+    masks.append(keep_mask(cos_qc, pos_ids, cand_ids, self_col))
+  if query_negatives is not None:
+    cos = jnp.einsum("bd,bsd->bs", qn, l2_normalize(query_negatives))
+    terms.append(scale * cos)
+    masks.append(keep_mask(cos, None, None, jnp.zeros(cos.shape, bool)))
+  if "dq" in directions:
+    cos = (qn @ dn.T).T                                   # [i, j] = s(q_j, d_i)
+    terms.append(scale * cos)
+    masks.append(keep_mask(cos, pos_ids, pos_ids, eye))
+  if "qq" in directions:
+    cos = qn @ qn.T
+    terms.append(scale * cos)
+    masks.append(keep_mask(cos, pos_ids, pos_ids, eye))
+  if "dd" in directions:
+    cos = dn @ dn.T
+    terms.append(scale * cos)
+    masks.append(keep_mask(cos, pos_ids, pos_ids, eye))
+  logits = jnp.concatenate(terms, axis=1)
+  mask = jnp.concatenate(masks, axis=1)
+  log_z = jax.nn.logsumexp(jnp.where(mask, logits, -jnp.inf), axis=1)
+  nll = log_z - scale * pos_cos
+  if focal_gamma:
+    nll = (1.0 - jnp.exp(-nll)) ** focal_gamma * nll
+  return nll if per_example else jnp.mean(nll)
+
+
+def mix_hard_negatives(q, d, rng, *, n_hardest: int = 4, n_synthetic: int = 4,
+                       negatives=None):
+  """Synthetic negatives per query from its hardest negatives (MoCHi, Kalantidis et
+  al. 2020; the online hard-negative mixing of KaLM-Embedding-V2): for each query the
+  `n_hardest` highest-scoring non-positive candidates are found, and `n_synthetic`
+  random convex mixtures of two of them are renormalised. They are constants
+  (stop-gradient), as in MoCHi. Returns [B, n_synthetic, D], to pass as extra
+  per-query negatives (`contrastive_loss(..., query_negatives=...)`).
+  """
+  qn, cands = l2_normalize(q), candidates(
+      l2_normalize(d), None if negatives is None else l2_normalize(negatives))
+  b = q.shape[0]
+  scores = jax.lax.stop_gradient(qn @ cands.T)
+  scores = scores.at[jnp.arange(b), jnp.arange(b)].set(-jnp.inf)   # not the positive
+  _, hardest = jax.lax.top_k(scores, n_hardest)                    # [B, h]
+  k1, k2, k3 = jax.random.split(rng, 3)
+  i = jax.random.randint(k1, (b, n_synthetic), 0, n_hardest)
+  j = jax.random.randint(k2, (b, n_synthetic), 0, n_hardest)
+  alpha = jax.random.uniform(k3, (b, n_synthetic, 1))
+  pick = lambda idx: cands[jnp.take_along_axis(hardest, idx, axis=1)]
+  mixed = alpha * pick(i) + (1.0 - alpha) * pick(j)
+  return jax.lax.stop_gradient(l2_normalize(mixed))

@@ -13,6 +13,7 @@ Every cell reads the pooled vector of its layer from one encoder pass
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
 from jaxembed.losses.blockwise import ring_info_nce
-from jaxembed.losses.contrastive import candidates, info_nce_from_logits
+from jaxembed.losses.contrastive import candidates, info_nce_from_logits, l2_normalize
 
 MODES = ("none", "mrl", "grid", "pairs")
 
@@ -38,14 +39,18 @@ class Cell:
 
 def build_cells(mode: str, *, num_layers: int, hidden: int, layers: Sequence[int] = (),
                 dims: Sequence[int] = (), pairs: Sequence[Sequence[int]] = (),
-                weights: Sequence[float] | None = None,
+                weights: Sequence[float] | None = None, layer_weighting: str = "uniform",
                 field: str = "loss.matryoshka") -> tuple[Cell, ...]:
   """The cells a config asks for, checked against the model's layers and width.
 
   mode: 'none' (the full model only), 'mrl' (each of `dims` at the last layer),
   'grid' (every layer in `layers` x every dim in `dims`), 'pairs' (the (layer, dim)
-  list `pairs`, Starbucks). `weights`, if given, has one entry per cell in that order.
+  list `pairs`, Starbucks). `weights`, if given, has one entry per cell in that order;
+  `layer_weighting` (uniform, linear, log) multiplies each cell's weight by its layer's.
   """
+  if layer_weighting not in LAYER_WEIGHTINGS:
+    raise ConfigError(f"{field}.layer_weighting={layer_weighting!r}; valid values: "
+                      f"{list(LAYER_WEIGHTINGS)}")
   if mode not in MODES:
     raise ConfigError(f"{field}.mode={mode!r}; valid values: {list(MODES)}")
   if mode == "none":
@@ -77,7 +82,8 @@ def build_cells(mode: str, *, num_layers: int, hidden: int, layers: Sequence[int
                       f"cells {coords}; give one weight per cell or none")
   if any(w < 0 for w in weights) or sum(weights) <= 0:
     raise ConfigError(f"{field}.weights must be non-negative with a positive sum")
-  return tuple(Cell(int(l), int(d), float(w)) for (l, d), w in zip(coords, weights))
+  return tuple(Cell(int(l), int(d), float(w) * layer_weight(l, num_layers, layer_weighting))
+               for (l, d), w in zip(coords, weights))
 
 
 def prefix_cosines(q, c, dims: Sequence[int], eps: float = 1e-12):
@@ -157,3 +163,83 @@ def matryoshka_loss(q_layers, d_layers, cells: Sequence[Cell], neg_layers=None, 
       per_cell[cell.name] = value
   loss = sum((c.weight / total_w) * per_cell[c.name] for c in cells)
   return loss, per_cell
+
+
+LAYER_WEIGHTINGS = ("uniform", "linear", "log")
+
+
+def layer_weight(layer: int, num_layers: int, scheme: str = "uniform") -> float:
+  """How much a sub-model at `layer` counts: uniform 1, linear l / n, or
+  log(1 + l) / log(1 + n) (deeper layers weigh more, shallow ones still count)."""
+  if scheme == "uniform":
+    return 1.0
+  if scheme == "linear":
+    return layer / num_layers
+  if scheme == "log":
+    return math.log1p(layer) / math.log1p(num_layers)
+  raise ValueError(f"layer weighting {scheme!r}: valid {list(LAYER_WEIGHTINGS)}")
+
+
+def _masked_logits(q, c, dim, scale):
+  """scale * cosine on the first `dim` coordinates, `dim` possibly traced: the rest
+  are zeroed, which gives the same cosine as slicing."""
+  keep = (jnp.arange(q.shape[-1]) < dim).astype(q.dtype)
+  return scale * l2_normalize(q * keep) @ l2_normalize(c * keep).T
+
+
+def two_d_matryoshka_loss(q_layers, d_layers, rng, *, dims: Sequence[int], scale=20.0,
+                          last_layer_weight: float = 1.0,
+                          prior_layers_weight: float = 1.0, kl_weight: float = 1.0,
+                          kl_temperature: float = 0.3):
+  """2DMSE (Li et al. 2024, "2D Matryoshka Sentence Embeddings"): each step samples a
+  shallower layer i in 1..n-1 and a dim m from `dims`, and sums InfoNCE at
+  (n, full), (n, m) [x last_layer_weight] and (i, full), (i, m) [x prior_layers_weight],
+  plus kl_weight * KL(last layer || layer i) of the in-batch score distributions at
+  temperature kl_temperature (the last layer detached). The defaults are those of
+  sentence-transformers' Matryoshka2dLoss (weights 1, temperature 0.3). Layers are
+  positions on axis 1 of q_layers (the last one is the full model).
+  Returns (loss, {"layer": i (1-based), "dim": m, ...parts}).
+  """
+  n, hidden = q_layers.shape[1], q_layers.shape[-1]
+  k_layer, k_dim = jax.random.split(rng)
+  i = jax.random.randint(k_layer, (), 0, n - 1)            # index of a shallower layer
+  m = jnp.asarray(dims)[jax.random.randint(k_dim, (), 0, len(dims))]
+  last_q, last_d = q_layers[:, -1], d_layers[:, -1]
+  shallow_q = jnp.take(q_layers, i, axis=1)
+  shallow_d = jnp.take(d_layers, i, axis=1)
+  parts = {
+      "last_full": info_nce_from_logits(_masked_logits(last_q, last_d, hidden, scale)),
+      "last_dim": info_nce_from_logits(_masked_logits(last_q, last_d, m, scale)),
+      "prior_full": info_nce_from_logits(_masked_logits(shallow_q, shallow_d, hidden, scale)),
+      "prior_dim": info_nce_from_logits(_masked_logits(shallow_q, shallow_d, m, scale)),
+  }
+  teacher = jax.lax.stop_gradient(_masked_logits(last_q, last_d, hidden, scale))
+  student = _masked_logits(shallow_q, shallow_d, hidden, scale)
+  p = jax.nn.softmax(teacher / kl_temperature, -1)
+  kl = jnp.mean(jnp.sum(p * (jax.nn.log_softmax(teacher / kl_temperature, -1)
+                             - jax.nn.log_softmax(student / kl_temperature, -1)), -1))
+  parts["kl"] = kl
+  loss = (last_layer_weight * (parts["last_full"] + parts["last_dim"])
+          + prior_layers_weight * (parts["prior_full"] + parts["prior_dim"])
+          + kl_weight * kl)
+  return loss, {"layer": i + 1, "dim": m, **parts}
+
+
+def mrl_classification_loss(features, labels, heads, dims: Sequence[int],
+                            weights: Sequence[float] | None = None,
+                            efficient: bool = True):
+  """Matryoshka Representation Learning for a classifier (Kusupati et al. 2022, Eq. 1):
+  sum_m c_m CE(W_m z[:m] + b_m, y). MRL-E (efficient=True) shares one head,
+  heads = (kernel [D, classes], bias [classes]) and W_m = kernel[:m]; plain MRL has a
+  head per dim, heads = [(kernel_m [m, classes], bias_m), ...] in the order of dims.
+  """
+  weights = [1.0] * len(dims) if weights is None else list(weights)
+  if len(weights) != len(dims):
+    raise ValueError(f"{len(weights)} weights for {len(dims)} dims")
+  total = 0.0
+  for n, (m, c) in enumerate(zip(dims, weights)):
+    kernel, bias = (heads[0][:m], heads[1]) if efficient else heads[n]
+    logits = features[:, :m] @ kernel + bias
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1)[:, 0]
+    total = total + c * jnp.mean(nll)
+  return total

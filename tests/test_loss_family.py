@@ -1,0 +1,269 @@
+"""The wider loss family against slow float64 NumPy references: values, gradients by
+central differences, and detached teachers."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxembed.losses import (angle_loss, build_cells, contrastive_loss, cosent_loss,
+                             kl_scores, layer_weight, mix_hard_negatives,
+                             mrl_classification_loss, multi_exit_self_distillation,
+                             two_d_matryoshka_loss)
+from jaxembed.losses.scored import angle_scores
+from test_losses import numeric_grad
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+  """float64 on both sides, so values compare to 1e-8; restored for other modules."""
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", False)
+
+
+def unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def lse(values):
+  values = np.asarray(values, np.float64)
+  m = values.max()
+  return m + np.log(np.exp(values - m).sum())
+
+
+def ref_contrastive(q, d, n, scale, directions, pos_ids, cand_ids, margin, gamma, qneg):
+  qn, dn = unit(q), unit(d)
+  cands = dn if n is None else np.concatenate([dn, unit(n).reshape(-1, n.shape[-1])])
+  b = len(q)
+  total = 0.0
+  for i in range(b):
+    pos = float(qn[i] @ dn[i])
+    terms = [scale * pos]
+    def add(cos, same_text):
+      if same_text or (margin is not None and cos > pos + margin):
+        return
+      terms.append(scale * cos)
+    if "qd" in directions:
+      for j in range(len(cands)):
+        if j != i:
+          add(float(qn[i] @ cands[j]), pos_ids is not None and cand_ids[j] == pos_ids[i])
+    if qneg is not None:
+      for s in unit(qneg[i]):
+        add(float(qn[i] @ s), False)
+    for name, a, bvec in (("dq", dn, qn), ("qq", qn, qn), ("dd", dn, dn)):
+      if name in directions:
+        for j in range(b):
+          if j != i:
+            own = (dn[i] @ qn[j]) if name == "dq" else (a[i] @ bvec[j])
+            add(float(own), pos_ids is not None and pos_ids[j] == pos_ids[i])
+    nll = lse(terms) - scale * pos
+    if gamma:
+      nll = (1 - np.exp(-nll)) ** gamma * nll
+    total += nll
+  return total / b
+
+
+CASES = [
+    dict(directions=("qd",)),
+    dict(directions=("qd", "dq")),
+    dict(directions=("qd", "qq", "dd")),
+    dict(directions=("qd", "dq", "qq", "dd"), negatives=True),
+    dict(directions=("qd",), negatives=True, ids=True),
+    dict(directions=("qd", "dq"), margin=0.1, negatives=True),
+    dict(directions=("qd",), gamma=2.0),
+    dict(directions=("qd",), qneg=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_contrastive_loss(case):
+  rng = np.random.default_rng(0)
+  b, k, dim = 5, 2, 6
+  q, d = rng.normal(size=(b, dim)), rng.normal(size=(b, dim))
+  n = rng.normal(size=(b, k, dim)) if case.get("negatives") else None
+  d[3] = d[1]  # the same text twice: a false negative for each other
+  pos_ids = cand_ids = None
+  if case.get("ids"):
+    pos_ids = np.array([0, 1, 2, 1, 4])
+    cand_ids = np.concatenate([pos_ids, 100 + np.arange(b * k)])
+    cand_ids[b + 3] = 2  # a hard negative that is query 2's positive text
+  qneg = rng.normal(size=(b, 3, dim)) if case.get("qneg") else None
+  kw = dict(scale=20.0, directions=case["directions"], margin=case.get("margin"),
+            focal_gamma=case.get("gamma", 0.0))
+  args = dict(positive_ids=None if pos_ids is None else jnp.asarray(pos_ids),
+              candidate_ids=None if cand_ids is None else jnp.asarray(cand_ids),
+              query_negatives=None if qneg is None else jnp.asarray(qneg))
+  f = lambda a, c: contrastive_loss(a, c, None if n is None else jnp.asarray(n), **kw, **args)
+  value, (gq, gd) = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(q), jnp.asarray(d))
+  ref = lambda a, c: ref_contrastive(a, c, n, 20.0, case["directions"], pos_ids, cand_ids,
+                                     case.get("margin"), case.get("gamma", 0.0), qneg)
+  assert float(value) == pytest.approx(ref(q, d), abs=1e-8)
+  np.testing.assert_allclose(gq, numeric_grad(lambda x: ref(x, d), q), atol=1e-5)
+  np.testing.assert_allclose(gd, numeric_grad(lambda x: ref(q, x), d), atol=1e-5)
+
+
+def test_learnable_temperature_gradient():
+  rng = np.random.default_rng(1)
+  q, d = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+  g = jax.grad(lambda t: contrastive_loss(jnp.asarray(q), jnp.asarray(d), scale=jnp.exp(t)))(
+      jnp.log(20.0))
+  ref = lambda t: ref_contrastive(q, d, None, np.exp(t), ("qd",), None, None, None, 0, None)
+  eps = 1e-6
+  assert float(g) == pytest.approx((ref(np.log(20) + eps) - ref(np.log(20) - eps)) / (2 * eps),
+                                   abs=1e-6)
+
+
+def test_mixed_negatives_are_mixtures_of_the_hardest_and_constant():
+  rng = np.random.default_rng(2)
+  q, d = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+  mixed = np.asarray(mix_hard_negatives(jnp.asarray(q), jnp.asarray(d), jax.random.PRNGKey(0),
+                                        n_hardest=3, n_synthetic=4))
+  assert mixed.shape == (6, 4, 8)
+  np.testing.assert_allclose(np.linalg.norm(mixed, axis=-1), 1.0, atol=1e-9)
+  qn, dn = unit(q), unit(d)
+  for i in range(6):
+    scores = dn @ qn[i]
+    scores[i] = -np.inf
+    hardest = dn[np.argsort(-scores)[:3]]
+    for s in mixed[i]:  # s = normalize(a x + (1 - a) y) for some hardest x, y, a in [0, 1]
+      ok = False
+      for x, y in itertools.combinations_with_replacement(hardest, 2):
+        coef, *_ = np.linalg.lstsq(np.stack([x, y], 1), s, rcond=None)
+        if np.allclose(np.stack([x, y], 1) @ coef, s, atol=1e-8) and (coef >= -1e-9).all():
+          ok = True
+      assert ok
+  g = jax.grad(lambda a: jnp.sum(mix_hard_negatives(a, jnp.asarray(d), jax.random.PRNGKey(0))))(
+      jnp.asarray(q))
+  np.testing.assert_array_equal(g, 0.0)
+
+
+def ref_rank(scores, grades):
+  terms = [0.0] + [scores[j] - scores[i] for i in range(len(scores))
+                   for j in range(len(scores)) if grades[i] > grades[j]]
+  return lse(terms)
+
+
+def test_cosent_and_angle():
+  rng = np.random.default_rng(3)
+  u, v = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+  grades = np.array([0.0, 1.0, 1.0, 3.0, 2.5, 5.0])  # with a tie
+  cos = lambda a, b: 20.0 * np.sum(unit(a) * unit(b), -1)
+  def ang(a, b):  # NumPy complex arithmetic, independent of the real-valued JAX code
+    za, zb = a[:, :4] + 1j * a[:, 4:], b[:, :4] + 1j * b[:, 4:]
+    # AnglE divides by the whole vector's squared norm, not element-wise
+    quotient = za * np.conj(zb) / np.sum(np.abs(zb) ** 2, axis=1, keepdims=True)
+    quotient *= (np.linalg.norm(b, axis=1) / np.linalg.norm(a, axis=1))[:, None]
+    return np.abs(quotient.real.sum(1) + quotient.imag.sum(1))
+  np.testing.assert_allclose(angle_scores(jnp.asarray(u), jnp.asarray(v)), ang(u, v), rtol=1e-10)
+  for loss, score in ((cosent_loss, cos), (angle_loss, lambda a, b: 20.0 * ang(a, b))):
+    f = lambda a, b: loss(a, b, jnp.asarray(grades), tau=20.0)
+    value, (gu, gv) = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(u), jnp.asarray(v))
+    ref = lambda a, b: ref_rank(score(a, b), grades)
+    assert float(value) == pytest.approx(ref(u, v), abs=1e-8)
+    np.testing.assert_allclose(gu, numeric_grad(lambda x: ref(x, v), u), atol=1e-5)
+    np.testing.assert_allclose(gv, numeric_grad(lambda x: ref(u, x), v), atol=1e-5)
+
+
+def ref_kl(student, teacher, t):
+  total = 0.0
+  for s_row, t_row in zip(student, teacher):
+    p = np.exp(t_row / t - lse(t_row / t))
+    log_q = s_row / t - lse(s_row / t)
+    total += np.sum(p * (np.log(p) - log_q))
+  return total / len(student) * t * t
+
+
+def test_kl_scores_value_gradient_and_detached_teacher():
+  rng = np.random.default_rng(4)
+  s, t = rng.normal(size=(4, 7)) * 3, rng.normal(size=(4, 7)) * 3
+  value, (gs, gt) = jax.value_and_grad(lambda a, b: kl_scores(a, b, temperature=2.0),
+                                       argnums=(0, 1))(jnp.asarray(s), jnp.asarray(t))
+  assert float(value) == pytest.approx(ref_kl(s, t, 2.0), abs=1e-9)
+  np.testing.assert_allclose(gs, numeric_grad(lambda x: ref_kl(x, t, 2.0), s), atol=1e-6)
+  np.testing.assert_array_equal(gt, 0.0)  # the teacher is a constant
+
+
+def test_multi_exit_self_distillation():
+  rng = np.random.default_rng(5)
+  ql, dl = rng.normal(size=(5, 3, 6)), rng.normal(size=(5, 3, 6))
+  idx = {1: 0, 2: 1, 3: 2}
+  def ref(a, b, teacher_from):
+    logits = {l: 20.0 * unit(a[:, idx[l]]) @ unit(b[:, idx[l]]).T for l in (1, 2, 3)}
+    fixed = {l: 20.0 * unit(teacher_from[0][:, idx[l]]) @ unit(teacher_from[1][:, idx[l]]).T
+             for l in (1, 2, 3)}
+    nce = lambda z: np.mean([lse(z[i]) - z[i, i] for i in range(len(z))])
+    contrast = np.mean([nce(logits[l]) for l in (1, 2, 3)])
+    distill = np.mean([ref_kl(logits[1], fixed[2], 1.0), ref_kl(logits[2], fixed[3], 1.0)])
+    return contrast + 0.5 * distill
+  f = lambda a, b: multi_exit_self_distillation(a, b, (1, 2, 3), layer_index=idx,
+                                                distill_weight=0.5)[0]
+  value, (gq, gd) = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(ql), jnp.asarray(dl))
+  assert float(value) == pytest.approx(ref(ql, dl, (ql, dl)), abs=1e-8)
+  # Teachers fixed at the unperturbed inputs: that is what stop-gradient means.
+  np.testing.assert_allclose(gq, numeric_grad(lambda x: ref(x, dl, (ql, dl)), ql), atol=1e-5)
+  np.testing.assert_allclose(gd, numeric_grad(lambda x: ref(ql, x, (ql, dl)), dl), atol=1e-5)
+
+
+def test_two_d_matryoshka():
+  rng = np.random.default_rng(6)
+  ql, dl = rng.normal(size=(5, 4, 8)), rng.normal(size=(5, 4, 8))
+  key = jax.random.PRNGKey(7)
+  f = lambda a, b: two_d_matryoshka_loss(a, b, key, dims=(2, 4), kl_weight=0.7,
+                                         prior_layers_weight=0.5)
+  (value, aux), (gq, gd) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
+      jnp.asarray(ql), jnp.asarray(dl))
+  layer, dim = int(aux["layer"]), int(aux["dim"])
+  assert 1 <= layer <= 3 and dim in (2, 4)
+  def ref(a, b, fixed):
+    def logits(x, y, lyr, m):
+      return 20.0 * unit(x[:, lyr - 1, :m]) @ unit(y[:, lyr - 1, :m]).T
+    nce = lambda z: np.mean([lse(z[i]) - z[i, i] for i in range(len(z))])
+    last = nce(logits(a, b, 4, 8)) + nce(logits(a, b, 4, dim))
+    prior = nce(logits(a, b, layer, 8)) + nce(logits(a, b, layer, dim))
+    kl = ref_kl(logits(a, b, layer, 8), logits(*fixed, 4, 8), 0.3) / 0.3 ** 2
+    return last + 0.5 * prior + 0.7 * kl
+  assert float(value) == pytest.approx(ref(ql, dl, (ql, dl)), abs=1e-8)
+  np.testing.assert_allclose(gq, numeric_grad(lambda x: ref(x, dl, (ql, dl)), ql), atol=1e-5)
+  np.testing.assert_allclose(gd, numeric_grad(lambda x: ref(ql, x, (ql, dl)), dl), atol=1e-5)
+  # Different keys sample different sub-models.
+  seen = {tuple(int(v) for v in (two_d_matryoshka_loss(
+      jnp.asarray(ql), jnp.asarray(dl), jax.random.PRNGKey(s), dims=(2, 4))[1][k]
+      for k in ("layer", "dim"))) for s in range(30)}
+  assert len(seen) > 3
+
+
+@pytest.mark.parametrize("efficient", [True, False])
+def test_mrl_classification(efficient):
+  rng = np.random.default_rng(8)
+  z, y = rng.normal(size=(6, 8)), rng.integers(0, 3, size=6)
+  dims, weights = (2, 4, 8), (1.0, 0.5, 2.0)
+  if efficient:
+    heads = (rng.normal(size=(8, 3)), rng.normal(size=3))
+    head_of = lambda h, n, m: (h[0][:m], h[1])
+  else:
+    heads = [(rng.normal(size=(m, 3)), rng.normal(size=3)) for m in dims]
+    head_of = lambda h, n, m: h[n]
+  def ref(feat):
+    total = 0.0
+    for n, (m, c) in enumerate(zip(dims, weights)):
+      w, b = head_of(heads, n, m)
+      logits = feat[:, :m] @ w + b
+      total += c * np.mean([lse(logits[i]) - logits[i, y[i]] for i in range(len(y))])
+    return total
+  f = lambda feat: mrl_classification_loss(feat, jnp.asarray(y), jax.tree.map(jnp.asarray, heads),
+                                           dims, weights, efficient=efficient)
+  value, g = jax.value_and_grad(f)(jnp.asarray(z))
+  assert float(value) == pytest.approx(ref(z), abs=1e-9)
+  np.testing.assert_allclose(g, numeric_grad(ref, z), atol=1e-6)
+
+
+def test_layer_weightings():
+  assert [layer_weight(l, 4, "linear") for l in (1, 4)] == [0.25, 1.0]
+  assert layer_weight(1, 6, "log") == pytest.approx(np.log(2) / np.log(7))
+  cells = build_cells("grid", num_layers=4, hidden=8, layers=(1, 4), dims=(8,),
+                      weights=[2.0, 2.0], layer_weighting="linear")
+  assert [c.weight for c in cells] == [0.5, 2.0]
