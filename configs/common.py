@@ -44,18 +44,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 32                                # tokens, specials included
 
   c.loss = ml_collections.ConfigDict()
+  # info_nce | contrastive | sigmoid | 2dmse | self_distillation (jaxembed/losses/registry)
   c.loss.name = "info_nce"
   c.loss.scale = 20.0                                # 1 / temperature
   c.loss.symmetric = False
   c.loss.kl_weight = 0.0                             # Starbucks' KL to the full model
   c.loss.blockwise = False                           # ring loss: no global B x B logits
   c.loss.blockwise_chunk = 512                       # candidates scored at a time
+  c.loss.kl_temperature = 1.0                        # 2dmse, self_distillation
+  c.loss.directions = ("qd",)                        # contrastive: qd, dq, qq, dd
+  c.loss.false_negative_margin = ml_collections.config_dict.placeholder(float)
+  c.loss.focal_gamma = 0.0                           # contrastive: (1 - p)^gamma weights
+  c.loss.mix_negatives = 0                           # contrastive: synthetic negatives
+  c.loss.mix_hardest = 4                             #   mixed from this many hardest
+  c.loss.sigmoid_scale = 10.0                        # sigmoid: t (SigLIP init)
+  c.loss.sigmoid_bias = -10.0                        # sigmoid: b (SigLIP init)
   c.loss.matryoshka = ml_collections.ConfigDict()
   c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
   c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)
   c.loss.matryoshka.dims = (32, 64, 128, 256, 384)
   c.loss.matryoshka.pairs = ()
   c.loss.matryoshka.weights = ()
+  c.loss.matryoshka.layer_weighting = "uniform"      # uniform | linear | log
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"

@@ -3,7 +3,10 @@ and 8 devices."""
 
 import jax
 import numpy as np
+import pytest
 
+from jaxembed.errors import ConfigError
+from jaxembed.losses.registry import LOSSES
 from jaxembed.train import loop
 from test_sharding import run_steps
 
@@ -56,9 +59,39 @@ def test_blockwise_loss_trains_like_the_plain_one(smoke_config):
 
 
 def test_blockwise_with_kl_is_refused(smoke_config):
-  import pytest
-  from jaxembed.errors import ConfigError
   config = smoke_config(**{"loss.blockwise": True, "loss.kl_weight": 1.0})
-  with pytest.raises(ConfigError, match="loss.blockwise=True cannot be combined with "
-                                        "loss.kl_weight=1.0"):
+  with pytest.raises(ConfigError, match="loss.blockwise=True works with .*kl_weight=1.0"):
     loop.setup(config, "/nonexistent-unused")
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("info_nce", {"loss.kl_weight": 0.5}),
+    ("contrastive", {"loss.directions": ("qd", "dq", "qq", "dd"),
+                     "loss.false_negative_margin": 0.1, "loss.focal_gamma": 1.0,
+                     "loss.mix_negatives": 2, "loss.mix_hardest": 3}),
+    ("sigmoid", {}),
+    ("2dmse", {"loss.kl_weight": 1.0, "loss.kl_temperature": 0.3}),
+    ("self_distillation", {"loss.matryoshka.layers": (1, 2)}),
+])
+def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
+  assert name in LOSSES
+  config = smoke_config(**{"loss.name": name, **extra})
+  config.mesh.update(data=4, fsdp=2)
+  _, state, losses = run_steps(config, jax.devices(), n_steps=2)
+  assert np.isfinite(losses).all() and int(loop.local_value(state.step)) == 2
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"loss.name": "triplet"}, r"loss.name='triplet'; valid values: \['info_nce', "
+                               r"'contrastive', 'sigmoid', '2dmse', 'self_distillation'\]"),
+    ({"loss.matryoshka.weights": (1.0, 2.0)}, r"weights has 2 entries for 6 cells"),
+    ({"loss.matryoshka.dims": (8, 48)}, r"dim 48 is larger than the hidden size 32 "
+                                        r"\(valid: 1..32\)"),
+    ({"loss.name": "contrastive", "loss.directions": ("qd", "up")},
+     r"\['up'\] not valid; valid values: \['qd', 'dq', 'qq', 'dd'\]"),
+    ({"loss.matryoshka.layer_weighting": "cubic"}, r"valid values: \['uniform', 'linear', "
+                                                   r"'log'\]"),
+])
+def test_bad_loss_config_fails_at_config_time(smoke_config, overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    loop.setup(smoke_config(**overrides), "/nonexistent-unused")

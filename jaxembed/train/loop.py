@@ -33,7 +33,8 @@ from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.evals import grid as grid_eval
 from jaxembed.evals.tasks import RetrievalTask, STSTask
-from jaxembed.losses import build_cells, matryoshka_loss
+from jaxembed.losses import build_cells
+from jaxembed.losses.registry import make_loss
 from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.pooling import check_pooling
@@ -41,9 +42,6 @@ from jaxembed.train.optim import make_optimizer
 from jaxembed.train.state import TrainState
 from jaxembed.train.step import train_step
 from jaxembed.train.workdir import Workdir
-
-LOSSES = ("info_nce",)
-
 
 # ----------------------------------------------------------------------------- config
 
@@ -111,22 +109,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   `devices` (default: all) are the devices the mesh is laid over."""
   from configs.common import base_config
   check_fields(config, base_config())
-  if config.loss.name not in LOSSES:
-    raise ConfigError(f"loss.name={config.loss.name!r}; valid values: {list(LOSSES)}")
   if config.model.init not in ("pretrained", "random"):
     raise ConfigError(f"model.init={config.model.init!r}; valid: ['pretrained', 'random']")
   check_pooling(config.model.pooling)
   folder = read_model_folder(config.model.path)
   bert = bert_config(config, folder)
-  m = config.loss.matryoshka
-  cells = build_cells(m.mode, num_layers=bert.num_layers, hidden=bert.hidden_size,
-                      layers=m.layers, dims=m.dims, pairs=m.pairs,
-                      weights=list(m.weights) or None)
   build_cells("grid", num_layers=bert.num_layers, hidden=bert.hidden_size,
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
-  if config.loss.blockwise and config.loss.kl_weight:
-    raise ConfigError("loss.blockwise=True cannot be combined with loss.kl_weight="
-                      f"{config.loss.kl_weight}: the KL term needs the full logits")
 
   steps, batch = config.train.steps, config.train.batch_size
   if steps < 1 or batch < 1:
@@ -142,12 +131,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
     raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
                       f"{batch} and be a multiple of the {n_batch_shards} batch shards")
   rules = shd.rules_from_config(config.sharding.rules)
-  layer_index = {l: l - 1 for l in range(1, bert.num_layers + 1)}
-  loss_fn = functools.partial(
-      _grid_loss, cells=cells, layer_index=layer_index, scale=config.loss.scale,
-      symmetric=config.loss.symmetric, kl_weight=config.loss.kl_weight,
-      blockwise_mesh=mesh if config.loss.blockwise else None,
-      blockwise_chunk=config.loss.blockwise_chunk)
+  loss_fn = make_loss(config.loss, num_layers=bert.num_layers, hidden=bert.hidden_size,
+                      mesh=mesh)
   model = Embedder(bert, pooling=config.model.pooling)
   param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
                                         mesh, rules)
@@ -174,11 +159,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
              eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
              dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings)
-
-
-def _grid_loss(q, d, negatives=None, **kw):
-  loss, per_cell = matryoshka_loss(q, d, neg_layers=negatives, **kw)
-  return loss, {f"loss/{k}": v for k, v in per_cell.items()}
 
 
 def build_eval_tasks(config, builder) -> list:
