@@ -35,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bert_overrides = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
+  # wordnet: pairs from WordNet; jsonl: {anchor, positive[, negatives]} per line in
+  # train_jsonl (e.g. written by experiments.mine). Evaluation always uses WordNet's
+  # held-out synsets and the packaged STS sets.
+  c.data.source = "wordnet"
+  c.data.train_jsonl = ""
   c.data.wordnet_dir = "/usr/share/wordnet"
   c.data.tfds_dir = "~/.cache/jaxembed/tfds"
   c.data.holdout_fraction = 0.05                     # of synsets, for evaluation

@@ -20,6 +20,9 @@ Arguments (comma-separated after the file name):
 
 from configs import common
 
+# Arguments the config tests build, besides None and "smoke".
+VARIANTS = ("variant=starbucks", "variant=mrl", "smoke,variant=starbucks")
+
 
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, variant="grid")

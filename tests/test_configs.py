@@ -14,11 +14,13 @@ from jaxembed.train import loop
 
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                       if os.path.basename(p) not in ("__init__.py", "common.py"))
-ARGS = [None, "smoke", "variant=starbucks", "variant=mrl", "smoke,variant=starbucks"]
+CASES = [(path, arg) for path in CONFIG_FILES
+         for arg in (None, "smoke", *getattr(importlib.import_module(
+             f"configs.{os.path.basename(path)[:-3]}"), "VARIANTS", ()))]
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
-@pytest.mark.parametrize("arg", ARGS)
+@pytest.mark.parametrize("path, arg", CASES,
+                         ids=[f"{os.path.basename(p)}:{a}" for p, a in CASES])
 def test_config_builds(path, arg):
   module = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}")
   assert module.__doc__ and "python -m experiments.train" in module.__doc__

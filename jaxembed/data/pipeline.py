@@ -21,6 +21,14 @@ class TokenizePairs:
     for side in ("anchor", "positive"):
       texts = [decode_text(t) for t in batch[side]]
       out[side] = self.tokenizer.encode(texts, pad_to=self.seq_len)
+    negatives = batch.get("negatives")
+    if negatives is not None and len(negatives):
+      # grain batches a list field position by position: k arrays of [batch] texts
+      columns = [[decode_text(t) for t in col] for col in negatives]
+      enc = self.tokenizer.encode([t for row in zip(*columns) for t in row],
+                                  pad_to=self.seq_len)
+      b, k = len(columns[0]), len(columns)
+      out["negatives"] = {key: v.reshape(b, k, self.seq_len) for key, v in enc.items()}
     return out
 
 

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -148,8 +149,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
       wordnet_dir=config.data.wordnet_dir, tfds_dir=config.data.tfds_dir,
       holdout_fraction=config.data.holdout_fraction, seed=config.data.split_seed,
       pair_kinds=tuple(config.data.pair_kinds))
+  if config.data.source == "wordnet":
+    train_source = builder.as_data_source("train")
+  elif config.data.source == "jsonl":
+    train_source = builders.jsonl_pairs(path=os.path.expanduser(config.data.train_jsonl),
+                                        tfds_dir=config.data.tfds_dir).as_data_source("train")
+  else:
+    raise ConfigError(f"data.source={config.data.source!r}; valid values: "
+                      "['wordnet', 'jsonl']")
   dataset = pipeline.pair_dataset(
-      builder.as_data_source("train"), tokenizer=tokenizer,
+      train_source, tokenizer=tokenizer,
       batch_size=batch, seq_len=config.data.seq_len,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),

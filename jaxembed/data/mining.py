@@ -1,0 +1,116 @@
+"""Offline hard-negative mining: encode a corpus with the current model, find each
+query's top candidates with a blockwise jitted top-k, and keep negatives that rank
+inside a window and score below the positive by a margin (the window skips the very top,
+where unlabelled true positives hide; the margin drops near-duplicates of the positive,
+as in NV-Retriever's positive-aware mining, Moreira et al. 2024).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.jit(static_argnames=("k",))
+def _block_top_k(queries, block, offset, k: int):
+  scores = queries @ block.T
+  values, index = jax.lax.top_k(scores, min(k, block.shape[0]))
+  return values, index + offset
+
+
+def top_k_blockwise(queries: np.ndarray, corpus: np.ndarray, k: int,
+                    block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """Exact top-k by inner product, never holding the full queries x corpus matrix:
+  each corpus block's top-k is merged into the running top-k. Ties keep the lower
+  corpus index. Returns (scores [Q, k], indices [Q, k]), best first."""
+  best_s = np.full((len(queries), 0), -np.inf, np.float32)
+  best_i = np.zeros((len(queries), 0), np.int64)
+  q = jnp.asarray(queries)
+  for start in range(0, len(corpus), block):
+    chunk = corpus[start:start + block]
+    if len(chunk) < block and start > 0:  # pad the last block: one compiled shape
+      chunk = np.concatenate([chunk, np.zeros((block - len(chunk), corpus.shape[1]),
+                                              corpus.dtype)])
+    s, i = _block_top_k(q, jnp.asarray(chunk), start, k=k)
+    s, i = np.asarray(s), np.asarray(i)
+    s = np.where(i < len(corpus), s, -np.inf)  # padding never wins
+    scores = np.concatenate([best_s, s], axis=1)
+    index = np.concatenate([best_i, i], axis=1)
+    order = np.lexsort((index, -scores), axis=1)[:, :k]
+    best_s = np.take_along_axis(scores, order, 1)
+    best_i = np.take_along_axis(index, order, 1)
+  return best_s, best_i
+
+
+@dataclasses.dataclass
+class MiningResult:
+  records: list[dict]          # {anchor, positive, negatives: [k texts]}
+  positive_scores: np.ndarray  # [n]
+  negative_scores: np.ndarray  # [n, k]
+  dropped: int                 # pairs with fewer than k acceptable negatives
+
+
+def mine(model, pairs: list[dict], *, num_negatives: int, window=(10, 100),
+         margin: float = 0.05, layer=None, dim=None, batch_size: int = 256) -> MiningResult:
+  """For each (anchor, positive) pair, `num_negatives` corpus texts ranked in
+  [window[0], window[1]) for the anchor whose cosine is below the positive's minus
+  `margin`, and which are neither the positive nor the anchor. The corpus is the set of
+  all positives. Pairs without enough such texts are dropped (counted)."""
+  lo, hi = window
+  if not 0 <= lo < hi or num_negatives < 1 or num_negatives > hi - lo:
+    raise ValueError(f"window={window}, num_negatives={num_negatives}: need "
+                     "0 <= lo < hi and 1 <= num_negatives <= hi - lo")
+  corpus = list(dict.fromkeys(p["positive"] for p in pairs))
+  anchors = [p["anchor"] for p in pairs]
+  enc = lambda texts: model.encode(texts, layer=layer, dim=dim, batch_size=batch_size)
+  logging.info("mining: encoding %d anchors and %d corpus texts", len(anchors), len(corpus))
+  a = enc(anchors)
+  c = enc(corpus)
+  index = {t: i for i, t in enumerate(corpus)}
+  pos = np.sum(a * c[[index[p["positive"]] for p in pairs]], axis=1)
+  scores, ids = top_k_blockwise(a, c, k=hi)
+  records, pos_kept, neg_kept, dropped = [], [], [], 0
+  for n, p in enumerate(pairs):
+    chosen = []
+    for rank in range(lo, min(hi, ids.shape[1])):
+      text = corpus[ids[n, rank]]
+      if text in (p["positive"], p["anchor"]) or scores[n, rank] > pos[n] - margin:
+        continue
+      chosen.append((text, float(scores[n, rank])))
+      if len(chosen) == num_negatives:
+        break
+    if len(chosen) < num_negatives:
+      dropped += 1
+      continue
+    records.append({"anchor": p["anchor"], "positive": p["positive"],
+                    "negatives": [t for t, _ in chosen]})
+    pos_kept.append(pos[n])
+    neg_kept.append([s for _, s in chosen])
+  return MiningResult(records, np.array(pos_kept), np.array(neg_kept), dropped)
+
+
+def random_negative_scores(model, pairs, *, num_negatives: int, seed: int = 0, layer=None,
+                           dim=None, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """(positive scores, scores of random other positives): the baseline gap."""
+  rng = np.random.default_rng(seed)
+  a = model.encode([p["anchor"] for p in pairs], layer=layer, dim=dim, batch_size=batch_size)
+  d = model.encode([p["positive"] for p in pairs], layer=layer, dim=dim,
+                   batch_size=batch_size)
+  n = len(pairs)
+  other = (np.arange(n)[:, None] + rng.integers(1, n, size=(n, num_negatives))) % n
+  return np.sum(a * d, axis=1), np.einsum("nd,nkd->nk", a, d[other])
+
+
+def write_jsonl(records: list[dict], path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
