@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   # info_nce | contrastive | sigmoid | 2dmse | self_distillation (jaxembed/losses/registry)
   c.loss.name = "info_nce"
   c.loss.scale = 20.0                                # 1 / temperature
+  c.loss.learnable_temperature = False               # learn log(scale) (and SigLIP's bias)
   c.loss.symmetric = False
   c.loss.kl_weight = 0.0                             # Starbucks' KL to the full model
   c.loss.blockwise = False                           # ring loss: no global B x B logits

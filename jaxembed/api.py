@@ -91,22 +91,24 @@ class EmbeddingModel:
         enc = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in enc.items()}
       vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"])
       out[idx] = vecs[:rows]
-      if progress and (b + 1) % 10 == 0 or (progress and b + 1 == n_batches):
+      if progress and ((b + 1) % max(1, n_batches // 20) == 0 or b + 1 == n_batches):
         print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
     return out
 
   def encode(self, texts: Sequence[str], *, layer: int | None = None,
              dim: int | None = None, batch_size: int = 64,
-             normalize: bool | None = None) -> np.ndarray:
+             normalize: bool | None = None, progress: str | None = None) -> np.ndarray:
     """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
-    last) and the first `dim` coordinates (default all). Returns float32 [n, dim]."""
+    last) and the first `dim` coordinates (default all). Returns float32 [n, dim].
+    `progress`: a label; batches done are then reported on stderr."""
     layer = self.num_layers if layer is None else int(layer)
     dim = self.hidden_size if dim is None else int(dim)
     if not 1 <= layer <= self.num_layers:
       raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
     if not 1 <= dim <= self.hidden_size:
       raise ConfigError(f"dim={dim} is out of range; valid: 1..{self.hidden_size}")
-    vecs = self.encode_all_layers(texts, batch_size=batch_size)[:, layer - 1, :dim]
+    vecs = self.encode_all_layers(texts, batch_size=batch_size,
+                                  progress=progress)[:, layer - 1, :dim]
     if self.default_normalize if normalize is None else normalize:
       vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
     return vecs

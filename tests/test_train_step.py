@@ -95,3 +95,38 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
 def test_bad_loss_config_fails_at_config_time(smoke_config, overrides, match):
   with pytest.raises(ConfigError, match=match):
     loop.setup(smoke_config(**overrides), "/nonexistent-unused")
+
+
+@pytest.mark.parametrize("name", ["info_nce", "sigmoid"])
+def test_learnable_temperature_trains_on_one_and_eight_devices(smoke_config, name):
+  config = smoke_config(**{"loss.name": name, "loss.learnable_temperature": True,
+                           "optim.learning_rate": 5e-2})
+  config.mesh.update(data=1, fsdp=1)
+  _, single_state, single = run_steps(config, jax.devices()[:1])
+  config.mesh.update(data=4, fsdp=2)
+  _, state, sharded = run_steps(config, jax.devices())
+  np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5)
+  learned = float(loop.local_value(state.params["loss"]["log_scale"]))
+  start = np.log(config.loss.sigmoid_scale if name == "sigmoid" else config.loss.scale)
+  assert abs(learned - start) > 1e-3, "the temperature should move"
+  assert learned == pytest.approx(
+      float(loop.local_value(single_state.params["loss"]["log_scale"])), abs=1e-5)
+
+
+def test_learnable_temperature_with_grad_cache(smoke_config):
+  """GradCache must also carry the loss's own gradient (the temperature's)."""
+  config = smoke_config(**{"loss.learnable_temperature": True, "train.dropout": False,
+                           "optim.learning_rate": 5e-2})
+  _, plain_state, plain = run_steps(config, jax.devices())
+  config.train.grad_cache_minibatch = 8
+  _, cached_state, cached = run_steps(config, jax.devices())
+  np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-5)
+  assert float(loop.local_value(cached_state.params["loss"]["log_scale"])) == pytest.approx(
+      float(loop.local_value(plain_state.params["loss"]["log_scale"])), abs=1e-5)
+
+
+def test_learnable_temperature_refused_where_unsupported(smoke_config):
+  config = smoke_config(**{"loss.name": "2dmse", "loss.learnable_temperature": True})
+  with pytest.raises(ConfigError, match=r"needs loss.name in \['info_nce', 'contrastive', "
+                                        r"'sigmoid'\], not '2dmse'"):
+    loop.setup(config, "/nonexistent-unused")

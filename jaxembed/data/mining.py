@@ -68,10 +68,11 @@ def mine(model, pairs: list[dict], *, num_negatives: int, window=(10, 100),
                      "0 <= lo < hi and 1 <= num_negatives <= hi - lo")
   corpus = list(dict.fromkeys(p["positive"] for p in pairs))
   anchors = [p["anchor"] for p in pairs]
-  enc = lambda texts: model.encode(texts, layer=layer, dim=dim, batch_size=batch_size)
   logging.info("mining: encoding %d anchors and %d corpus texts", len(anchors), len(corpus))
-  a = enc(anchors)
-  c = enc(corpus)
+  a = model.encode(anchors, layer=layer, dim=dim, batch_size=batch_size,
+                   progress="encoding anchors")
+  c = model.encode(corpus, layer=layer, dim=dim, batch_size=batch_size,
+                   progress="encoding corpus")
   index = {t: i for i, t in enumerate(corpus)}
   pos = np.sum(a * c[[index[p["positive"]] for p in pairs]], axis=1)
   scores, ids = top_k_blockwise(a, c, k=hi)

@@ -87,21 +87,27 @@ def build_cells(mode: str, *, num_layers: int, hidden: int, layers: Sequence[int
 
 
 def prefix_cosines(q, c, dims: Sequence[int], eps: float = 1e-12):
-  """cos(q[:, :m], c[:, :m]) for every m in `dims` (ascending): [len(dims), Bq, Bc].
+  """cos(q[:, :m], c[:, :m]) for every m in `dims` (ascending): a list of [Bq, Bc].
 
   The width is cut at the dims into chunks; each chunk's dot products and squared norms
-  are computed once and the prefixes are their cumulative sums, so the whole nested
-  family costs one [Bq, D] x [D, Bc] product instead of one per dim. Norms are clamped
-  at eps as in `l2_normalize`.
+  are computed once and the prefixes are running sums of them, so the whole nested
+  family costs one [Bq, D] x [D, Bc] product instead of one per dim. (A running sum
+  rather than stack-then-cumsum: only the prefixes themselves stay alive.) Norms are
+  clamped at eps as in `l2_normalize`.
   """
-  bounds = [0, *dims]
-  spans = list(zip(bounds[:-1], bounds[1:]))
-  dots = jnp.cumsum(jnp.stack([q[:, a:b] @ c[:, a:b].T for a, b in spans]), axis=0)
-  q_sq = jnp.cumsum(jnp.stack([jnp.sum(jnp.square(q[:, a:b]), -1) for a, b in spans]), 0)
-  c_sq = jnp.cumsum(jnp.stack([jnp.sum(jnp.square(c[:, a:b]), -1) for a, b in spans]), 0)
-  q_norm = jnp.maximum(jnp.sqrt(q_sq), eps)
-  c_norm = jnp.maximum(jnp.sqrt(c_sq), eps)
-  return dots / (q_norm[:, :, None] * c_norm[:, None, :])
+  out = []
+  dots = q_sq = c_sq = 0.0
+  start = 0
+  for m in dims:
+    qc, cc = q[:, start:m], c[:, start:m]
+    dots = dots + qc @ cc.T
+    q_sq = q_sq + jnp.sum(jnp.square(qc), -1)
+    c_sq = c_sq + jnp.sum(jnp.square(cc), -1)
+    q_norm = jnp.maximum(jnp.sqrt(q_sq), eps)
+    c_norm = jnp.maximum(jnp.sqrt(c_sq), eps)
+    out.append(dots / (q_norm[:, None] * c_norm[None, :]))
+    start = m
+  return out
 
 
 def grid_logits(q_layers, d_layers, cells: Sequence[Cell], layer_index: dict[int, int],

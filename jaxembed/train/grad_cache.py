@@ -41,14 +41,16 @@ def merge_minibatches(tree):
 def grad_cache_value_and_grad(encode: Callable, loss_fn: Callable, params, batch, rng,
                               minibatch: int):
   """encode(params, sub_batch, key) -> embeddings (a pytree, batch-major);
-  loss_fn(embeddings) -> (loss, aux). Returns ((loss, aux), grads)."""
+  loss_fn(embeddings, params) -> (loss, aux), where the loss may read parameters of its
+  own (a learnable temperature) from `params`. Returns ((loss, aux), grads)."""
   n = jax.tree.leaves(batch)[0].shape[0] // minibatch
   subs = split_minibatches(batch, n)
   keys = jax.random.split(rng, n)
   frozen = jax.lax.stop_gradient(params)
   embeddings = jax.lax.map(lambda a: encode(frozen, a[0], a[1]), (subs, keys))
   embeddings = merge_minibatches(embeddings)
-  (loss, aux), emb_grads = jax.value_and_grad(loss_fn, has_aux=True)(embeddings)
+  (loss, aux), (emb_grads, direct) = jax.value_and_grad(
+      loss_fn, argnums=(0, 1), has_aux=True)(embeddings, params)
   emb_grads = split_minibatches(emb_grads, n)
 
   def accumulate(total, inputs):
@@ -57,6 +59,6 @@ def grad_cache_value_and_grad(encode: Callable, loss_fn: Callable, params, batch
     (grads,) = pull_back(cotangent)
     return jax.tree.map(jnp.add, total, grads), None
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  grads, _ = jax.lax.scan(accumulate, zeros, (subs, keys, emb_grads))
+  # The scan adds each mini-batch's encoder gradient to the loss's own gradient.
+  grads, _ = jax.lax.scan(accumulate, direct, (subs, keys, emb_grads))
   return (loss, aux), grads

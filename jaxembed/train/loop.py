@@ -35,7 +35,7 @@ from jaxembed.errors import ConfigError
 from jaxembed.evals import grid as grid_eval
 from jaxembed.evals.tasks import RetrievalTask, STSTask
 from jaxembed.losses import build_cells
-from jaxembed.losses.registry import make_loss
+from jaxembed.losses.registry import init_loss_params, make_loss
 from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.pooling import check_pooling
@@ -72,9 +72,14 @@ def bert_config(config, folder) -> BertConfig:
   return BertConfig(**{**base, **overrides})
 
 
-def abstract_params(bert: BertConfig, pooling: str):
-  """Shapes of the parameter tree (no memory), unboxed."""
-  return nn.unbox(_abstract_boxed(bert, pooling))
+def abstract_params(bert: BertConfig, pooling: str, loss_params=None):
+  """Shapes of the parameter tree (no memory), unboxed: {'encoder': ...} and, if the
+  objective has parameters of its own, 'loss'."""
+  shapes = nn.unbox(_abstract_boxed(bert, pooling))
+  if loss_params:
+    shapes = dict(shapes, loss=jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), loss_params))
+  return shapes
 
 
 def _abstract_boxed(bert: BertConfig, pooling: str):
@@ -102,6 +107,7 @@ class Run:
   dataset: Any               # grain IterDataset (per host)
   eval_tasks: list
   param_shardings: Any
+  loss_params: dict          # the objective's own initial parameters ({} if none)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
@@ -134,9 +140,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   rules = shd.rules_from_config(config.sharding.rules)
   loss_fn = make_loss(config.loss, num_layers=bert.num_layers, hidden=bert.hidden_size,
                       mesh=mesh)
+  loss_params = init_loss_params(config.loss)
   model = Embedder(bert, pooling=config.model.pooling)
   param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
                                         mesh, rules)
+  if loss_params:
+    param_shardings = dict(param_shardings,
+                           loss={k: shd.replicated(mesh) for k in loss_params})
   tx, schedule = make_optimizer(config.optim, steps)
 
   if config.data.seq_len > bert.max_position_embeddings:
@@ -167,7 +177,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
              model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
              eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
-             dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings)
+             dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings,
+             loss_params=loss_params)
 
 
 def build_eval_tasks(config, builder) -> list:
@@ -211,18 +222,23 @@ def _put_global(tree, shardings):
 def initial_params(run: Run):
   """Pretrained weights placed straight into their shards, or a jitted random init
   whose outputs are born sharded."""
+  encoder_shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
   if run.config.model.init == "pretrained":
     params = load_bert_safetensors(run.folder.weights, run.bert)
-    return _put_global(params, run.param_shardings)
-  ids = jnp.zeros((1, 8), jnp.int32)
-  init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, ids, ids))["params"],
-                 out_shardings=run.param_shardings)
-  with mesh_context(run):
-    return init(jax.random.PRNGKey(run.config.seed))
+    params = _put_global(params, encoder_shardings)
+  else:
+    ids = jnp.zeros((1, 8), jnp.int32)
+    init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, ids, ids))["params"],
+                   out_shardings=encoder_shardings)
+    with mesh_context(run):
+      params = init(jax.random.PRNGKey(run.config.seed))
+  if run.loss_params:
+    params = dict(params, loss=_put_global(run.loss_params, run.param_shardings["loss"]))
+  return params
 
 
 def abstract_state(run: Run):
-  shapes = abstract_params(run.bert, run.config.model.pooling)
+  shapes = abstract_params(run.bert, run.config.model.pooling, run.loss_params)
   opt_shapes = jax.eval_shape(run.tx.init, shapes)
   shardings = state_shardings(run, opt_shapes)
   shapes_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,

@@ -38,7 +38,8 @@ def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
 def train_step(state: TrainState, batch, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0):
-  """loss_fn(anchor_layers, positive_layers[, negative_layers], *, rng) -> (loss, aux).
+  """loss_fn(anchor_layers, positive_layers[, negative_layers], *, rng, loss_params)
+  -> (loss, aux); loss_params is params["loss"] (a learnable temperature) or None.
 
   The dropout key is fold_in(state.rng, state.step): it depends on nothing but the
   seed and the step, so a resumed run draws the same masks as an uninterrupted one.
@@ -51,14 +52,15 @@ def train_step(state: TrainState, batch, *, model: nn.Module,
     return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
 
   encode_rng, loss_rng = jax.random.split(rng)
+  def objective(embeddings, params):
+    return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"))
+
   if grad_cache_minibatch:
     (loss, aux), grads = grad_cache_value_and_grad(
-        encode, lambda emb: loss_fn(*emb, rng=loss_rng), state.params, batch, encode_rng,
-        grad_cache_minibatch)
+        encode, objective, state.params, batch, encode_rng, grad_cache_minibatch)
   else:
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(*encode(p, batch, encode_rng), rng=loss_rng),
-        has_aux=True)(state.params)
+        lambda p: objective(encode(p, batch, encode_rng), p), has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}

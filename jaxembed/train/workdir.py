@@ -129,6 +129,7 @@ def load_from_workdir(path: str):
   from jaxembed.checkpoint import Checkpointer
   from jaxembed.data.tokenizer import Tokenizer
   from jaxembed.models.bert import BertConfig
+  from jaxembed.losses.registry import init_loss_params
   from jaxembed.train.loop import abstract_params
 
   wd = Workdir(path)
@@ -139,7 +140,7 @@ def load_from_workdir(path: str):
   ckpt = Checkpointer(wd.checkpoints, read_only=True)
   if ckpt.latest_step() is None:
     raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
-  shapes = abstract_params(bert, config.model.pooling)
+  shapes = abstract_params(bert, config.model.pooling, init_loss_params(config.loss))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                         shapes)
