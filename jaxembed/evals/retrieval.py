@@ -49,3 +49,67 @@ def dense_retrieval_metrics(scores: np.ndarray, relevance: np.ndarray,
   return {f"ndcg@{k}": float(ndcg_at_k(ranked, all_rel, k).mean()),
           f"mrr@{k}": float(mrr_at_k(ranked, k).mean()),
           f"recall@{k}": float(recall.mean())}
+
+
+# ------------------------------------------------------------ trec_eval-style, by dict
+
+def _parse_metric(name: str) -> tuple[str, int | None]:
+  """'ndcg_cut_10' / 'ndcg_cut.10' -> ('ndcg_cut', 10); 'recip_rank' -> (.., None)."""
+  base, sep, k = name.replace(".", "_").rpartition("_")
+  if sep and k.isdigit() and base in ("ndcg_cut", "recall", "map_cut", "P"):
+    return base, int(k)
+  if name in ("recip_rank", "map", "ndcg"):
+    return name, None
+  raise ValueError(f"metric {name!r} is not supported; use ndcg_cut_K, recall_K, "
+                   "map_cut_K, P_K, recip_rank, map or ndcg")
+
+
+def evaluate(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
+             metrics) -> dict[str, dict[str, float]]:
+  """Per-query metrics with pytrec_eval's conventions and dict shapes.
+
+  qrels {qid: {docid: relevance}}, run {qid: {docid: score}}; metric names as
+  pytrec_eval reports them ("ndcg_cut_10", "recip_rank", "recall_100", "map_cut_10",
+  "P_5", "map", "ndcg"). As trec_eval: only queries present in both are scored; the
+  ranking is by score descending, ties broken by docid descending; relevance > 0 is
+  relevant; nDCG uses linear gains and the ideal ranking of all judged documents.
+  Returns {qid: {metric: value}}.
+  """
+  parsed = {m: _parse_metric(m) for m in metrics}
+  out = {}
+  for qid in sorted(set(qrels) & set(run)):
+    judged = qrels[qid]
+    ranking = sorted(run[qid].items(), key=lambda x: (x[1], x[0]), reverse=True)
+    gains = [max(judged.get(doc, 0), 0) for doc, _ in ranking]
+    relevant = [g > 0 for g in gains]
+    n_rel = sum(1 for v in judged.values() if v > 0)
+    ideal = sorted((v for v in judged.values() if v > 0), reverse=True)
+
+    def dcg(values, k=None):
+      values = values if k is None else values[:k]
+      return sum(g / np.log2(i + 2) for i, g in enumerate(values))
+
+    def average_precision(k=None):
+      hits, total = 0, 0.0
+      for i, r in enumerate(relevant if k is None else relevant[:k]):
+        if r:
+          hits += 1
+          total += hits / (i + 1)
+      return total / n_rel if n_rel else 0.0
+
+    row = {}
+    for name, (kind, k) in parsed.items():
+      if kind in ("ndcg_cut", "ndcg"):
+        idcg = dcg(ideal, k)
+        row[name] = dcg(gains, k) / idcg if idcg > 0 else 0.0
+      elif kind == "recall":
+        row[name] = sum(relevant[:k]) / n_rel if n_rel else 0.0
+      elif kind == "P":
+        row[name] = sum(relevant[:k]) / k
+      elif kind in ("map_cut", "map"):
+        row[name] = average_precision(k)
+      else:  # recip_rank
+        first = next((i for i, r in enumerate(relevant) if r), None)
+        row[name] = 0.0 if first is None else 1.0 / (first + 1)
+    out[qid] = row
+  return out
