@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxembed.losses.contrastive import l2_normalize
-from jaxembed.sharding.rules import BATCH_AXES
+from jaxembed.losses.contrastive import candidates, l2_normalize
+from jaxembed.sharding.rules import BATCH_AXES, batch_shards
 
 
 def _ring(axis, n):
@@ -71,18 +71,13 @@ def ring_info_nce(q, d, negatives=None, *, mesh: Mesh, scale: float = 20.0,
   q, d: [B, D]; negatives: [B, k, D] or None; all split over the batch axes of `mesh`.
   """
   axis = BATCH_AXES
-  n_dev = 1
-  for a in axis:
-    n_dev *= mesh.shape[a]
+  n_dev = batch_shards(mesh)
   global_b = q.shape[0]
   has_negs = negatives is not None
 
   def local(q, d, *negs):
     q, d = l2_normalize(q), l2_normalize(d)
-    block = d
-    if has_negs:
-      n = l2_normalize(negs[0])
-      block = jnp.concatenate([d, n.reshape(-1, n.shape[-1])], axis=0)
+    block = candidates(d, l2_normalize(negs[0]) if has_negs else None)
     pos = scale * jnp.sum(q * d, axis=-1)
     rows = _ring_logsumexp(q, block, axis=axis, n_dev=n_dev, scale=scale, chunk=chunk)
     loss = jnp.sum(rows - pos)
@@ -104,19 +99,14 @@ def ring_sigmoid_loss(q, d, negatives=None, *, log_scale, bias, mesh: Mesh,
   around the ring; the B positive pairs, all local, are then corrected to
   log sigmoid(t s + b)."""
   axis = BATCH_AXES
-  n_dev = 1
-  for a in axis:
-    n_dev *= mesh.shape[a]
+  n_dev = batch_shards(mesh)
   global_b = q.shape[0]
   has_negs = negatives is not None
 
   def local(q, d, log_scale, bias, *negs):
     q, d = l2_normalize(q), l2_normalize(d)
     t = jnp.exp(log_scale)
-    block = d
-    if has_negs:
-      n = l2_normalize(negs[0])
-      block = jnp.concatenate([d, n.reshape(-1, n.shape[-1])], axis=0)
+    block = candidates(d, l2_normalize(negs[0]) if has_negs else None)
 
     @jax.checkpoint
     def fold_chunk(total, c):
