@@ -76,9 +76,9 @@ class EmbeddingModel:
   def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
                         progress: str | None = None) -> np.ndarray:
     """Pooled, unnormalised vectors of every layer: [len(texts), num_layers, hidden]."""
-    texts = list(texts)
     if isinstance(texts, str):
       raise TypeError("encode takes a list of strings, not a single string")
+    texts = list(texts)
     out = np.zeros((len(texts), self.num_layers, self.hidden_size), np.float32)
     # Longest first, so batches hold similar lengths and padding is small.
     order = np.argsort([-len(t) for t in texts], kind="stable")

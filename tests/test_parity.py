@@ -64,3 +64,8 @@ def test_layer_and_dim_truncation(minilm, reference):
 def test_bad_layer_or_dim(minilm, kw, match):
   with pytest.raises(ValueError, match=match):
     minilm.encode(["x"], **kw)
+
+
+def test_a_single_string_is_refused(minilm):
+  with pytest.raises(TypeError, match="list of strings"):
+    minilm.encode("one sentence")

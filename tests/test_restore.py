@@ -46,3 +46,26 @@ def test_restore_on_another_device_count(tmp_path, smoke_config, first, then):
   assert len(kernel.sharding.device_set) == then
   _, continued = steps(run2, step_fn2, restored, data2, 3)
   np.testing.assert_allclose(continued, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_stop_right_after_a_regular_checkpoint(tmp_path, smoke_config, monkeypatch):
+  """A stop request at a step that was just checkpointed must not save it twice."""
+  config = smoke_config(**{"train.checkpoint_every": 4, "eval.before": False,
+                           "train.steps": 12})
+  calls = {"n": 0}
+  real_next = loop.global_batch
+
+  def batch_then_stop(run, local):
+    calls["n"] += 1
+    if calls["n"] == 4:  # asked during step 4, which is then also a regular save
+      stopper.requested = True
+    return real_next(run, local)
+
+  stopper = loop._StopSignal()
+  stopper.restore()  # leave the process's signal handlers alone
+  monkeypatch.setattr(loop, "global_batch", batch_then_stop)
+  monkeypatch.setattr(loop, "_StopSignal", lambda: stopper)
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not result.completed and result.step == 4
+  steps = Checkpointer(str(tmp_path / "run" / "checkpoints")).all_steps()
+  assert max(steps) == result.step

@@ -360,7 +360,8 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
   step = start
   while step < total:
     if stop.requested or ckpt.reached_preemption(step):
-      ckpt.save(step, state, data_iter, force=True)
+      if step not in ckpt.all_steps():  # a regular save may have just written it
+        ckpt.save(step, state, data_iter, force=True)
       ckpt.wait()
       logging.info("stopped at step %d; checkpoint saved, rerun the same command to "
                    "continue", step)
