@@ -35,11 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bert_overrides = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  # wordnet: pairs from WordNet; jsonl: {anchor, positive[, negatives]} per line in
-  # train_jsonl (e.g. written by experiments.mine). Evaluation always uses WordNet's
-  # held-out synsets and the packaged STS sets.
+  # wordnet: pairs from WordNet; file: pairs/triplets/k negatives from train_file
+  # (.jsonl, .csv, .tsv; e.g. written by experiments.mine); beir: (query, relevant
+  # document) pairs of beir_dir's qrels/<beir_split>.tsv.
   c.data.source = "wordnet"
-  c.data.train_jsonl = ""
+  c.data.train_file = ""
+  c.data.beir_dir = ""
+  c.data.beir_split = "train"
+  c.data.on_error = "reject"                         # bad records: reject | skip
   c.data.wordnet_dir = "/usr/share/wordnet"
   c.data.tfds_dir = "~/.cache/jaxembed/tfds"
   c.data.holdout_fraction = 0.05                     # of synsets, for evaluation
@@ -110,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.wordnet_queries = 1000
   c.eval.lee = True
   c.eval.simlex = True
+  c.eval.beir_dir = ""                               # a BEIR folder to evaluate on
+  c.eval.beir_split = "test"
+  c.eval.sts_files = ()                              # sentence1, sentence2, score files
   return c
 
 

@@ -9,7 +9,7 @@ example) with the pretrained model (ranks 3..50, at least 0.05 below the positiv
 cosine); the second trains on them and evaluates the (layer x dim) grid on the held-out
 synsets, as configs/minilm_wordnet_2d.py does.
 
-Arguments: smoke (tiny random model; its data.train_jsonl must be set by the caller).
+Arguments: smoke (tiny random model; its data.train_file must be set by the caller).
 """
 
 from configs import common
@@ -18,8 +18,8 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False)
   c = common.base_config()
-  c.data.source = "jsonl"
-  c.data.train_jsonl = "runs/mined/wordnet_negatives.jsonl"
+  c.data.source = "file"
+  c.data.train_file = "runs/mined/wordnet_negatives.jsonl"
   c.train.batch_size = 24          # 24 anchors, 48 candidates: as costly as 32 pairs
   if args.smoke:
     c = common.smoke(c)

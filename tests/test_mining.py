@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_train
-from jaxembed.data import builders, mining
-from jaxembed.errors import DataError
+from jaxembed.data import mining
 
 pytestmark = pytest.mark.slow
 
@@ -57,23 +56,6 @@ def test_mine_keeps_the_window_and_the_margin():
       assert score == pytest.approx(float(a @ table[text]), abs=1e-6)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"anchor": "a", "positive": "b"}\n{"anchor": "a"\n', r":2: not a JSON object"),
-    (b'{"anchor": "a", "positive": ""}\n', r":1: field 'positive' is missing or empty"),
-    (b'{"anchor": "a", "positive": "b", "negatives": ["x"]}\n'
-     b'{"anchor": "c", "positive": "d", "negatives": ["x", "y"]}\n',
-     r":2: 2 negatives where earlier records have 1"),
-    (b'{"anchor": "\xff", "positive": "b"}\n', r":1: not UTF-8"),
-    (b"\n\n", r"holds no records"),
-])
-def test_bad_jsonl_is_reported_with_file_and_line(tmp_path, content, message):
-  path = tmp_path / "pairs.jsonl"
-  path.write_bytes(content)
-  with pytest.raises(DataError, match=re.escape(str(path)) + ".*" if "records" in message
-                     else re.escape(str(path)) + message):
-    builders.read_jsonl_pairs(str(path))
-
-
 def test_mine_wordnet_then_train_on_it(tmp_path, tfds_dir):
   import subprocess
   import sys
@@ -92,7 +74,7 @@ def test_mine_wordnet_then_train_on_it(tmp_path, tfds_dir):
 
   workdir = tmp_path / "run"
   done = run_train(["--config=configs/minilm_wordnet_mined.py:smoke", f"--workdir={workdir}",
-                    f"--config.data.train_jsonl={out}", f"--config.data.tfds_dir={tfds_dir}",
+                    f"--config.data.train_file={out}", f"--config.data.tfds_dir={tfds_dir}",
                     "--config.train.steps=6", "--config.eval.before=False"])
   assert done.returncode == 0, done.stderr[-3000:]
   assert os.path.exists(workdir / "metrics.json")

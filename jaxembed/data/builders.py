@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import zlib
 
@@ -99,87 +98,75 @@ def wordnet_pairs(*, wordnet_dir: str, tfds_dir: str, holdout_fraction: float, s
   return builder
 
 
-def read_jsonl_pairs(path: str, field: str = "data.train_jsonl") -> list[dict]:
-  """Records {anchor, positive[, negatives: [texts]]}, one JSON object per line.
+class LocalPairs(tfds.core.GeneratorBasedBuilder):
+  """Training pairs (with optional hard negatives) made by a reader from local files.
+  The config name is a fingerprint of the inputs, so a changed file is rebuilt, not
+  reused."""
 
-  A bad record stops the run with its file and line: broken JSON or UTF-8, a missing
-  or empty text, or a different number of negatives than the first record (batches
-  have a fixed shape)."""
-  if not os.path.isfile(path):
-    raise DataError(f"{field}={path!r}: no such file")
-  rows, k = [], None
-  with open(path, "rb") as f:
-    for lineno, raw in enumerate(f, 1):
-      where = f"{path}:{lineno}"
-      if not raw.strip():
-        continue
-      try:
-        rec = json.loads(raw.decode("utf-8"))
-      except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from e
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not a JSON object ({e.msg})") from e
-      if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected a JSON object with anchor and positive")
-      for key in ("anchor", "positive"):
-        if not isinstance(rec.get(key), str) or not rec[key].strip():
-          raise DataError(f"{where}: field {key!r} is missing or empty")
-      negs = rec.get("negatives", [])
-      if not isinstance(negs, list) or not all(isinstance(n, str) and n.strip()
-                                               for n in negs):
-        raise DataError(f"{where}: 'negatives' must be a list of non-empty strings")
-      if k is None:
-        k = len(negs)
-      elif len(negs) != k:
-        raise DataError(f"{where}: {len(negs)} negatives where earlier records have {k}; "
-                        "every record needs the same number")
-      rows.append({"anchor": rec["anchor"], "positive": rec["positive"], "negatives": negs})
-  if not rows:
-    raise DataError(f"{field}={path!r}: the file holds no records")
-  return rows
-
-
-class JsonlPairs(tfds.core.GeneratorBasedBuilder):
-  """Training pairs (with optional hard negatives) from a JSONL file. The config name
-  is a fingerprint of the file, so an edited file is rebuilt, not reused."""
-
-  name = "jsonl_pairs"
+  name = "local_pairs"
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "anchor, positive, negatives from JSONL."}
+  RELEASE_NOTES = {"1.0.0": "anchor, positive, negatives from local files."}
 
-  def __init__(self, *, path: str, **kwargs):
-    self._path = os.path.abspath(path)
-    st = os.stat(self._path)
-    tag = zlib.crc32(f"{self._path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    super().__init__(config=tfds.core.BuilderConfig(name=f"f{tag:08x}"),
+  def __init__(self, *, rows, fingerprint: str, **kwargs):
+    self._rows = rows
+    super().__init__(config=tfds.core.BuilderConfig(name=fingerprint),
                      file_format="array_record", **kwargs)
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self, description="Pairs from a local JSONL file.",
+        builder=self, description="Pairs from local files.",
         features=tfds.features.FeaturesDict({
             "anchor": tfds.features.Text(), "positive": tfds.features.Text(),
             "negatives": tfds.features.Sequence(tfds.features.Text())}))
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    rows = read_jsonl_pairs(self._path)
-    return {"train": ((i, r) for i, r in enumerate(rows))}
+    return {"train": self._generate_examples(self._rows)}
 
-  def _generate_examples(self, rows):  # required by the base class; unused
-    yield from rows
+  def _generate_examples(self, rows):
+    for i, row in enumerate(rows):
+      yield i, row
 
 
-def jsonl_pairs(*, path: str, tfds_dir: str) -> JsonlPairs:
-  if not os.path.isfile(path):
-    raise DataError(f"data.train_jsonl={path!r}: no such file")
-  read_jsonl_pairs(path)  # validate before anything is written
+def _fingerprint(*paths: str, extra: str = "") -> str:
+  parts = [extra]
+  for path in paths:
+    st = os.stat(path)
+    parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
+  return f"f{zlib.crc32('|'.join(parts).encode()):08x}"
+
+
+def local_pairs(rows: list[dict], *, fingerprint: str, tfds_dir: str) -> LocalPairs:
+  """Writes `rows` (read and checked by the caller) as array_record, once."""
   data_dir = os.path.expanduser(tfds_dir)
-  with _exclusive(data_dir, JsonlPairs.name):
-    builder = JsonlPairs(path=path, data_dir=data_dir)
+  with _exclusive(data_dir, LocalPairs.name):
+    builder = LocalPairs(rows=rows, fingerprint=fingerprint, data_dir=data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
+
+
+def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject") -> LocalPairs:
+  """Pairs / triplets / pairs with k negatives from a JSONL, CSV or TSV file."""
+  from jaxembed.data.readers import read_pairs
+  rows, _ = read_pairs(path, on_error=on_error)
+  return local_pairs(rows, fingerprint=_fingerprint(path, extra=on_error),
+                     tfds_dir=tfds_dir)
+
+
+def beir_pairs(*, folder: str, split: str, tfds_dir: str,
+               on_error: str = "reject") -> LocalPairs:
+  """(query, relevant document) pairs of a BEIR folder's qrels/<split>.tsv."""
+  from jaxembed.data.readers import read_beir
+  queries, corpus, qrels = read_beir(folder, split, on_error=on_error)
+  rows = [{"anchor": queries[q], "positive": corpus[d], "negatives": []}
+          for q in sorted(qrels) for d, rel in sorted(qrels[q].items()) if rel > 0]
+  if not rows:
+    raise DataError(f"data.beir_dir={folder!r}: qrels/{split}.tsv has no relevant pair")
+  names = ["corpus.jsonl", "queries.jsonl", os.path.join("qrels", f"{split}.tsv")]
+  return local_pairs(rows, fingerprint=_fingerprint(
+      *(os.path.join(folder, n) for n in names), extra=f"beir:{split}:{on_error}"),
+      tfds_dir=tfds_dir)
 
 
 def decode_text(value) -> str:

@@ -31,6 +31,13 @@ class STSTask:
     index = {w: n for n, w in enumerate(vocab)}
     return cls.from_pairs(name, vocab, [(index[a], index[b], s) for a, b, s in rows])
 
+  @classmethod
+  def from_text_pairs(cls, name: str, rows):
+    """rows: (text1, text2, score); each distinct text is encoded once."""
+    texts = list(dict.fromkeys(t for a, b, _ in rows for t in (a, b)))
+    index = {t: n for n, t in enumerate(texts)}
+    return cls.from_pairs(name, texts, [(index[a], index[b], s) for a, b, s in rows])
+
   def score(self, vecs: np.ndarray) -> dict[str, float]:
     return {"spearman": spearman(cosine_rows(vecs[self.left], vecs[self.right]), self.gold)}
 
@@ -67,6 +74,18 @@ class RetrievalTask:
     for q, d in rel:
       relevance[q, d] = 1
     return cls(name, list(queries), list(docs), relevance, k)
+
+  @classmethod
+  def from_qrels(cls, name: str, queries: dict[str, str], corpus: dict[str, str],
+                 qrels: dict[str, dict[str, int]], k: int = 10):
+    """A BEIR-style task: graded relevance from qrels, the whole corpus searched."""
+    qids, dids = sorted(queries), sorted(corpus)
+    col = {d: j for j, d in enumerate(dids)}
+    relevance = np.zeros((len(qids), len(dids)), np.int32)
+    for i, q in enumerate(qids):
+      for d, rel in qrels.get(q, {}).items():
+        relevance[i, col[d]] = max(rel, 0)
+    return cls(name, [queries[q] for q in qids], [corpus[d] for d in dids], relevance, k)
 
   def score(self, vecs: np.ndarray) -> dict[str, float]:
     q = vecs[:len(self.queries)]

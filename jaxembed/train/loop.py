@@ -155,25 +155,32 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   tokenizer = Tokenizer(folder.tokenizer, config.data.seq_len)
   eval_tokenizer = Tokenizer(folder.tokenizer,
                              min(config.eval.max_length, bert.max_position_embeddings))
-  builder = builders.wordnet_pairs(
-      wordnet_dir=config.data.wordnet_dir, tfds_dir=config.data.tfds_dir,
-      holdout_fraction=config.data.holdout_fraction, seed=config.data.split_seed,
-      pair_kinds=tuple(config.data.pair_kinds))
-  if config.data.source == "wordnet":
-    train_source = builder.as_data_source("train")
-  elif config.data.source == "jsonl":
-    train_source = builders.jsonl_pairs(path=os.path.expanduser(config.data.train_jsonl),
-                                        tfds_dir=config.data.tfds_dir).as_data_source("train")
+  d = config.data
+  if d.source not in ("wordnet", "file", "beir"):
+    raise ConfigError(f"data.source={d.source!r}; valid values: ['wordnet', 'file', 'beir']")
+  wordnet_builder = None
+  if d.source == "wordnet" or config.eval.wordnet_queries:
+    wordnet_builder = builders.wordnet_pairs(
+        wordnet_dir=d.wordnet_dir, tfds_dir=d.tfds_dir,
+        holdout_fraction=d.holdout_fraction, seed=d.split_seed,
+        pair_kinds=tuple(d.pair_kinds))
+  if d.source == "wordnet":
+    train_source = wordnet_builder.as_data_source("train")
+  elif d.source == "file":
+    train_source = builders.pairs_file(
+        path=os.path.expanduser(d.train_file), tfds_dir=d.tfds_dir,
+        on_error=d.on_error).as_data_source("train")
   else:
-    raise ConfigError(f"data.source={config.data.source!r}; valid values: "
-                      "['wordnet', 'jsonl']")
+    train_source = builders.beir_pairs(
+        folder=os.path.expanduser(d.beir_dir), split=d.beir_split, tfds_dir=d.tfds_dir,
+        on_error=d.on_error).as_data_source("train")
   dataset = pipeline.pair_dataset(
       train_source, tokenizer=tokenizer,
       batch_size=batch, seq_len=config.data.seq_len,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
       max_examples=config.data.max_train_examples)
-  eval_tasks = build_eval_tasks(config, builder)
+  eval_tasks = build_eval_tasks(config, wordnet_builder)
   return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
              model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
              eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
@@ -181,16 +188,33 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              loss_params=loss_params)
 
 
-def build_eval_tasks(config, builder) -> list:
+def build_eval_tasks(config, wordnet_builder) -> list:
+  """The evaluation suite: packaged data (WordNet held-out retrieval, Lee, SimLex) and
+  the user's own (a BEIR folder, STS files), all scored on the same grid."""
+  from jaxembed.data import readers
+  e = config.eval
   tasks = []
-  if config.eval.wordnet_queries:
-    test = pipeline.as_numpy_records(builder.as_data_source("test"))
-    tasks.append(RetrievalTask.from_pairs("wordnet", test, config.eval.wordnet_queries))
-  if config.eval.lee:
+  if e.wordnet_queries:
+    test = pipeline.as_numpy_records(wordnet_builder.as_data_source("test"))
+    tasks.append(RetrievalTask.from_pairs("wordnet", test, e.wordnet_queries))
+  if e.lee:
     docs, pairs = packaged.load_lee()
     tasks.append(STSTask.from_pairs("lee", docs, pairs))
-  if config.eval.simlex:
+  if e.simlex:
     tasks.append(STSTask.from_word_pairs("simlex", packaged.load_simlex()))
+  if e.beir_dir:
+    queries, corpus, qrels = readers.read_beir(os.path.expanduser(e.beir_dir), e.beir_split,
+                                               on_error=config.data.on_error,
+                                               field="eval.beir_dir")
+    tasks.append(RetrievalTask.from_qrels("beir", queries, corpus, qrels))
+  for path in e.sts_files:
+    rows, _ = readers.read_scored_pairs(os.path.expanduser(path),
+                                        on_error=config.data.on_error)
+    name = os.path.splitext(os.path.basename(path))[0]
+    tasks.append(STSTask.from_text_pairs(name, rows))
+  if not tasks:
+    raise ConfigError("eval: no evaluation task is enabled (eval.wordnet_queries, "
+                      "eval.lee, eval.simlex, eval.beir_dir, eval.sts_files)")
   return tasks
 
 

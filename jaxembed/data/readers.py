@@ -1,0 +1,171 @@
+"""Readers for the formats users bring, with bad records reported by file and line.
+
+- pairs / triplets / pairs with k hard negatives: JSONL ({"anchor", "positive",
+  "negatives": [...]} or "negative"), CSV or TSV with a header (anchor, positive, and
+  negative or negative_1..negative_k);
+- scored pairs (STS): CSV/TSV/JSONL with sentence1, sentence2, score;
+- BEIR: corpus.jsonl ({_id, title, text}), queries.jsonl ({_id, text}),
+  qrels/<split>.tsv (query-id, corpus-id, score, with a header).
+
+`on_error`: "reject" stops at the first bad record with its file and line; "skip"
+drops bad records and reports how many and where (the first few) in a warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+
+from jaxembed.errors import ConfigError, DataError
+
+POLICIES = ("reject", "skip")
+
+
+class _Records:
+  """Rows of a CSV/TSV/JSONL file as (line number, dict), decoding errors included."""
+
+  def __init__(self, path: str, field: str):
+    if not os.path.isfile(path):
+      raise DataError(f"{field}={path!r}: no such file")
+    self.path = path
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".jsonl", ".csv", ".tsv"):
+      raise DataError(f"{field}={path!r}: unknown format {ext!r}; use .jsonl, .csv or .tsv")
+    self.ext = ext
+
+  def __iter__(self):
+    with open(self.path, "rb") as f:
+      raw = f.read()
+    if self.ext == ".jsonl":
+      for lineno, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+          continue
+        try:
+          rec = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+          yield lineno, DataError(f"not UTF-8 ({e.reason} at byte {e.start})")
+          continue
+        except json.JSONDecodeError as e:
+          yield lineno, DataError(f"not a JSON object ({e.msg})")
+          continue
+        yield lineno, rec if isinstance(rec, dict) else DataError("not a JSON object")
+      return
+    lines = raw.split(b"\n")
+    delimiter = "\t" if self.ext == ".tsv" else ","
+    try:
+      header = next(csv.reader([lines[0].decode("utf-8")], delimiter=delimiter))
+    except (UnicodeDecodeError, StopIteration, IndexError):
+      yield 1, DataError("the first line must be a UTF-8 header row")
+      return
+    for lineno, line in enumerate(lines[1:], 2):
+      if not line.strip():
+        continue
+      try:
+        text = line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield lineno, DataError(f"not UTF-8 ({e.reason} at byte {e.start})")
+        continue
+      values = next(csv.reader(io.StringIO(text), delimiter=delimiter))
+      if len(values) != len(header):
+        yield lineno, DataError(f"{len(values)} columns where the header has {len(header)}")
+        continue
+      yield lineno, dict(zip(header, values))
+
+
+def _collect(path, field, on_error, parse):
+  if on_error not in POLICIES:
+    raise ConfigError(f"data.on_error={on_error!r}; valid values: {list(POLICIES)}")
+  rows, bad = [], []
+  for lineno, rec in _Records(path, field):
+    try:
+      if isinstance(rec, DataError):
+        raise rec
+      rows.append(parse(rec))
+    except DataError as e:
+      if on_error == "reject":
+        raise DataError(f"{path}:{lineno}: {e} (set data.on_error='skip' to drop such "
+                        "records)") from None
+      bad.append(f"{path}:{lineno}: {e}")
+  if bad:
+    logging.warning("skipped %d bad records of %s, e.g. %s", len(bad), path, bad[:3])
+  if not rows:
+    raise DataError(f"{field}={path!r}: no usable records"
+                    + (f" ({len(bad)} bad, e.g. {bad[0]})" if bad else ""))
+  return rows, bad
+
+
+def _text(rec, key):
+  value = rec.get(key)
+  if not isinstance(value, str) or not value.strip():
+    raise DataError(f"field {key!r} is missing or empty")
+  return value
+
+
+def read_pairs(path: str, *, on_error: str = "reject", field: str = "data.train_file"):
+  """[{anchor, positive, negatives: [...]}] with the same number of negatives in every
+  record (batches have one shape). Returns (rows, bad record messages)."""
+  k = {}
+
+  def parse(rec):
+    if isinstance(rec.get("negatives"), list):
+      negs = rec["negatives"]
+    elif "negative" in rec:
+      negs = [rec["negative"]]
+    else:
+      negs = [rec[c] for c in sorted((c for c in rec if c.startswith("negative_")),
+                                     key=lambda c: int(c.split("_")[1]))]
+    if not all(isinstance(n, str) and n.strip() for n in negs):
+      raise DataError("negatives must be non-empty strings")
+    k.setdefault("n", len(negs))
+    if len(negs) != k["n"]:
+      raise DataError(f"{len(negs)} negatives where earlier records have {k['n']}; "
+                      "every record needs the same number")
+    return {"anchor": _text(rec, "anchor"), "positive": _text(rec, "positive"),
+            "negatives": negs}
+  return _collect(path, field, on_error, parse)
+
+
+def read_scored_pairs(path: str, *, on_error: str = "reject", field: str = "eval.sts_files"):
+  """[(sentence1, sentence2, score)] from an STS-format file."""
+  def parse(rec):
+    try:
+      score = float(rec.get("score"))
+    except (TypeError, ValueError):
+      raise DataError(f"score {rec.get('score')!r} is not a number") from None
+    return (_text(rec, "sentence1"), _text(rec, "sentence2"), score)
+  return _collect(path, field, on_error, parse)
+
+
+def read_beir(folder: str, split: str, *, on_error: str = "reject",
+              field: str = "data.beir_dir"):
+  """(queries {qid: text}, corpus {docid: text}, qrels {qid: {docid: relevance}}) of
+  the queries judged in qrels/<split>.tsv; a document's text is its title and text."""
+  if not os.path.isdir(folder):
+    raise DataError(f"{field}={folder!r}: no such folder (a BEIR folder holds "
+                    "corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
+  qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
+  corpus_rows, _ = _collect(os.path.join(folder, "corpus.jsonl"), field, on_error,
+                            lambda r: (str(r.get("_id", "")) or _text(r, "_id"),
+                                       " ".join(filter(None, [r.get("title", ""),
+                                                              _text(r, "text")]))))
+  query_rows, _ = _collect(os.path.join(folder, "queries.jsonl"), field, on_error,
+                           lambda r: (str(r.get("_id", "")) or _text(r, "_id"),
+                                      _text(r, "text")))
+  corpus, queries = dict(corpus_rows), dict(query_rows)
+
+  def parse_qrel(rec):
+    qid, did = rec.get("query-id", ""), rec.get("corpus-id", "")
+    if qid not in queries or did not in corpus:
+      raise DataError(f"query {qid!r} or document {did!r} is not in queries/corpus")
+    try:
+      return qid, did, int(float(rec.get("score")))
+    except (TypeError, ValueError):
+      raise DataError(f"score {rec.get('score')!r} is not a number") from None
+  qrel_rows, _ = _collect(qrels_path, field, on_error, parse_qrel)
+  qrels: dict[str, dict[str, int]] = {}
+  for qid, did, score in qrel_rows:
+    qrels.setdefault(qid, {})[did] = score
+  return {q: queries[q] for q in qrels}, corpus, qrels
