@@ -3,7 +3,6 @@ folder; bad records rejected or skipped with file and line; and a BEIR folder an
 STS file training and evaluating through the config, as the packaged data does."""
 
 import json
-import os
 import re
 
 import pytest
