@@ -10,16 +10,17 @@ import pytest
 
 from conftest import run_train
 from jaxembed.data import mining
+from jaxembed.evals.search import exact_search
 
 pytestmark = pytest.mark.slow
 
 
-def test_top_k_blockwise_matches_full_sort():
+def test_exact_search_as_the_miner_uses_it_matches_full_sort():
   rng = np.random.default_rng(0)
   q = rng.normal(size=(7, 5)).astype(np.float32)
   c = np.round(rng.normal(size=(23, 5)), 1).astype(np.float32)
   c[10] = c[3]  # a tie: the lower index must come first
-  scores, ids = mining.top_k_blockwise(q, c, k=6, block=4)
+  scores, ids = exact_search(q, c, k=6, block=4)
   full = q @ c.T
   for i in range(7):
     want = sorted(range(23), key=lambda j: (-full[i, j], j))[:6]

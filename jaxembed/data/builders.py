@@ -33,6 +33,17 @@ def _exclusive(data_dir: str, name: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _prepared(data_dir: str, builder_cls, **kwargs):
+  """The builder, its dataset written on first use. The builder reads the dataset's
+  metadata when constructed, so it is made under the lock: one made while another
+  process was still writing would see no splits."""
+  with _exclusive(data_dir, builder_cls.name):
+    builder = builder_cls(data_dir=data_dir, **kwargs)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
+
+
 class WordNetPairs(tfds.core.GeneratorBasedBuilder):
   """WordNet (definition, example) and (lemma, definition) pairs; 'test' is held out
   by synset. The config name encodes the split parameters, so changing them builds a
@@ -88,14 +99,8 @@ def wordnet_pairs(*, wordnet_dir: str, tfds_dir: str, holdout_fraction: float, s
     raise DataError(f"data.holdout_fraction={holdout_fraction}: must be strictly "
                     "between 0 and 1")
   data_dir = os.path.expanduser(tfds_dir)
-  # The builder reads the dataset's metadata when constructed, so it is made under
-  # the lock: one made while another process was still writing would see no splits.
-  with _exclusive(data_dir, WordNetPairs.name):
-    builder = WordNetPairs(wordnet_dir=wordnet_dir, holdout_fraction=holdout_fraction,
-                           seed=seed, pair_kinds=pair_kinds, data_dir=data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
+  return _prepared(data_dir, WordNetPairs, wordnet_dir=wordnet_dir,
+                   holdout_fraction=holdout_fraction, seed=seed, pair_kinds=pair_kinds)
 
 
 class LocalPairs(tfds.core.GeneratorBasedBuilder):
@@ -138,12 +143,8 @@ def _fingerprint(*paths: str, extra: str = "") -> str:
 
 def local_pairs(rows: list[dict], *, fingerprint: str, tfds_dir: str) -> LocalPairs:
   """Writes `rows` (read and checked by the caller) as array_record, once."""
-  data_dir = os.path.expanduser(tfds_dir)
-  with _exclusive(data_dir, LocalPairs.name):
-    builder = LocalPairs(rows=rows, fingerprint=fingerprint, data_dir=data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
+  return _prepared(os.path.expanduser(tfds_dir), LocalPairs, rows=rows,
+                   fingerprint=fingerprint)
 
 
 def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject") -> LocalPairs:

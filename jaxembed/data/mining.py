@@ -1,5 +1,5 @@
 """Offline hard-negative mining: encode a corpus with the current model, find each
-query's top candidates with a blockwise jitted top-k, and keep negatives that rank
+query's top candidates with the blockwise exact search of jaxembed.evals.search, and keep negatives that rank
 inside a window and score below the positive by a margin (the window skips the very top,
 where unlabelled true positives hide; the margin drops near-duplicates of the positive,
 as in NV-Retriever's positive-aware mining, Moreira et al. 2024).
@@ -12,40 +12,9 @@ import json
 import logging
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-
-@jax.jit(static_argnames=("k",))
-def _block_top_k(queries, block, offset, k: int):
-  scores = queries @ block.T
-  values, index = jax.lax.top_k(scores, min(k, block.shape[0]))
-  return values, index + offset
-
-
-def top_k_blockwise(queries: np.ndarray, corpus: np.ndarray, k: int,
-                    block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-  """Exact top-k by inner product, never holding the full queries x corpus matrix:
-  each corpus block's top-k is merged into the running top-k. Ties keep the lower
-  corpus index. Returns (scores [Q, k], indices [Q, k]), best first."""
-  best_s = np.full((len(queries), 0), -np.inf, np.float32)
-  best_i = np.zeros((len(queries), 0), np.int64)
-  q = jnp.asarray(queries)
-  for start in range(0, len(corpus), block):
-    chunk = corpus[start:start + block]
-    if len(chunk) < block and start > 0:  # pad the last block: one compiled shape
-      chunk = np.concatenate([chunk, np.zeros((block - len(chunk), corpus.shape[1]),
-                                              corpus.dtype)])
-    s, i = _block_top_k(q, jnp.asarray(chunk), start, k=k)
-    s, i = np.asarray(s), np.asarray(i)
-    s = np.where(i < len(corpus), s, -np.inf)  # padding never wins
-    scores = np.concatenate([best_s, s], axis=1)
-    index = np.concatenate([best_i, i], axis=1)
-    order = np.lexsort((index, -scores), axis=1)[:, :k]
-    best_s = np.take_along_axis(scores, order, 1)
-    best_i = np.take_along_axis(index, order, 1)
-  return best_s, best_i
+from jaxembed.evals.search import exact_search
 
 
 @dataclasses.dataclass
@@ -75,11 +44,13 @@ def mine(model, pairs: list[dict], *, num_negatives: int, window=(10, 100),
                    progress="encoding corpus")
   index = {t: i for i, t in enumerate(corpus)}
   pos = np.sum(a * c[[index[p["positive"]] for p in pairs]], axis=1)
-  scores, ids = top_k_blockwise(a, c, k=hi)
+  scores, ids = exact_search(a, c, k=hi)
   records, pos_kept, neg_kept, dropped = [], [], [], 0
   for n, p in enumerate(pairs):
     chosen = []
-    for rank in range(lo, min(hi, ids.shape[1])):
+    for rank in range(lo, hi):
+      if ids[n, rank] < 0:  # fewer corpus texts than the window
+        break
       text = corpus[ids[n, rank]]
       if text in (p["positive"], p["anchor"]) or scores[n, rank] > pos[n] - margin:
         continue
