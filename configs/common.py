@@ -42,6 +42,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_file = ""
   c.data.beir_dir = ""
   c.data.beir_split = "train"
+  # Several datasets, each batch drawn from one of them with probability proportional
+  # to its weight: ({"source": "file", "path": "a.jsonl", "weight": 2.0},
+  # {"source": "wordnet"}, {"source": "beir", "path": "dir", "split": "train"}).
+  # Replaces data.source when set.
+  c.data.mixture = ()
+  c.data.no_duplicates = False                       # no text twice in a batch
+  c.data.workers = 0                                 # >0: read + tokenise in processes
   c.data.on_error = "reject"                         # bad records: reject | skip
   c.data.wordnet_dir = "/usr/share/wordnet"
   c.data.tfds_dir = "~/.cache/jaxembed/tfds"

@@ -63,6 +63,10 @@ class WordNetPairs(tfds.core.GeneratorBasedBuilder):
         name=f"holdout{round(self._holdout * 1e5)}_seed{self._seed}_"
              + "_".join(k.split("_")[0] for k in self._kinds))
     super().__init__(config=config, file_format="array_record", **kwargs)
+    # What a pickled copy (a grain worker process) is rebuilt from; it only reads.
+    self._original_state = dict(kwargs, wordnet_dir=wordnet_dir,
+                                holdout_fraction=holdout_fraction, seed=seed,
+                                pair_kinds=pair_kinds)
 
   def _info(self):
     return tfds.core.DatasetInfo(
@@ -116,6 +120,8 @@ class LocalPairs(tfds.core.GeneratorBasedBuilder):
     self._rows = rows
     super().__init__(config=tfds.core.BuilderConfig(name=fingerprint),
                      file_format="array_record", **kwargs)
+    # A pickled copy (a grain worker process) only reads what was written.
+    self._original_state = dict(kwargs, rows=None, fingerprint=fingerprint)
 
   def _info(self):
     return tfds.core.DatasetInfo(

@@ -4,6 +4,7 @@ checkpointable (the iterator's state is saved with the model)."""
 from __future__ import annotations
 
 import grain
+from jaxembed.data import batching
 from jaxembed.data.builders import decode_text
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import DataError
@@ -61,7 +62,7 @@ class HostShard(grain.MapDataset):
 def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  max_examples: int | None = None, split_name: str = "train",
-                 num_threads: int = 2) -> grain.IterDataset:
+                 num_threads: int = 2, workers: int = 0) -> grain.IterDataset:
   """An endless, per-epoch reshuffled stream of tokenised pair batches for this host.
 
   `batch_size` is the global batch; this host yields its `batch_size / process_count`
@@ -86,8 +87,66 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  process_count)
   ds = (ds.batch(batch_size // process_count, drop_remainder=True)
         .map(TokenizePairs(tokenizer, seq_len)))
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=4))
+  return _to_iter(ds, num_threads, workers)
+
+
+def _to_iter(ds: grain.MapDataset, num_threads: int, workers: int) -> grain.IterDataset:
+  """Reading and tokenising in `workers` processes (0: threads of this one). The
+  stream is the same either way; grain checkpoints each worker's position."""
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=4))
+  if workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # outside an absl app (a notebook, pytest) grain's
+      flags.FLAGS.mark_as_parsed()   # workers read their flags' defaults
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return it
+
+
+def _num_negatives(source, name: str) -> int:
+  negatives = source[0].get("negatives")
+  return 0 if negatives is None else len(negatives)
+
+
+def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
+                    seq_len: int, seed: int, weights=None, no_duplicates: bool = False,
+                    process_index: int = 0, process_count: int = 1,
+                    max_examples: int | None = None, num_threads: int = 2,
+                    workers: int = 0) -> grain.IterDataset:
+  """Batches planned by `batching.BatchPlan`: a weighted mixture of `sources` (each
+  batch from one of them) and/or batches in which no text occurs twice.
+
+  Deterministic in the seed; the checkpointed state is the batch number.
+  """
+  if batch_size % process_count:
+    raise DataError(f"train.batch_size={batch_size} does not divide over "
+                    f"{process_count} processes")
+  sizes, keys, negs = [], [], []
+  for source, name in zip(sources, names):
+    n = len(source) if max_examples is None else min(max_examples, len(source))
+    if n < batch_size:
+      raise DataError(f"data {name}: {n} examples, fewer than one batch of "
+                      f"{batch_size}; lower train.batch_size or add data")
+    sizes.append(n)
+    negs.append(_num_negatives(source, name))
+    if no_duplicates:
+      keys.append([batching.text_keys([r["anchor"], r["positive"], *r.get("negatives", ())])
+                   for r in as_numpy_records(source, limit=n)])
+  if len(set(negs)) > 1:
+    raise DataError("data.mixture: every dataset must have the same number of hard "
+                    "negatives per example (the batch shape is fixed); got "
+                    + ", ".join(f"{n}: {k}" for n, k in zip(names, negs)))
+  plan = batching.BatchPlan(sizes, batch_size, seed, weights=weights,
+                            keys=keys if no_duplicates else None)
+  for k, name in enumerate(names):   # fails here, not mid-run, if one cannot pack
+    try:
+      plan.first_batch(k)
+    except DataError as e:
+      raise DataError(f"data {name}: {e}; data.no_duplicates needs more distinct "
+                      "texts") from None
+  ds = batching.PlannedBatches(sources, plan, batch_size, process_index, process_count,
+                               negs[0]).map(TokenizePairs(tokenizer, seq_len))
+  return _to_iter(ds, num_threads, workers)
 
 
 def as_numpy_records(source, limit: int | None = None,
@@ -100,5 +159,11 @@ def as_numpy_records(source, limit: int | None = None,
     idx = list(range(start, min(start + chunk, n)))
     rows = source.__getitems__(idx) if hasattr(source, "__getitems__") else [
         source[i] for i in idx]
-    out += [{k: decode_text(v) for k, v in r.items()} for r in rows]
+    out += [{k: _decode(v) for k, v in r.items()} for r in rows]
   return out
+
+
+def _decode(value):
+  if isinstance(value, (bytes, str)):
+    return decode_text(value)
+  return [decode_text(v) for v in value]    # a sequence feature (hard negatives)

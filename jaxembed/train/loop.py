@@ -156,36 +156,85 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   eval_tokenizer = Tokenizer(folder.tokenizer,
                              min(config.eval.max_length, bert.max_position_embeddings))
   d = config.data
-  if d.source not in ("wordnet", "file", "beir"):
-    raise ConfigError(f"data.source={d.source!r}; valid values: ['wordnet', 'file', 'beir']")
+  components = mixture_components(d)
   wordnet_builder = None
-  if d.source == "wordnet" or config.eval.wordnet_queries:
+  if any(c["source"] == "wordnet" for c in components) or config.eval.wordnet_queries:
     wordnet_builder = builders.wordnet_pairs(
         wordnet_dir=d.wordnet_dir, tfds_dir=d.tfds_dir,
         holdout_fraction=d.holdout_fraction, seed=d.split_seed,
         pair_kinds=tuple(d.pair_kinds))
-  if d.source == "wordnet":
-    train_source = wordnet_builder.as_data_source("train")
-  elif d.source == "file":
-    train_source = builders.pairs_file(
-        path=os.path.expanduser(d.train_file), tfds_dir=d.tfds_dir,
-        on_error=d.on_error).as_data_source("train")
+  sources = [train_source(d, c, wordnet_builder) for c in components]
+  if d.workers < 0:
+    raise ConfigError(f"data.workers={d.workers} must be >= 0")
+  common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=config.data.seq_len,
+                seed=config.seed, process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                max_examples=config.data.max_train_examples, workers=d.workers)
+  if len(components) == 1 and not d.no_duplicates:
+    dataset = pipeline.pair_dataset(sources[0], **common)
   else:
-    train_source = builders.beir_pairs(
-        folder=os.path.expanduser(d.beir_dir), split=d.beir_split, tfds_dir=d.tfds_dir,
-        on_error=d.on_error).as_data_source("train")
-  dataset = pipeline.pair_dataset(
-      train_source, tokenizer=tokenizer,
-      batch_size=batch, seq_len=config.data.seq_len,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      max_examples=config.data.max_train_examples)
+    dataset = pipeline.planned_dataset(
+        sources, names=[c["name"] for c in components],
+        weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
+        **common)
   eval_tasks = build_eval_tasks(config, wordnet_builder)
   return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
              model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
              eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
              dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings,
              loss_params=loss_params)
+
+
+_SOURCES = ("wordnet", "file", "beir")
+_COMPONENT_KEYS = ("source", "path", "weight", "split")
+
+
+def mixture_components(d) -> list[dict]:
+  """data.mixture as checked dicts {name, source, path, split, weight}; without a
+  mixture, the one dataset named by data.source."""
+  if not d.mixture:
+    path = {"wordnet": "", "file": d.train_file, "beir": d.beir_dir}.get(d.source, "")
+    specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
+    fields = ["data.source"]
+  else:
+    specs = [dict(spec) for spec in d.mixture]
+    fields = [f"data.mixture[{i}]" for i in range(len(specs))]
+  out = []
+  for field, spec in zip(fields, specs):
+    bad = sorted(set(spec) - set(_COMPONENT_KEYS))
+    if bad:
+      raise ConfigError(f"{field}: unknown keys {bad}; valid: {list(_COMPONENT_KEYS)}")
+    source = spec.get("source")
+    if source not in _SOURCES:
+      raise ConfigError(f"{field}: source={source!r}; valid values: {list(_SOURCES)}")
+    path = spec.get("path", "")
+    if source != "wordnet" and not path:
+      where = ({"file": "data.train_file", "beir": "data.beir_dir"}[source]
+               if field == "data.source" else f"{field}['path']")
+      raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
+    try:
+      weight = float(spec.get("weight", 1.0))
+    except (TypeError, ValueError):
+      weight = float("nan")
+    if not weight > 0 or not math.isfinite(weight):
+      raise ConfigError(f"{field}: weight={spec.get('weight')!r} must be a positive number")
+    out.append({"name": field if source == "wordnet" else f"{field} ({path})",
+                "source": source, "path": os.path.expanduser(path),
+                "split": spec.get("split", d.beir_split), "weight": weight})
+  return out
+
+
+def train_source(d, component: dict, wordnet_builder):
+  """The array_record data source of one training dataset."""
+  if component["source"] == "wordnet":
+    return wordnet_builder.as_data_source("train")
+  if component["source"] == "file":
+    builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
+                                  on_error=d.on_error)
+  else:
+    builder = builders.beir_pairs(folder=component["path"], split=component["split"],
+                                  tfds_dir=d.tfds_dir, on_error=d.on_error)
+  return builder.as_data_source("train")
 
 
 def build_eval_tasks(config, wordnet_builder) -> list:
