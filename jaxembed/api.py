@@ -94,6 +94,34 @@ class EmbeddingModel:
         print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
     return out
 
+  @functools.cached_property
+  def _token_forward(self):
+    from jaxembed.models.bert import BertEncoder
+    encoder = BertEncoder(self.bert)
+    return jax.jit(lambda p, ids, mask, layer: encoder.apply(
+        {"params": p["encoder"]}, ids, mask)[layer], static_argnums=3)
+
+  def encode_tokens(self, texts: Sequence[str], *, layer: int | None = None,
+                    batch_size: int = 64, normalize: bool = True) -> list[np.ndarray]:
+    """Token-level vectors (multi-vector retrieval): per text, [real tokens, hidden] of
+    `layer` (default the last), specials included, each row L2-normalised."""
+    if isinstance(texts, str):
+      raise TypeError("encode_tokens takes a list of strings, not a single string")
+    layer = self.num_layers if layer is None else int(layer)
+    if not 1 <= layer <= self.num_layers:
+      raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
+    out = []
+    for start in range(0, len(texts), batch_size):
+      enc = self.tokenizer.encode(list(texts[start:start + batch_size]))
+      states = np.asarray(self._token_forward(self.params, enc["input_ids"],
+                                              enc["attention_mask"], layer))
+      for row, mask in zip(states, enc["attention_mask"]):
+        v = row[mask.astype(bool)]
+        if normalize:
+          v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+        out.append(v)
+    return out
+
   def encode(self, texts: Sequence[str], *, layer: int | None = None,
              dim: int | None = None, batch_size: int = 64,
              normalize: bool | None = None, progress: str | None = None) -> np.ndarray:

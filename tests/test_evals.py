@@ -58,3 +58,11 @@ def test_retrieval_task_from_pairs():
   vecs = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]], float)
   m = task.score(vecs)
   assert m["ndcg@10"] == pytest.approx(1.0) and m["mrr@10"] == pytest.approx(1.0)
+
+
+def test_ndcg_with_fewer_retrieved_than_relevant():
+  """2 documents retrieved, 3 relevant: the ideal DCG still counts all 3 (trec_eval)."""
+  from jaxembed.evals.retrieval import ndcg_at_k
+  got = ndcg_at_k(np.array([[1, 0]]), [np.array([1, 1, 1])], 10)
+  ideal = 1 + 1 / np.log2(3) + 1 / np.log2(4)
+  np.testing.assert_allclose(got, [1 / ideal])

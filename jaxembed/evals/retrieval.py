@@ -22,8 +22,9 @@ def ndcg_at_k(ranked_rel: np.ndarray, all_rel: list[np.ndarray], k: int) -> np.n
   """ranked_rel: [Q, >=k] relevance of the retrieved documents in rank order;
   all_rel: per query, the relevance grades of all its judged documents."""
   ranked_rel = ranked_rel[:, :k].astype(np.float64)
-  discounts = 1.0 / np.log2(np.arange(2, ranked_rel.shape[1] + 2))
-  dcg = ranked_rel @ discounts
+  # k discounts: fewer than k retrieved documents must not cut the ideal ranking short
+  discounts = 1.0 / np.log2(np.arange(2, k + 2))
+  dcg = ranked_rel @ discounts[:ranked_rel.shape[1]]
   out = np.zeros(len(all_rel))
   for q, rel in enumerate(all_rel):
     ideal = np.sort(np.asarray(rel, np.float64))[::-1][:k]

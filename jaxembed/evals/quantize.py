@@ -1,0 +1,80 @@
+"""Quantised retrieval: binary (sign bits, Hamming distance) and int8 (per-dimension
+ranges calibrated on a sample), each optionally followed by rescoring a candidate list
+with the float vectors.
+
+Bytes per vector: binary ceil(d / 8), int8 d, float32 4d. Rescoring keeps the float
+vectors off the hot path (on disk in practice) and reads only `rescore` of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+_BLOCK = 256   # queries scored at a time: memory is block x corpus, never Q x corpus
+
+
+def pack_binary(vecs: np.ndarray) -> np.ndarray:
+  """Sign bits (x > 0 -> 1), packed 8 per byte: [n, ceil(d / 8)] uint8."""
+  return np.packbits(vecs > 0, axis=1)
+
+
+def hamming(q_bits: np.ndarray, d_bits: np.ndarray) -> np.ndarray:
+  """[Q, N] Hamming distances between packed bit rows."""
+  return np.bitwise_count(q_bits[:, None, :] ^ d_bits[None, :, :]).sum(-1, dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Calibration:
+  """x -> round((x - low) / (high - low) * 255) - 128, clipped, per dimension."""
+  low: np.ndarray
+  high: np.ndarray
+
+  @classmethod
+  def fit(cls, sample: np.ndarray, quantile: float = 0.0) -> "Int8Calibration":
+    low = np.quantile(sample, quantile, axis=0) if quantile else sample.min(0)
+    high = np.quantile(sample, 1 - quantile, axis=0) if quantile else sample.max(0)
+    return cls(low.astype(np.float32), np.maximum(high, low + 1e-6).astype(np.float32))
+
+  def quantize(self, vecs: np.ndarray) -> np.ndarray:
+    steps = (vecs - self.low) / (self.high - self.low) * 255.0
+    return (np.clip(np.rint(steps), 0, 255) - 128).astype(np.int8)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+  """Best k per row, best first; ties -> lower column (stable sort)."""
+  return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
+  """Top k by Hamming distance of sign bits (lower is better)."""
+  qb, db = pack_binary(queries), pack_binary(corpus)
+  return np.concatenate([_top(-hamming(qb[s:s + _BLOCK], db), k)
+                         for s in range(0, len(qb), _BLOCK)])
+
+
+def int8_search(queries: np.ndarray, corpus: np.ndarray, k: int,
+                calibration: Int8Calibration) -> np.ndarray:
+  """Top k by the int32 dot product of int8 codes."""
+  qi = calibration.quantize(queries).astype(np.int32)
+  di = calibration.quantize(corpus).astype(np.int32)
+  return np.concatenate([_top(qi[s:s + _BLOCK] @ di.T, k)
+                         for s in range(0, len(qi), _BLOCK)])
+
+
+def rescore(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray,
+            k: int) -> np.ndarray:
+  """The candidates reranked by float inner product; the best k, best first."""
+  scores = np.einsum("qd,qkd->qk", queries, corpus[candidates])
+  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(candidates, order, axis=1)
+
+
+def bytes_per_vector(kind: str, dim: int) -> int:
+  return {"float32": 4 * dim, "int8": dim, "binary": -(-dim // 8)}[kind]
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+  """Mean |found[:k] & truth[:k]| / k: how much of the exact top k is recovered."""
+  return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
