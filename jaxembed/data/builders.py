@@ -12,6 +12,7 @@ import fcntl
 import os
 import zlib
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxembed.data import wordnet
@@ -178,3 +179,86 @@ def beir_pairs(*, folder: str, split: str, tfds_dir: str,
 
 def decode_text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class PackagedText(tfds.core.GeneratorBasedBuilder):
+  """Labelled texts that ship inside PyPI packages (gensim's test data): 'polarity'
+  (Pang & Lee movie-review sentences, neg/pos) and 'newsgroup' (two 20-newsgroups
+  classes, headers removed). Used for classification and clustering evaluation."""
+
+  name = "packaged_text"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "polarity and newsgroup from gensim 4.4.0's test data."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="polarity"),
+                     tfds.core.BuilderConfig(name="newsgroup")]
+
+  def __init__(self, **kwargs):
+    super().__init__(file_format="array_record", **kwargs)
+
+  def _loader(self):
+    from jaxembed.data import packaged
+    return {"polarity": packaged.load_polarity,
+            "newsgroup": packaged.load_newsgroup}[self.builder_config.name]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Labelled texts from gensim's test data.",
+        features=tfds.features.FeaturesDict({
+            "text": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(num_classes=2)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    texts, labels, _ = self._loader()()
+    return {"test": self._generate_examples(texts, labels)}
+
+  def _generate_examples(self, texts, labels):
+    for i, (text, label) in enumerate(zip(texts, labels)):
+      yield i, {"text": text, "label": label}
+
+
+class FashionMnist(tfds.core.GeneratorBasedBuilder):
+  """Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist package."""
+
+  name = "fashion_mnist_local"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "60,000 train and 10,000 test 28x28 images, 10 classes."}
+
+  def __init__(self, *, source_dir: str, **kwargs):
+    self._source_dir = source_dir
+    super().__init__(file_format="array_record", **kwargs)
+    self._original_state = dict(kwargs, source_dir=source_dir)
+
+  def _info(self):
+    from jaxembed.data.packaged import FASHION_MNIST_CLASSES
+    return tfds.core.DatasetInfo(
+        builder=self, description="Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017).",
+        features=tfds.features.FeaturesDict({
+            # raw uint8 (the Image feature would need TensorFlow to encode PNGs)
+            "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    from jaxembed.data.packaged import load_fashion_mnist
+    return {split: self._generate_examples(*load_fashion_mnist(split, self._source_dir))
+            for split in ("train", "test")}
+
+  def _generate_examples(self, images, labels):
+    for i, (image, label) in enumerate(zip(images, labels)):
+      yield i, {"image": image[..., None], "label": int(label)}
+
+
+def packaged_text(name: str, *, tfds_dir: str) -> PackagedText:
+  """The prepared polarity / newsgroup builder."""
+  if name not in ("polarity", "newsgroup"):
+    raise DataError(f"packaged text set {name!r}; valid: ['polarity', 'newsgroup']")
+  return _prepared(os.path.expanduser(tfds_dir), PackagedText, config=name)
+
+
+def fashion_mnist(*, tfds_dir: str, source_dir: str | None = None) -> FashionMnist:
+  """The prepared Fashion-MNIST builder (reads /usr/share/datasets/fashion-mnist)."""
+  from jaxembed.data.packaged import FASHION_MNIST_DIR, load_fashion_mnist
+  source_dir = source_dir or FASHION_MNIST_DIR
+  load_fashion_mnist("test", source_dir)     # a missing package is named before building
+  return _prepared(os.path.expanduser(tfds_dir), FashionMnist, source_dir=source_dir)

@@ -166,4 +166,6 @@ def as_numpy_records(source, limit: int | None = None,
 def _decode(value):
   if isinstance(value, (bytes, str)):
     return decode_text(value)
-  return [decode_text(v) for v in value]    # a sequence feature (hard negatives)
+  if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) == 1:
+    return [decode_text(v) for v in value]  # a sequence of texts (hard negatives)
+  return value                              # a label

@@ -92,3 +92,59 @@ class RetrievalTask:
     d = vecs[len(self.queries):]
     m = dense_retrieval_metrics(q @ d.T, self.relevance, self.k)
     return {f"ndcg@{self.k}": m[f"ndcg@{self.k}"], f"mrr@{self.k}": m[f"mrr@{self.k}"]}
+
+
+def stratified_halves(labels, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) indices: each class split in half by a seeded permutation."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for label in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == label))
+    train.append(idx[:len(idx) // 2])
+    test.append(idx[len(idx) // 2:])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@dataclasses.dataclass
+class ClassificationTask:
+  """Accuracy of kNN (k=5, cosine) and of a logistic-regression probe (C=1), trained on
+  one stratified half of the labelled texts and tested on the other."""
+  name: str
+  texts: list[str]
+  labels: np.ndarray
+  train: np.ndarray
+  test: np.ndarray
+  k: int = 5
+
+  @classmethod
+  def from_labelled(cls, name: str, texts, labels, seed: int = 0):
+    train, test = stratified_halves(labels, seed)
+    return cls(name, list(texts), np.asarray(labels), train, test)
+
+  def score(self, vecs: np.ndarray) -> dict[str, float]:
+    from jaxembed.evals import classification as cls_eval
+    x, y = vecs.astype(np.float64), self.labels
+    knn = cls_eval.knn_predict(x[self.train], y[self.train], x[self.test], self.k)
+    probe = cls_eval.fit_logistic(x[self.train], y[self.train])
+    pred = cls_eval.logistic_predict(probe, x[self.test])
+    return {"knn_acc": float(np.mean(knn == y[self.test])),
+            "probe_acc": float(np.mean(pred == y[self.test]))}
+
+
+@dataclasses.dataclass
+class ClusteringTask:
+  """V-measure of k-means (k = number of classes) on the labelled texts."""
+  name: str
+  texts: list[str]
+  labels: np.ndarray
+  seed: int = 0
+
+  @classmethod
+  def from_labelled(cls, name: str, texts, labels, seed: int = 0):
+    return cls(name, list(texts), np.asarray(labels), seed)
+
+  def score(self, vecs: np.ndarray) -> dict[str, float]:
+    from jaxembed.evals import classification as cls_eval
+    clusters = cls_eval.kmeans(vecs, len(np.unique(self.labels)), seed=self.seed)
+    return {"v_measure": cls_eval.v_measure(self.labels, clusters)}

@@ -33,7 +33,8 @@ from jaxembed.data import builders, packaged, pipeline
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.evals import grid as grid_eval
-from jaxembed.evals.tasks import RetrievalTask, STSTask
+from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
+                                  STSTask)
 from jaxembed.losses import build_cells
 from jaxembed.losses.registry import init_loss_params, make_loss
 from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
@@ -42,6 +43,7 @@ from jaxembed.models.pooling import check_pooling
 from jaxembed.train.optim import make_optimizer
 from jaxembed.train.state import TrainState
 from jaxembed.train.step import train_step
+from jaxembed.train.summary import MetricWriter
 from jaxembed.train.workdir import Workdir
 
 # ----------------------------------------------------------------------------- config
@@ -125,6 +127,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
 
   steps, batch = config.train.steps, config.train.batch_size
+  if config.train.eval_every < 0:
+    raise ConfigError(f"train.eval_every={config.train.eval_every} must be >= 0 "
+                      "(0: evaluate only before and after training)")
   if steps < 1 or batch < 1:
     raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
   mesh = shd.make_mesh(dict(config.mesh), devices)
@@ -251,6 +256,16 @@ def build_eval_tasks(config, wordnet_builder) -> list:
     tasks.append(STSTask.from_pairs("lee", docs, pairs))
   if e.simlex:
     tasks.append(STSTask.from_word_pairs("simlex", packaged.load_simlex()))
+  if e.wordsim:
+    tasks.append(STSTask.from_word_pairs("wordsim", packaged.load_wordsim()))
+  for name in ("polarity", "newsgroup"):
+    if e[name]:
+      source = builders.packaged_text(name, tfds_dir=config.data.tfds_dir).as_data_source("test")
+      rows = pipeline.as_numpy_records(source)
+      rows.sort(key=lambda r: r["text"])   # a fixed order, whatever the file's
+      texts, labels = [r["text"] for r in rows], [int(r["label"]) for r in rows]
+      tasks.append(ClassificationTask.from_labelled(name, texts, labels))
+      tasks.append(ClusteringTask.from_labelled(f"{name}_clusters", texts, labels))
   if e.beir_dir:
     queries, corpus, qrels = readers.read_beir(os.path.expanduser(e.beir_dir), e.beir_split,
                                                on_error=config.data.on_error,
@@ -263,7 +278,8 @@ def build_eval_tasks(config, wordnet_builder) -> list:
     tasks.append(STSTask.from_text_pairs(name, rows))
   if not tasks:
     raise ConfigError("eval: no evaluation task is enabled (eval.wordnet_queries, "
-                      "eval.lee, eval.simlex, eval.beir_dir, eval.sts_files)")
+                      "eval.lee, eval.simlex, eval.wordsim, eval.polarity, "
+                      "eval.newsgroup, eval.beir_dir, eval.sts_files)")
   return tasks
 
 
@@ -424,8 +440,26 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
     state = new_state(run, shardings)
   step_fn = compile_train_step(run, shardings)
   total = config.train.steps
+  writer = MetricWriter(str(wd / Workdir.TENSORBOARD), remote=wd.remote)
 
-  before = _load_or_eval_before(run, state, wd) if config.eval.before else None
+  def record_eval(step: int, rows: list[dict], label: str) -> None:
+    if label == "after":   # a rerun of a finished run evaluates again: replace it
+      wd.drop_log_entries(Workdir.EVAL_LOG, lambda r: r.get("label") == "after")
+    wd.append_log({"step": step, "label": label, "grid": rows}, Workdir.EVAL_LOG)
+    writer.grid(step, rows)
+    writer.flush()
+
+  try:
+    return _loop(run, config, wd, ckpt, state, data_iter, step_fn, stop, writer,
+                 record_eval)
+  finally:
+    writer.close()
+
+
+def _loop(run, config, wd, ckpt, state, data_iter, step_fn, stop, writer, record_eval):
+  total = config.train.steps
+  before = (_load_or_eval_before(run, state, wd, record_eval) if config.eval.before
+            else None)
   start = int(local_value(state.step))
   t_last, n_last = time.time(), start
   logging.info("training steps %d..%d, global batch %d, mesh %s", start, total,
@@ -456,15 +490,22 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
       record = {"step": step, "loss": loss, "learning_rate": float(run.schedule(step - 1)),
                 "examples_per_sec": rate, "grad_norm": float(metrics["grad_norm"])}
       wd.append_log(record)
+      writer.scalars(step, {k: v for k, v in record.items() if k != "step"}, "train/")
       logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  eta %ds", step, total,
                    loss, record["learning_rate"], rate, eta)
       t_last, n_last = now, step
     if step % config.train.checkpoint_every == 0 or step == total:
       ckpt.save(step, state, data_iter)
+    if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
+      rows = evaluate(run, state.params, f"step {step}")
+      record_eval(step, rows, f"step {step}")
+      if jax.process_index() == 0:
+        print(grid_eval.format_table(before, rows), flush=True)
   ckpt.wait()
   ckpt.close()
 
   after = evaluate(run, state.params, "after")
+  record_eval(step, after, "after")
   if jax.process_index() == 0:
     wd.write(Workdir.METRICS, json.dumps({"before": before, "after": after}, indent=1))
     wd.write(Workdir.HEATMAP, grid_eval.heatmap_png(before, after))
@@ -473,7 +514,7 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
   return Result(step=step, completed=True, before=before, after=after)
 
 
-def _load_or_eval_before(run: Run, state: TrainState, wd: Workdir):
+def _load_or_eval_before(run: Run, state: TrainState, wd: Workdir, record_eval):
   # Evaluation runs collectives, so every process must take the same branch: process
   # 0's view of the workdir decides (on a pod, other hosts may not share its disk).
   from jax.experimental import multihost_utils
@@ -487,6 +528,7 @@ def _load_or_eval_before(run: Run, state: TrainState, wd: Workdir):
     return None  # trained before metrics were asked for: nothing to compare with
   rows = evaluate(run, state.params, "before")
   wd.write(Workdir.METRICS_BEFORE, json.dumps(rows, indent=1))
+  record_eval(0, rows, "before")
   if jax.process_index() == 0:
     print(grid_eval.format_table(None, rows), flush=True)
   return rows

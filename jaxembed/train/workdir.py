@@ -4,6 +4,9 @@
   model/               the base model's config.json and tokenizer.json (self-contained)
   checkpoints/<step>/  orbax checkpoints: params, train_state, data
   train_log.jsonl      one JSON object per logged step
+  eval_log.jsonl       {"step", "grid": [...]} per evaluation (before, every
+                       train.eval_every steps, after)
+  tensorboard/         TensorBoard event files: train/* and eval/<metric>/L<l>_d<d>
   metrics_before.json  the grid before training (kept, so a resume doesn't redo it)
   metrics.json         {"before": [...], "after": [...]}
   grid.png             heatmap of the grid
@@ -30,6 +33,8 @@ class Workdir:
   MODEL_DIR = "model"
   CHECKPOINTS = "checkpoints"
   TRAIN_LOG = "train_log.jsonl"
+  EVAL_LOG = "eval_log.jsonl"
+  TENSORBOARD = "tensorboard"
   METRICS_BEFORE = "metrics_before.json"
   METRICS = "metrics.json"
   HEATMAP = "grid.png"
@@ -90,25 +95,32 @@ class Workdir:
                            "max_seq_length": model_folder.max_seq_length}))
     self.write(self.CONFIG, config.to_json_best_effort(indent=1))
 
-  def _log_lines(self) -> list[str]:
-    if not self.exists(self.TRAIN_LOG):
+  def _log_lines(self, name: str) -> list[str]:
+    if not self.exists(name):
       return []
-    return [l + "\n" for l in (self / self.TRAIN_LOG).read_text().splitlines() if l.strip()]
+    return [l + "\n" for l in (self / name).read_text().splitlines() if l.strip()]
 
   def truncate_log(self, last_step: int) -> None:
     """Drops log lines past the restored step (they were written after the last
-    checkpoint of a run that then died), so the log reads as one run."""
-    lines = [l for l in self._log_lines() if json.loads(l)["step"] <= last_step]
-    self.write(self.TRAIN_LOG, "".join(lines))
+    checkpoint of a run that then died), so the logs read as one run."""
+    for name in (self.TRAIN_LOG, self.EVAL_LOG):
+      if self.exists(name):
+        lines = [l for l in self._log_lines(name) if json.loads(l)["step"] <= last_step]
+        self.write(name, "".join(lines))
 
-  def append_log(self, record: dict) -> None:
+  def drop_log_entries(self, name: str, predicate) -> None:
+    if self.exists(name):
+      self.write(name, "".join(l for l in self._log_lines(name)
+                               if not predicate(json.loads(l))))
+
+  def append_log(self, record: dict, name: str = TRAIN_LOG) -> None:
     if jax.process_index() != 0:
       return
     line = json.dumps(record) + "\n"
     if self.remote:  # bucket objects cannot be appended to: rewrite
-      self.write(self.TRAIN_LOG, "".join(self._log_lines()) + line)
+      self.write(name, "".join(self._log_lines(name)) + line)
       return
-    with open(self / self.TRAIN_LOG, "a") as f:
+    with open(self / name, "a") as f:
       f.write(line)
 
 

@@ -1,0 +1,48 @@
+"""Metrics as TensorBoard event files (through tensorboardX: no TensorFlow needed).
+
+Only process 0 writes. Training scalars go under `train/`, every evaluated grid cell
+under `eval/<task>/<metric>/L<layer>_d<dim>`, so TensorBoard draws one curve per
+(layer, dim) sub-model across the run's periodic evaluations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+
+
+class MetricWriter:
+
+  def __init__(self, logdir: str, *, remote: bool = False):
+    self._writer = None
+    if jax.process_index() != 0:
+      return
+    if remote:
+      logging.warning("TensorBoard events are written for local workdirs only; %s is "
+                      "remote (the JSON logs hold the same numbers)", logdir)
+      return
+    from tensorboardX import SummaryWriter
+    self._writer = SummaryWriter(logdir, flush_secs=30)
+
+  def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
+    if self._writer is None:
+      return
+    for name, value in values.items():
+      self._writer.add_scalar(prefix + name, float(value), global_step=int(step))
+
+  def grid(self, step: int, rows: list[dict]) -> None:
+    """One scalar per (metric, layer, dim) cell of an evaluated grid."""
+    for row in rows:
+      cell = f"L{row['layer']}_d{row['dim']}"
+      self.scalars(step, {f"eval/{k}/{cell}": v for k, v in row.items()
+                          if k not in ("layer", "dim")})
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None

@@ -1,0 +1,50 @@
+"""Periodic evaluation during training, written as a JSON log and as TensorBoard event
+files that TensorBoard itself reads back; the classification and clustering sets join
+the grid through config."""
+
+import json
+
+import pytest
+
+from conftest import run_train
+
+
+@pytest.mark.slow
+def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  workdir = tmp_path / "run"
+  args = ["--config=configs/minilm_wordnet_2d.py:smoke", f"--workdir={workdir}",
+          f"--config.data.tfds_dir={tfds_dir}", "--config.train.steps=12",
+          "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
+          "--config.eval.wordsim=True", "--config.eval.polarity=True",
+          "--config.eval.newsgroup=True", "--config.eval.max_length=16"]
+  done = run_train(args)
+  assert done.returncode == 0, done.stderr[-3000:]
+  evals = [json.loads(l) for l in (workdir / "eval_log.jsonl").read_text().splitlines()]
+  assert [(e["step"], e["label"]) for e in evals] == [
+      (0, "before"), (4, "step 4"), (8, "step 8"), (12, "after")]
+  cell = evals[-1]["grid"][0]
+  assert {"wordsim/spearman", "polarity/knn_acc", "polarity/probe_acc",
+          "polarity_clusters/v_measure", "newsgroup/probe_acc",
+          "newsgroup_clusters/v_measure"} <= set(cell)
+  with open(workdir / "metrics.json") as f:
+    assert json.load(f)["after"] == evals[-1]["grid"]
+
+  acc = EventAccumulator(str(workdir / "tensorboard"))
+  acc.Reload()
+  tag = f"eval/simlex/spearman/L{cell['layer']}_d{cell['dim']}"
+  events = acc.Scalars(tag)
+  assert [e.step for e in events] == [0, 4, 8, 12]
+  for event, logged in zip(events, evals):
+    assert event.value == pytest.approx(logged["grid"][0]["simlex/spearman"], abs=1e-6)
+  train = [json.loads(l) for l in (workdir / "train_log.jsonl").read_text().splitlines()]
+  losses = acc.Scalars("train/loss")
+  assert [e.step for e in losses] == [r["step"] for r in train]
+  assert [e.value for e in losses] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+
+  # A rerun of the finished run replaces its "after" entry instead of adding one.
+  again = run_train(args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  labels = [json.loads(l)["label"]
+            for l in (workdir / "eval_log.jsonl").read_text().splitlines()]
+  assert labels == ["before", "step 4", "step 8", "after"]
