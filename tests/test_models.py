@@ -19,6 +19,9 @@ def np_pool(kind, h, m):
       out[b] = h[b, 0] if kind == "last_token" else 0.0
     elif kind == "mean":
       out[b] = h[b, idx].mean(0)
+    elif kind == "weighted_mean":
+      w = np.arange(1, len(idx) + 1, dtype=np.float64)
+      out[b] = (h[b, idx] * w[:, None]).sum(0) / w.sum()
     elif kind == "max":
       out[b] = h[b, idx].max(0)
     elif kind == "last_token":
@@ -26,7 +29,7 @@ def np_pool(kind, h, m):
   return out
 
 
-@pytest.mark.parametrize("kind", sorted(pooling.POOLERS))
+@pytest.mark.parametrize("kind", sorted(pooling.FUNCTIONS))
 def test_pooling_matches_numpy_with_left_and_right_padding(kind):
   rng = np.random.default_rng(0)
   h = rng.normal(size=(5, 7, 4)).astype(np.float32)
@@ -35,7 +38,7 @@ def test_pooling_matches_numpy_with_left_and_right_padding(kind):
                 [1, 1, 1, 1, 1, 1, 1],    # none
                 [0, 0, 0, 0, 0, 0, 0],    # all padding: defined, finite output
                 [0, 0, 1, 0, 0, 0, 0]], np.int32)
-  got = np.asarray(pooling.POOLERS[kind](h, m))
+  got = np.asarray(pooling.FUNCTIONS[kind](h, m))
   assert np.isfinite(got).all()
   np.testing.assert_allclose(got, np_pool(kind, h, m), rtol=1e-6, atol=1e-6)
 

@@ -104,6 +104,7 @@ class Linear(nn.Module):
   in_dims: int = 1
   init_std: float = 0.02
   dtype: str = "float32"
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -111,11 +112,13 @@ class Linear(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
                                                self.axes), shape)
+    dtype = jnp.dtype(self.dtype)
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.in_dims)
+    if not self.use_bias:
+      return y
     bias = self.param(
         "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                              self.axes[self.in_dims:]), self.features)
-    dtype = jnp.dtype(self.dtype)
-    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.in_dims)
     return y + bias.astype(dtype)
 
 

@@ -70,7 +70,8 @@ def read_model_folder(path: str, field: str = "model.path") -> ModelFolder:
     with open(pool_cfg) as f:
       modes = json.load(f)
     names = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-             "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last_token"}
+             "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last_token",
+             "pooling_mode_weightedmean_tokens": "weighted_mean"}
     chosen = [names[k] for k, v in modes.items() if v and k in names]
     if len(chosen) != 1 or chosen[0] not in POOLERS:
       raise ModelLoadError(f"{pool_cfg}: unsupported pooling modes {modes}")
@@ -203,3 +204,53 @@ def load_bert_safetensors(path: str, cfg: BertConfig) -> dict:
   except Exception as e:  # a truncated or non-safetensors file
     raise ModelLoadError(f"{path}: cannot be read as safetensors ({e})") from e
   return hf_to_flax(tensors, cfg, source=path)
+
+
+# ------------------------------------------------------------------ decoder (Llama/Qwen2)
+
+def decoder_hf_to_flax(tensors: dict[str, np.ndarray], cfg) -> dict:
+  """Hugging Face Llama / Qwen2 / Mistral tensors (with or without the 'model.'
+  prefix of a *ForCausalLM checkpoint) -> {'encoder': ...} for `DecoderEncoder`
+  (unrolled layers). torch Linear weights are [out, in]; ours are [in, ...out]."""
+  t = {k.removeprefix("model."): v for k, v in tensors.items()}
+  h, nh, nkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+  def take(name, shape=None):
+    if name not in t:
+      raise ModelLoadError(f"decoder weights: tensor {name!r} is missing")
+    a = np.asarray(t[name], np.float32)
+    if shape is not None and a.shape != shape:
+      raise ModelLoadError(f"decoder weights: {name} has shape {a.shape}, the config "
+                           f"needs {shape}")
+    return a
+
+  enc = {"embed_tokens": {"embedding": take("embed_tokens.weight", (cfg.vocab_size, h))},
+         "final_norm": {"scale": take("norm.weight", (h,))}}
+  for i in range(cfg.num_layers):
+    p = f"layers.{i}."
+    layer = {}
+    for ours, theirs, heads in (("query", "q_proj", nh), ("key", "k_proj", nkv),
+                                ("value", "v_proj", nkv)):
+      w = take(f"{p}self_attn.{theirs}.weight", (heads * hd, h))
+      layer[ours] = {"kernel": w.T.reshape(h, heads, hd)}
+      if cfg.qkv_bias:
+        layer[ours]["bias"] = take(f"{p}self_attn.{theirs}.bias", (heads * hd,)).reshape(heads, hd)
+    layer["output"] = {"kernel": take(f"{p}self_attn.o_proj.weight", (h, nh * hd)).T.reshape(nh, hd, h)}
+    for ours, theirs, shape in (("gate", "gate_proj", (cfg.intermediate_size, h)),
+                                ("up", "up_proj", (cfg.intermediate_size, h)),
+                                ("down", "down_proj", (h, cfg.intermediate_size))):
+      layer[ours] = {"kernel": take(f"{p}mlp.{theirs}.weight", shape).T}
+    layer["attention_norm"] = {"scale": take(f"{p}input_layernorm.weight", (h,))}
+    layer["mlp_norm"] = {"scale": take(f"{p}post_attention_layernorm.weight", (h,))}
+    enc[f"layer_{i}"] = layer
+  return {"encoder": enc}
+
+
+def scan_layout(params: dict, num_layers: int) -> dict:
+  """Unrolled {'layer_0': ..., 'layer_1': ...} -> the nn.scan layout
+  {'layers': {'block': stacked}} (leading axis = layer)."""
+  enc = dict(params["encoder"])
+  layers = [enc.pop(f"layer_{i}") for i in range(num_layers)]
+  import jax
+  enc["layers"] = {"block": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+  return dict(params, encoder=enc)

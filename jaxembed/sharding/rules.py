@@ -20,7 +20,9 @@ DEFAULT_RULES: tuple[tuple[str, object], ...] = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),
     ("kv", None),
+    ("layers", None),          # the stacked axis of nn.scan'd blocks
     ("vocab", None),
     ("norm", None),
 )

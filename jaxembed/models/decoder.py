@@ -1,0 +1,203 @@
+"""A decoder-LLM text encoder in the Llama / Qwen2 shape, used as an embedder.
+
+RMSNorm pre-norm blocks, rotary position embeddings (the half-split "rotate_half"
+layout of Hugging Face's Llama), a SwiGLU MLP and grouped-query attention. The one
+switch the embedding papers argue over is `attention`: "causal" (as pretrained; pool
+the last token) or "bidirectional" (NV-Embed, LLM2Vec, KaLM-V2: the causal mask is
+dropped for contrastive training; pool by mean or latent attention).
+
+Padding may be on either side: positions are counted over real tokens only
+(cumsum of the mask), so a left-padded and a right-padded copy of a text get the same
+hidden states on their real tokens.
+
+Hidden states: index 0 is the embedding output, index i the output of block i passed
+through the final RMSNorm, so the sub-model "truncated to layer i" is the first i
+blocks plus the final norm (index num_layers is the model's normal output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxembed.errors import ConfigError
+from jaxembed.models.bert import Linear
+
+ATTENTION = ("causal", "bidirectional")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  vocab_size: int = 32000
+  hidden_size: int = 256
+  num_layers: int = 4
+  num_heads: int = 8
+  num_kv_heads: int = 2
+  intermediate_size: int = 688
+  max_position_embeddings: int = 2048
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6
+  attention: str = "causal"            # causal | bidirectional
+  qkv_bias: bool = False               # Qwen2: True
+  tie_embeddings: bool = False         # unused by an embedder (no LM head)
+  initializer_range: float = 0.02
+  hidden_dropout: float = 0.0
+  attention_dropout: float = 0.0
+  dtype: str = "float32"
+  remat: bool = False                  # rematerialise each block in the backward pass
+  scan_layers: bool = False            # nn.scan over the blocks (one compiled block)
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION:
+      raise ConfigError(f"model.attention={self.attention!r}; valid values: {list(ATTENTION)}")
+    if self.hidden_size % self.num_heads:
+      raise ConfigError(f"model: hidden_size={self.hidden_size} is not divisible by "
+                        f"num_heads={self.num_heads}")
+    if self.num_heads % self.num_kv_heads:
+      raise ConfigError(f"model: num_heads={self.num_heads} is not a multiple of "
+                        f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ConfigError(f"model: head_dim={self.head_dim} must be even for RoPE")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any], **overrides) -> "DecoderConfig":
+    """From a Hugging Face Llama / Qwen2 / Mistral `config.json` dict."""
+    kind = hf.get("model_type")
+    if kind not in ("llama", "qwen2", "mistral"):
+      raise ConfigError(f"model: config.json has model_type={kind!r}; the decoder "
+                        "encoder reads 'llama', 'qwen2' or 'mistral'")
+    if hf.get("hidden_act", "silu") != "silu":
+      raise ConfigError(f"model: hidden_act={hf['hidden_act']!r} is not supported (silu)")
+    if hf.get("rope_scaling"):
+      raise ConfigError("model: rope_scaling is not supported")
+    kwargs = dict(
+        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+        num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        initializer_range=hf.get("initializer_range", 0.02))
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                             ("norm",)), (x.shape[-1],))
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32.astype(x.dtype) * scale.astype(x.dtype))
+
+
+def rope(x, positions, theta: float):
+  """Rotary embedding, half-split layout: x [B, T, heads, D], positions [B, T]."""
+  d = x.shape[-1]
+  inv = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))       # [D/2]
+  angles = positions[..., None].astype(jnp.float32) * inv                    # [B, T, D/2]
+  cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+  x1, x2 = x[..., :d // 2], x[..., d // 2:]
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def attention_mask_4d(mask, causal: bool):
+  """[B, T] padding mask -> [B, 1, T(queries), T(keys)] booleans."""
+  keys = mask.astype(bool)[:, None, None, :]
+  if not causal:
+    return keys
+  t = mask.shape[1]
+  return keys & jnp.tril(jnp.ones((t, t), bool))[None, None]
+
+
+class DecoderBlock(nn.Module):
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask4, positions, deterministic: bool):
+    cfg = self.cfg
+    std, dtype = cfg.initializer_range, cfg.dtype
+
+    def proj(heads, name):
+      return Linear((heads, cfg.head_dim), ("embed", "heads" if heads == cfg.num_heads
+                                            else "kv_heads", "kv"),
+                    init_std=std, dtype=dtype, name=name, use_bias=cfg.qkv_bias)
+
+    h = RMSNorm(cfg.rms_norm_eps, name="attention_norm")(x)
+    q = rope(proj(cfg.num_heads, "query")(h), positions, cfg.rope_theta)
+    k = rope(proj(cfg.num_kv_heads, "key")(h), positions, cfg.rope_theta)
+    v = proj(cfg.num_kv_heads, "value")(h)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask4)   # GQA: fewer K/V heads
+    out = Linear((cfg.hidden_size,), ("heads", "kv", "embed"), in_dims=2, init_std=std,
+                 dtype=dtype, name="output", use_bias=False)(out)
+    x = x + nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
+    h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
+    gate = Linear((cfg.intermediate_size,), ("embed", "mlp"), init_std=std, dtype=dtype,
+                  name="gate", use_bias=False)(h)
+    up = Linear((cfg.intermediate_size,), ("embed", "mlp"), init_std=std, dtype=dtype,
+                name="up", use_bias=False)(h)
+    down = Linear((cfg.hidden_size,), ("mlp", "embed"), init_std=std, dtype=dtype,
+                  name="down", use_bias=False)(nn.silu(gate) * up)
+    x = x + nn.Dropout(cfg.hidden_dropout)(down, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("activation_batch", "activation_length",
+                                          "activation_embed"))
+
+
+class _ScanBlock(nn.Module):
+  """A block with the (carry, _) -> (carry, out) signature nn.scan wants."""
+  cfg: DecoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, mask4, positions):
+    block = nn.remat(DecoderBlock, static_argnums=(4,)) if self.cfg.remat else DecoderBlock
+    y = block(self.cfg, name="block")(x, mask4, positions, self.deterministic)
+    return y, y
+
+
+class DecoderEncoder(nn.Module):
+  """Returns a tuple of `num_layers + 1` hidden states, each [batch, length, hidden]."""
+  cfg: DecoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               deterministic: bool = True):
+    del token_type_ids
+    cfg = self.cfg
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+                     embedding_init=nn.with_logical_partitioning(
+                         nn.initializers.normal(cfg.initializer_range), ("vocab", "embed")),
+                     name="embed_tokens")
+    x = embed(input_ids)
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    mask4 = attention_mask_4d(attention_mask, cfg.attention == "causal")
+    final_norm = RMSNorm(cfg.rms_norm_eps, name="final_norm")
+    if cfg.scan_layers:
+      scan = nn.scan(_ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                           "dropout": True},
+                     in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+      _, outs = scan(cfg, deterministic, name="layers")(x, mask4, positions)
+      return (x,) + tuple(final_norm(outs[i]) for i in range(cfg.num_layers))
+    block = nn.remat(DecoderBlock, static_argnums=(4,)) if cfg.remat else DecoderBlock
+    hidden = [x]
+    for i in range(cfg.num_layers):
+      x = block(cfg, name=f"layer_{i}")(x, mask4, positions, deterministic)
+      hidden.append(final_norm(x))
+    return tuple(hidden)
