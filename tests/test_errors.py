@@ -23,8 +23,9 @@ SMOKE = "--config=configs/minilm_wordnet_2d.py:smoke"
     ("--config.data.holdout_fraction=1.0", ["data.holdout_fraction=1.0",
                                             "strictly between 0 and 1"]),
     ("--config.model.pooling=attention", ["model.pooling='attention'",
-                                          "'last_token', 'max', 'mean'"]),
-    ("--config.loss.matryoshka.dims=(8,64)", ["dim 64 is larger than the hidden size 32"]),
+                                          "'last_token', 'latent', 'map', 'max', 'mean', 'multilayer', 'weighted_mean'"]),
+    ("--config.loss.matryoshka.dims=(8,64)",
+     ["loss.matryoshka.dims: dim 64 is out of range for the hidden size 32"]),
     ("--config.mesh.data=3", ["multiply to 3", "1 devices"]),
 ])
 def test_bad_input_fails_cleanly_and_next_run_works(tmp_path, tfds_dir, override, expected):

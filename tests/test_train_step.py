@@ -85,8 +85,8 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
     ({"loss.name": "triplet"}, r"loss.name='triplet'; valid values: \['info_nce', "
                                r"'contrastive', 'sigmoid', '2dmse', 'self_distillation'\]"),
     ({"loss.matryoshka.weights": (1.0, 2.0)}, r"weights has 2 entries for 6 cells"),
-    ({"loss.matryoshka.dims": (8, 48)}, r"dim 48 is larger than the hidden size 32 "
-                                        r"\(valid: 1..32\)"),
+    ({"loss.matryoshka.dims": (8, 48)}, r"loss.matryoshka.dims: dim 48 is out of range "
+                                        r"for the hidden size 32 \(valid: 1..32\)"),
     ({"loss.name": "contrastive", "loss.directions": ("qd", "up")},
      r"\['up'\] not valid; valid values: \['qd', 'dq', 'qq', 'dd'\]"),
     ({"loss.matryoshka.layer_weighting": "cubic"}, r"valid values: \['uniform', 'linear', "

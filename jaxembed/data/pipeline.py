@@ -13,15 +13,18 @@ from jaxembed.errors import DataError
 class TokenizePairs:
   """Batch of records -> {'anchor': ids/mask, 'positive': ids/mask}, fixed length."""
 
-  def __init__(self, tokenizer: Tokenizer, seq_len: int):
+  def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction: str = ""):
     self.tokenizer = tokenizer
     self.seq_len = seq_len
+    self.instruction = instruction   # prepended to anchors (queries), not pooled
 
   def __call__(self, batch):
     out = {}
     for side in ("anchor", "positive"):
       texts = [decode_text(t) for t in batch[side]]
-      out[side] = self.tokenizer.encode(texts, pad_to=self.seq_len)
+      out[side] = self.tokenizer.encode(
+          texts, pad_to=self.seq_len,
+          instruction=self.instruction if side == "anchor" else "")
     negatives = batch.get("negatives")
     if negatives is not None and len(negatives):
       # grain batches a list field position by position: k arrays of [batch] texts
@@ -62,7 +65,8 @@ class HostShard(grain.MapDataset):
 def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  max_examples: int | None = None, split_name: str = "train",
-                 num_threads: int = 2, workers: int = 0) -> grain.IterDataset:
+                 num_threads: int = 2, workers: int = 0,
+                 instruction: str = "") -> grain.IterDataset:
   """An endless, per-epoch reshuffled stream of tokenised pair batches for this host.
 
   `batch_size` is the global batch; this host yields its `batch_size / process_count`
@@ -86,7 +90,7 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
   ds = HostShard(ds.shuffle(seed=seed).repeat(None), batch_size, process_index,
                  process_count)
   ds = (ds.batch(batch_size // process_count, drop_remainder=True)
-        .map(TokenizePairs(tokenizer, seq_len)))
+        .map(TokenizePairs(tokenizer, seq_len, instruction)))
   return _to_iter(ds, num_threads, workers)
 
 
@@ -112,7 +116,7 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
                     seq_len: int, seed: int, weights=None, no_duplicates: bool = False,
                     process_index: int = 0, process_count: int = 1,
                     max_examples: int | None = None, num_threads: int = 2,
-                    workers: int = 0) -> grain.IterDataset:
+                    workers: int = 0, instruction: str = "") -> grain.IterDataset:
   """Batches planned by `batching.BatchPlan`: a weighted mixture of `sources` (each
   batch from one of them) and/or batches in which no text occurs twice.
 
@@ -145,7 +149,7 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
       raise DataError(f"data {name}: {e}; data.no_duplicates needs more distinct "
                       "texts") from None
   ds = batching.PlannedBatches(sources, plan, batch_size, process_index, process_count,
-                               negs[0]).map(TokenizePairs(tokenizer, seq_len))
+                               negs[0]).map(TokenizePairs(tokenizer, seq_len, instruction))
   return _to_iter(ds, num_threads, workers)
 
 

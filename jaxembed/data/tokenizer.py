@@ -18,7 +18,10 @@ class Tokenizer:
   (a fixed length in training, so the step compiles once).
   """
 
-  def __init__(self, path: str, max_length: int):
+  def __init__(self, path: str, max_length: int, padding_side: str = "right"):
+    if padding_side not in ("right", "left"):
+      raise ModelLoadError(f"padding_side={padding_side!r}; valid: ['right', 'left']")
+    self.padding_side = padding_side
     if not os.path.isfile(path):
       raise ModelLoadError(f"tokenizer file {path} does not exist")
     self.path = path
@@ -29,26 +32,41 @@ class Tokenizer:
     self.pad_id = self._tok.token_to_id("[PAD]") or 0
 
   def __getstate__(self):  # picklable for grain worker processes
-    return {"path": self.path, "max_length": self.max_length}
+    return {"path": self.path, "max_length": self.max_length,
+            "padding_side": self.padding_side}
 
   def __setstate__(self, state):
-    self.__init__(state["path"], state["max_length"])
+    self.__init__(state["path"], state["max_length"], state.get("padding_side", "right"))
 
   def encode(self, texts: list[str], pad_to: int | None = None,
-             pad_multiple: int = 16) -> dict[str, np.ndarray]:
-    """Returns int32 `input_ids` and `attention_mask`, [len(texts), length].
+             pad_multiple: int = 16, instruction: str = "") -> dict[str, np.ndarray]:
+    """Returns int32 `input_ids` and `attention_mask`, [len(texts), length], padded on
+    `padding_side`.
 
     `pad_to` fixes the length; otherwise the longest text is rounded up to a multiple
     of `pad_multiple` (few distinct shapes, so few compilations at inference).
+    With an `instruction`, each text is encoded as instruction + text and a
+    `pool_mask` is added: the attention mask without the instruction's tokens (found
+    by their character offsets), which take part in attention but not in pooling.
     """
-    encodings = self._tok.encode_batch([str(t) for t in texts])
+    encodings = self._tok.encode_batch([instruction + str(t) for t in texts])
     longest = max((len(e.ids) for e in encodings), default=1)
     if pad_to is None:
       pad_to = min(-(-max(longest, 1) // pad_multiple) * pad_multiple, self.max_length)
     ids = np.full((len(texts), pad_to), self.pad_id, np.int32)
     mask = np.zeros((len(texts), pad_to), np.int32)
+    pool = np.zeros((len(texts), pad_to), np.int32) if instruction else None
     for i, e in enumerate(encodings):
       n = min(len(e.ids), pad_to)
-      ids[i, :n] = e.ids[:n]
-      mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+      cols = slice(0, n) if self.padding_side == "right" else slice(pad_to - n, pad_to)
+      ids[i, cols] = e.ids[:n]
+      mask[i, cols] = 1
+      if pool is not None:
+        is_instruction = [(not special) and start < len(instruction)
+                          for (start, _), special in zip(e.offsets[:n],
+                                                         e.special_tokens_mask[:n])]
+        pool[i, cols] = 1 - np.asarray(is_instruction, np.int32)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if pool is not None:
+      out["pool_mask"] = pool
+    return out

@@ -11,15 +11,27 @@ from jaxembed.evals.tasks import RetrievalTask, STSTask
 
 
 def evaluate_grid(encode_all_layers, tasks: Sequence[STSTask | RetrievalTask],
-                  layers: Sequence[int], dims: Sequence[int]) -> list[dict]:
+                  layers: Sequence[int], dims: Sequence[int],
+                  encode_queries=None) -> list[dict]:
   """`encode_all_layers(texts) -> [n, num_layers, hidden]` is called once; each cell
   truncates to its dim and renormalises. Returns one row per cell:
-  {'layer', 'dim', '<task>/<metric>': value, ...}."""
-  texts = list(dict.fromkeys(t for task in tasks for t in task.texts))
+  {'layer', 'dim', '<task>/<metric>': value, ...}.
+
+  `encode_queries` (optional, same signature) encodes the queries of retrieval tasks,
+  e.g. with a query instruction."""
+  query_tasks = [t for t in tasks if isinstance(t, RetrievalTask)] if encode_queries else []
+  with_queries = {id(t) for t in query_tasks}   # (dataclass == compares arrays)
+  texts = list(dict.fromkeys(
+      t for task in tasks
+      for t in (task.corpus if id(task) in with_queries else task.texts)))
   index = {t: i for i, t in enumerate(texts)}
   logging.info("evaluating %d (layer, dim) cells on %d texts", len(layers) * len(dims),
                len(texts))
   vecs = encode_all_layers(texts)
+  if query_tasks:
+    queries = list(dict.fromkeys(q for task in query_tasks for q in task.queries))
+    q_index = {t: i + len(texts) for i, t in enumerate(queries)}
+    vecs = np.concatenate([vecs, encode_queries(queries)])
   rows = []
   for layer in layers:
     for dim in dims:
@@ -27,7 +39,11 @@ def evaluate_grid(encode_all_layers, tasks: Sequence[STSTask | RetrievalTask],
       v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
       row = {"layer": int(layer), "dim": int(dim)}
       for task in tasks:
-        sub = v[[index[t] for t in task.texts]]
+        if id(task) in with_queries:
+          rows_idx = [q_index[t] for t in task.queries] + [index[t] for t in task.corpus]
+        else:
+          rows_idx = [index[t] for t in task.texts]
+        sub = v[rows_idx]
         row.update({f"{task.name}/{k}": val for k, val in task.score(sub).items()})
       rows.append(row)
   return rows

@@ -66,13 +66,14 @@ def build_cells(mode: str, *, num_layers: int, hidden: int, layers: Sequence[int
   if not coords:
     raise ConfigError(f"{field}: mode={mode!r} with no cells; set "
                       f"{'pairs' if mode == 'pairs' else 'layers and dims'}")
+  where = f"{field}.pairs" if mode == "pairs" else None
   for layer, dim in coords:
     if not 1 <= layer <= num_layers:
-      raise ConfigError(f"{field}: layer {layer} is not in the model; valid layers: "
-                        f"1..{num_layers}")
+      raise ConfigError(f"{where or field + '.layers'}: layer {layer} is not in the "
+                        f"model; valid layers: 1..{num_layers}")
     if not 1 <= dim <= hidden:
-      raise ConfigError(f"{field}: dim {dim} is larger than the hidden size {hidden} "
-                        f"(valid: 1..{hidden})")
+      raise ConfigError(f"{where or field + '.dims'}: dim {dim} is out of range for the "
+                        f"hidden size {hidden} (valid: 1..{hidden})")
   if len(set(coords)) != len(coords):
     raise ConfigError(f"{field}: repeated (layer, dim) cells in {coords}")
   if weights is None or len(weights) == 0:

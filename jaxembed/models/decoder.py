@@ -53,7 +53,8 @@ class DecoderConfig:
 
   def __post_init__(self):
     if self.attention not in ATTENTION:
-      raise ConfigError(f"model.attention={self.attention!r}; valid values: {list(ATTENTION)}")
+      raise ConfigError(f"model.decoder.attention={self.attention!r}; valid values: "
+                        f"{list(ATTENTION)}")
     if self.hidden_size % self.num_heads:
       raise ConfigError(f"model: hidden_size={self.hidden_size} is not divisible by "
                         f"num_heads={self.num_heads}")

@@ -19,6 +19,7 @@ from jaxembed.models.bert import BertConfig
 from jaxembed.models.pooling import POOLERS
 
 PACKAGE_PREFIX = "pkg:"
+DECODER_TYPES = ("llama", "qwen2", "mistral")
 
 
 def resolve_model_path(path: str) -> str:
@@ -38,9 +39,10 @@ def resolve_model_path(path: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelFolder:
-  """What a sentence-transformers / HF BERT folder says about the model."""
+  """What a sentence-transformers / HF folder says about the model. `bert` is the
+  encoder's config: a BertConfig, or a DecoderConfig for Llama / Qwen2 / Mistral."""
   path: str
-  bert: BertConfig
+  bert: object
   pooling: str
   max_seq_length: int
   normalize: bool
@@ -63,7 +65,12 @@ def read_model_folder(path: str, field: str = "model.path") -> ModelFolder:
                            f"{', '.join(need)}")
     need[name] = full
   with open(need["config.json"]) as f:
-    bert = BertConfig.from_hf(json.load(f))
+    hf = json.load(f)
+  if hf.get("model_type") in DECODER_TYPES:
+    from jaxembed.models.decoder import DecoderConfig
+    bert = DecoderConfig.from_hf(hf)
+  else:
+    bert = BertConfig.from_hf(hf)
   pooling, normalize, max_len = "mean", False, bert.max_position_embeddings
   pool_cfg = os.path.join(resolved, "1_Pooling", "config.json")
   if os.path.isfile(pool_cfg):
@@ -254,3 +261,14 @@ def scan_layout(params: dict, num_layers: int) -> dict:
   import jax
   enc["layers"] = {"block": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
   return dict(params, encoder=enc)
+
+
+def load_encoder_weights(path: str, cfg) -> dict:
+  """{'encoder': ...} from a safetensors file, for a BertConfig or a DecoderConfig
+  (in the scan layout when cfg.scan_layers)."""
+  from jaxembed.models.decoder import DecoderConfig
+  if not isinstance(cfg, DecoderConfig):
+    return load_bert_safetensors(path, cfg)
+  from safetensors.numpy import load_file
+  params = decoder_hf_to_flax(load_file(path), cfg)
+  return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params

@@ -37,9 +37,9 @@ from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalT
                                   STSTask)
 from jaxembed.losses import build_cells
 from jaxembed.losses.registry import init_loss_params, make_loss
-from jaxembed.models import Embedder, load_bert_safetensors, read_model_folder
+from jaxembed.models import DecoderConfig, Embedder, load_encoder_weights, read_model_folder
 from jaxembed.models.bert import BertConfig
-from jaxembed.models.pooling import check_pooling
+from jaxembed.models.pooling import TRAINABLE, check_pooling
 from jaxembed.train.optim import make_optimizer
 from jaxembed.train.state import TrainState
 from jaxembed.train.step import train_step
@@ -62,7 +62,21 @@ def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.Confi
       check_fields(config[key], schema[key], name + ".")
 
 
-def bert_config(config, folder) -> BertConfig:
+ENCODERS = ("bert", "decoder")
+
+
+def bert_config(config, folder):
+  """The encoder's config: BERT from the model folder (+ model.bert_overrides), or the
+  decoder LLM from a Llama/Qwen2 folder or, with model.init=random, from
+  model.decoder on the folder's vocabulary."""
+  kind = config.model.encoder
+  if kind not in ENCODERS:
+    raise ConfigError(f"model.encoder={kind!r}; valid values: {list(ENCODERS)}")
+  if kind == "decoder":
+    return decoder_config(config, folder)
+  if not isinstance(folder.bert, BertConfig):
+    raise ConfigError(f"model.encoder='bert' but model.path={config.model.path!r} holds a "
+                      f"{type(folder.bert).__name__}; set model.encoder='decoder'")
   overrides = dict(config.model.bert_overrides)
   valid = {f.name for f in dataclasses.fields(BertConfig)}
   bad = sorted(set(overrides) - valid)
@@ -74,18 +88,46 @@ def bert_config(config, folder) -> BertConfig:
   return BertConfig(**{**base, **overrides})
 
 
-def abstract_params(bert: BertConfig, pooling: str, loss_params=None):
-  """Shapes of the parameter tree (no memory), unboxed: {'encoder': ...} and, if the
-  objective has parameters of its own, 'loss'."""
-  shapes = nn.unbox(_abstract_boxed(bert, pooling))
+# Settings of model.decoder that apply to a pretrained decoder too (the shapes come
+# from its config.json).
+_DECODER_RUNTIME = ("attention", "scan_layers", "remat", "dtype", "hidden_dropout",
+                    "attention_dropout")
+
+
+def decoder_config(config, folder) -> DecoderConfig:
+  d = dict(config.model.decoder)
+  if not config.train.dropout:
+    d.update(hidden_dropout=0.0, attention_dropout=0.0)
+  if isinstance(folder.bert, DecoderConfig):
+    return DecoderConfig(**{**dataclasses.asdict(folder.bert),
+                            **{k: d[k] for k in _DECODER_RUNTIME}})
+  if config.model.init == "pretrained":
+    raise ConfigError(f"model.encoder='decoder' with model.init='pretrained' needs a "
+                      f"Llama/Qwen2/Mistral folder; model.path={config.model.path!r} holds "
+                      "a BERT. Use model.init='random' to train a decoder from scratch on "
+                      "its tokenizer")
+  return DecoderConfig(**{**d, "vocab_size": folder.bert.vocab_size,
+                          "max_position_embeddings": max(d["max_position_embeddings"],
+                                                         config.data.seq_len)})
+
+
+def make_embedder(bert, config) -> Embedder:
+  return Embedder(bert, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
+                  pool_latents=config.model.pool_latents)
+
+
+def abstract_params(bert, config, loss_params=None):
+  """Shapes of the parameter tree (no memory), unboxed: {'encoder': ...}, 'pooler'
+  for a trainable pooling and, if the objective has parameters of its own, 'loss'."""
+  shapes = nn.unbox(_abstract_boxed(bert, config))
   if loss_params:
     shapes = dict(shapes, loss=jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), loss_params))
   return shapes
 
 
-def _abstract_boxed(bert: BertConfig, pooling: str):
-  model = Embedder(bert, pooling=pooling)
+def _abstract_boxed(bert, config):
+  model = make_embedder(bert, config)
   ids = jnp.zeros((1, 8), jnp.int32)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
 
@@ -97,7 +139,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: Workdir
   folder: Any
-  bert: BertConfig
+  bert: Any                  # BertConfig | DecoderConfig
   model: Embedder
   mesh: jax.sharding.Mesh
   rules: tuple
@@ -123,6 +165,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   check_pooling(config.model.pooling)
   folder = read_model_folder(config.model.path)
   bert = bert_config(config, folder)
+  if config.model.pooling in TRAINABLE and bert.hidden_size % config.model.pool_heads:
+    raise ConfigError(f"model.pool_heads={config.model.pool_heads} must divide the hidden "
+                      f"size {bert.hidden_size} (model.pooling={config.model.pooling!r})")
+  if config.data.padding_side not in ("right", "left"):
+    raise ConfigError(f"data.padding_side={config.data.padding_side!r}; valid values: "
+                      "['right', 'left']")
+  if config.data.padding_side == "left" and config.model.pooling == "cls":
+    raise ConfigError("model.pooling='cls' reads position 0, which is padding under "
+                      "data.padding_side='left'; use 'last_token' or pad on the right")
   build_cells("grid", num_layers=bert.num_layers, hidden=bert.hidden_size,
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
 
@@ -146,9 +197,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   loss_fn = make_loss(config.loss, num_layers=bert.num_layers, hidden=bert.hidden_size,
                       mesh=mesh)
   loss_params = init_loss_params(config.loss)
-  model = Embedder(bert, pooling=config.model.pooling)
-  param_shardings = shd.param_shardings(_abstract_boxed(bert, config.model.pooling),
-                                        mesh, rules)
+  model = make_embedder(bert, config)
+  param_shardings = shd.param_shardings(_abstract_boxed(bert, config), mesh, rules)
   if loss_params:
     param_shardings = dict(param_shardings,
                            loss={k: shd.replicated(mesh) for k in loss_params})
@@ -157,9 +207,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   if config.data.seq_len > bert.max_position_embeddings:
     raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds the model's "
                       f"{bert.max_position_embeddings} positions")
-  tokenizer = Tokenizer(folder.tokenizer, config.data.seq_len)
+  tokenizer = Tokenizer(folder.tokenizer, config.data.seq_len, config.data.padding_side)
   eval_tokenizer = Tokenizer(folder.tokenizer,
-                             min(config.eval.max_length, bert.max_position_embeddings))
+                             min(config.eval.max_length, bert.max_position_embeddings),
+                             config.data.padding_side)
   d = config.data
   components = mixture_components(d)
   wordnet_builder = None
@@ -174,7 +225,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=config.data.seq_len,
                 seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count(),
-                max_examples=config.data.max_train_examples, workers=d.workers)
+                max_examples=config.data.max_train_examples, workers=d.workers,
+                instruction=d.query_instruction)
   if len(components) == 1 and not d.no_duplicates:
     dataset = pipeline.pair_dataset(sources[0], **common)
   else:
@@ -313,8 +365,16 @@ def initial_params(run: Run):
   whose outputs are born sharded."""
   encoder_shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
   if run.config.model.init == "pretrained":
-    params = load_bert_safetensors(run.folder.weights, run.bert)
-    params = _put_global(params, encoder_shardings)
+    params = load_encoder_weights(run.folder.weights, run.bert)
+    if "pooler" in encoder_shardings:   # a trainable pooler on a pretrained encoder
+      pooler_init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *_dummy_ids()))["params"]
+                            ["pooler"], out_shardings=encoder_shardings["pooler"])
+      with mesh_context(run):
+        pooler = pooler_init(jax.random.PRNGKey(run.config.seed))
+      params = dict(_put_global(params, {"encoder": encoder_shardings["encoder"]}),
+                    pooler=pooler)
+    else:
+      params = _put_global(params, encoder_shardings)
   else:
     ids = jnp.zeros((1, 8), jnp.int32)
     init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, ids, ids))["params"],
@@ -326,8 +386,13 @@ def initial_params(run: Run):
   return params
 
 
+def _dummy_ids():
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return ids, jnp.ones_like(ids)
+
+
 def abstract_state(run: Run):
-  shapes = abstract_params(run.bert, run.config.model.pooling, run.loss_params)
+  shapes = abstract_params(run.bert, run.config, run.loss_params)
   opt_shapes = jax.eval_shape(run.tx.init, shapes)
   shardings = state_shardings(run, opt_shapes)
   shapes_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,
@@ -370,13 +435,18 @@ def global_batch(run: Run, local_batch):
 
 def evaluate(run: Run, params, label: str) -> list[dict]:
   model = EmbeddingModel(run.bert, params, run.eval_tokenizer,
-                         pooling=run.config.model.pooling)
+                         pooling=run.config.model.pooling,
+                         pool_heads=run.config.model.pool_heads,
+                         pool_latents=run.config.model.pool_latents)
   t0 = time.time()
   with mesh_context(run):
+    encode = functools.partial(model.encode_all_layers, batch_size=run.config.eval.batch_size,
+                               progress=f"eval ({label})")
+    instruction = run.config.data.query_instruction
     rows = grid_eval.evaluate_grid(
-        functools.partial(model.encode_all_layers, batch_size=run.config.eval.batch_size,
-                          progress=f"eval ({label})"),
-        run.eval_tasks, run.config.eval.layers, run.config.eval.dims)
+        encode, run.eval_tasks, run.config.eval.layers, run.config.eval.dims,
+        encode_queries=(functools.partial(encode, instruction=instruction)
+                        if instruction else None))
   logging.info("eval (%s) took %.1fs", label, time.time() - t0)
   return rows
 
@@ -428,7 +498,7 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
   run = setup(config, workdir)
   wd = run.workdir
   resuming = wd.check_config(config)
-  wd.write_config(config, run.folder)
+  wd.write_config(config, run.folder, run.bert)
   ckpt = Checkpointer(wd.checkpoints, keep=config.train.keep_checkpoints)
   abstract, shardings = abstract_state(run)
   data_iter = iter(run.dataset)

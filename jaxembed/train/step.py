@@ -27,8 +27,11 @@ def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
     parts.append({key: v.reshape(b * k, t) for key, v in negatives.items()})
   ids = jnp.concatenate([p["input_ids"] for p in parts])
   mask = jnp.concatenate([p["attention_mask"] for p in parts])
+  # Instruction tokens (anchors with data.query_instruction) are attended, not pooled.
+  pool = (jnp.concatenate([p.get("pool_mask", p["attention_mask"]) for p in parts])
+          if any("pool_mask" in p for p in parts) else None)
   out = model.apply({"params": params}, ids, mask, deterministic=deterministic,
-                    rngs=None if deterministic else {"dropout": rng})
+                    rngs=None if deterministic else {"dropout": rng}, pool_mask=pool)
   n = batch["anchor"]["input_ids"].shape[0]
   if negatives is None:
     return out[:n], out[n:2 * n]

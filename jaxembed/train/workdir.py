@@ -85,14 +85,22 @@ class Workdir:
           "Use a new --workdir, or delete this one to start over.")
     return True
 
-  def write_config(self, config: ml_collections.ConfigDict, model_folder) -> None:
-    """Writes config.json and copies the small model files (not the weights)."""
+  def write_config(self, config: ml_collections.ConfigDict, model_folder,
+                   encoder_config=None) -> None:
+    """Writes config.json and copies the small model files (not the weights); the
+    encoder's full config goes to model/jaxembed.json, so loading needs nothing else."""
+    import dataclasses
     for name in ("config.json", "tokenizer.json"):
       with open(os.path.join(model_folder.path, name)) as f:
         self.write(f"{self.MODEL_DIR}/{name}", f.read())
-    self.write(f"{self.MODEL_DIR}/jaxembed.json",
-               json.dumps({"pooling": model_folder.pooling,
-                           "max_seq_length": model_folder.max_seq_length}))
+    meta = {"pooling": model_folder.pooling, "max_seq_length": model_folder.max_seq_length}
+    if encoder_config is not None:
+      meta.update(encoder=type(encoder_config).__name__,
+                  encoder_config=dataclasses.asdict(encoder_config),
+                  padding_side=config.data.padding_side,
+                  max_seq_length=min(config.eval.max_length,
+                                     encoder_config.max_position_embeddings))
+    self.write(f"{self.MODEL_DIR}/jaxembed.json", json.dumps(meta))
     self.write(self.CONFIG, config.to_json_best_effort(indent=1))
 
   def _log_lines(self, name: str) -> list[str]:
@@ -144,15 +152,21 @@ def load_from_workdir(path: str):
   from jaxembed.losses.registry import init_loss_params
   from jaxembed.train.loop import abstract_params
 
+  from jaxembed.models.decoder import DecoderConfig
   wd = Workdir(path)
   config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
-  bert = BertConfig.from_hf(wd.read_json(f"{Workdir.MODEL_DIR}/config.json"),
-                            **dict(config.model.bert_overrides))
   meta = wd.read_json(f"{Workdir.MODEL_DIR}/jaxembed.json")
+  if "encoder_config" in meta:
+    cls = {"BertConfig": BertConfig, "DecoderConfig": DecoderConfig}[meta["encoder"]]
+    bert = cls(**meta["encoder_config"])
+  else:   # workdirs written before the encoder config was recorded: BERT
+    bert = BertConfig.from_hf(wd.read_json(f"{Workdir.MODEL_DIR}/config.json"),
+                              **dict(config.model.bert_overrides))
   ckpt = Checkpointer(wd.checkpoints, read_only=True)
   if ckpt.latest_step() is None:
     raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
-  shapes = abstract_params(bert, config.model.pooling, init_loss_params(config.loss))
+  config_for_model = _with_model_defaults(config)
+  shapes = abstract_params(bert, config_for_model, init_loss_params(config.loss))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                         shapes)
@@ -162,5 +176,17 @@ def load_from_workdir(path: str):
   tok_file = os.path.join(tempfile.mkdtemp(prefix="jaxembed-tok-"), "tokenizer.json")
   with open(tok_file, "w") as f:
     f.write((wd / Workdir.MODEL_DIR / "tokenizer.json").read_text())
-  tok = Tokenizer(tok_file, meta["max_seq_length"])
-  return EmbeddingModel(bert, params, tok, pooling=config.model.pooling, normalize=True)
+  tok = Tokenizer(tok_file, meta["max_seq_length"], meta.get("padding_side", "right"))
+  m = config_for_model.model
+  return EmbeddingModel(bert, params, tok, pooling=m.pooling, normalize=True,
+                        pool_heads=m.pool_heads, pool_latents=m.pool_latents)
+
+
+def _with_model_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A saved config with the model fields added since it was written at their
+  defaults (a workdir of an older run still loads)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, default in (("pool_heads", 8), ("pool_latents", 64), ("encoder", "bert")):
+    if key not in config.model:
+      config.model[key] = default
+  return config

@@ -1,0 +1,90 @@
+"""Every encoder and pooling choice, selected by config, runs a sharded train step on 8
+CPU devices (data 2 x fsdp 2 x tensor 2); wrong choices fail at config time naming the
+valid values."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxembed.errors import ConfigError
+from jaxembed.models.pooling import POOLERS
+from jaxembed.train import loop
+
+DECODER = {"model.encoder": "decoder", "model.decoder.hidden_size": 32,
+           "model.decoder.num_layers": 2, "model.decoder.num_heads": 4,
+           "model.decoder.num_kv_heads": 2, "model.decoder.intermediate_size": 48}
+
+
+def steps(config, n=2):
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  run = loop.setup(config, "/nonexistent-unused")
+  _, shardings = loop.abstract_state(run)
+  state = loop.new_state(run, shardings)
+  before = jax.tree.map(np.asarray, loop.local_value(state.params))
+  step_fn = loop.compile_train_step(run, shardings)
+  data = iter(run.dataset)
+  losses = []
+  for _ in range(n):
+    batch = next(data)
+    with loop.mesh_context(run):
+      state, metrics = step_fn(state, loop.global_batch(run, batch))
+    losses.append(float(loop.local_value(metrics)["loss"]))
+  return run, state, before, losses, batch
+
+
+def changed(before, after):
+  return any(not np.allclose(a, np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(before), jax.tree.leaves(loop.local_value(after))))
+
+
+@pytest.mark.parametrize("pooling", sorted(POOLERS))
+def test_every_pooling_trains_sharded(smoke_config, pooling):
+  config = smoke_config(**{"model.pooling": pooling, "model.pool_heads": 2,
+                           "model.pool_latents": 4, "train.steps": 2})
+  run, state, before, losses, _ = steps(config)
+  assert np.isfinite(losses).all()
+  assert changed(before["encoder"], state.params["encoder"])
+  if pooling in ("map", "latent", "multilayer"):
+    assert changed(before["pooler"], state.params["pooler"])   # the head is trained
+
+
+@pytest.mark.parametrize("case", [
+    dict(**{"model.decoder.attention": "causal", "model.pooling": "last_token",
+            "data.padding_side": "left"}),
+    dict(**{"model.decoder.attention": "bidirectional", "model.pooling": "latent",
+            "model.pool_heads": 2, "model.pool_latents": 4}),
+    dict(**{"model.decoder.attention": "bidirectional", "model.pooling": "mean",
+            "model.decoder.scan_layers": True, "model.decoder.remat": True}),
+    dict(**{"model.decoder.attention": "causal", "model.pooling": "weighted_mean",
+            "data.query_instruction": "Retrieve the definition: "}),
+], ids=["causal-last-left", "bidir-latent", "bidir-mean-scan-remat", "causal-wmean-instr"])
+def test_decoder_variants_train_sharded(smoke_config, case):
+  config = smoke_config(**{**DECODER, **case, "train.steps": 2})
+  run, state, before, losses, batch = steps(config)
+  assert np.isfinite(losses).all()
+  assert changed(before["encoder"], state.params["encoder"])
+  enc = state.params["encoder"]
+  kernel = (enc["layers"]["block"]["gate"]["kernel"] if case.get("model.decoder.scan_layers")
+            else enc["layer_0"]["gate"]["kernel"])
+  assert kernel.addressable_shards[0].data.shape[-1] == 48 // 2   # mlp over tensor
+  if case.get("data.padding_side") == "left":
+    assert (batch["anchor"]["attention_mask"][:, -1] == 1).all()
+  if case.get("data.query_instruction"):
+    a = batch["anchor"]
+    assert (a["pool_mask"].sum(1) < a["attention_mask"].sum(1)).all()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"model.pooling": "avg"}, r"model.pooling='avg' is not a pooling; valid values: \['cls',"),
+    ({"model.encoder": "t5"}, r"model.encoder='t5'; valid values: \['bert', 'decoder'\]"),
+    ({**DECODER, "model.decoder.attention": "sideways"},
+     r"model.decoder.attention='sideways'; valid values: \['causal', 'bidirectional'\]"),
+    ({"eval.dims": (8, 64)}, r"eval.dims: dim 64 is out of range .* \(valid: 1\.\.32\)"),
+    ({"eval.layers": (1, 3)}, r"eval.layers: layer 3 is not in the model; valid layers: 1\.\.2"),
+    ({"loss.matryoshka.layers": (0, 2)}, r"loss.matryoshka.layers: layer 0 .* 1\.\.2"),
+    ({"model.pooling": "map", "model.pool_heads": 3}, r"model.pool_heads=3 must divide"),
+    ({"data.padding_side": "middle"}, r"data.padding_side='middle'; valid values"),
+])
+def test_wrong_model_choices_fail_at_config_time(smoke_config, overrides, match):
+  with pytest.raises(ConfigError, match=match):
+    loop.setup(smoke_config(**overrides), "/nonexistent-unused")
