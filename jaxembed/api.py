@@ -24,8 +24,12 @@ class EmbeddingModel:
   """
 
   def __init__(self, bert, params, tokenizer: Tokenizer, *, pooling: str = "mean",
-               normalize: bool = True, pool_heads: int = 8, pool_latents: int = 64):
+               normalize: bool = True, pool_heads: int = 8, pool_latents: int = 64,
+               default_layer: int | None = None, default_dim: int | None = None):
     self.bert = bert          # BertConfig | DecoderConfig
+    # The sub-model `encode` uses when layer/dim are not given (an exported one).
+    self.default_layer = default_layer
+    self.default_dim = default_dim
     self.params = params
     self.tokenizer = tokenizer
     self.pooling = pooling
@@ -132,8 +136,8 @@ class EmbeddingModel:
     """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
     last) and the first `dim` coordinates (default all). Returns float32 [n, dim].
     `progress`: a label; batches done are then reported on stderr."""
-    layer = self.num_layers if layer is None else int(layer)
-    dim = self.hidden_size if dim is None else int(dim)
+    layer = (self.default_layer or self.num_layers) if layer is None else int(layer)
+    dim = (self.default_dim or self.hidden_size) if dim is None else int(dim)
     if not 1 <= layer <= self.num_layers:
       raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
     if not 1 <= dim <= self.hidden_size:
@@ -147,7 +151,9 @@ class EmbeddingModel:
 
 def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingModel:
   """A Hugging Face / sentence-transformers folder (config.json, safetensors): BERT,
-  or a Llama / Qwen2 / Mistral decoder."""
+  or a Llama / Qwen2 / Mistral decoder. A `Dense` module that keeps the first d
+  coordinates (how `experiments.export` truncates a Matryoshka model) becomes the
+  default dim; other Dense modules are refused."""
   folder = read_model_folder(path, field="path")
   params = load_encoder_weights(folder.weights, folder.bert)
   tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length,
@@ -155,12 +161,47 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   params = jax.tree.map(jnp.asarray, params)
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.
-  return EmbeddingModel(folder.bert, params, tok, pooling=folder.pooling, normalize=True)
+  return EmbeddingModel(folder.bert, params, tok, pooling=folder.pooling, normalize=True,
+                        default_dim=_prefix_dense_dim(folder.path, folder.bert.hidden_size))
+
+
+def _prefix_dense_dim(folder: str, hidden: int) -> int | None:
+  import json
+  modules_file = os.path.join(folder, "modules.json")
+  if not os.path.isfile(modules_file):
+    return None
+  with open(modules_file) as f:
+    modules = json.load(f)
+  dense = [m for m in modules if m.get("type", "").endswith("Dense")]
+  if not dense:
+    return None
+  from safetensors.numpy import load_file
+  sub = os.path.join(folder, dense[0]["path"])
+  weight = load_file(os.path.join(sub, "model.safetensors"))["linear.weight"]
+  out = weight.shape[0]
+  if len(dense) > 1 or weight.shape[1] != hidden or not np.array_equal(
+      weight, np.eye(hidden, dtype=weight.dtype)[:out]):
+    raise ModelLoadError(f"{sub}: only a Dense module that keeps the first d coordinates "
+                         "(a Matryoshka truncation) is supported")
+  return out
+
+
+def abstract_model_params(cfg, pooling: str, pool_heads: int = 8, pool_latents: int = 64):
+  """Shapes of an Embedder's parameter tree (unboxed), without allocating it."""
+  import flax.linen as nn
+  model = Embedder(cfg, pooling=pooling, pool_heads=pool_heads, pool_latents=pool_latents)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"])
 
 
 def load(path: str) -> EmbeddingModel:
-  """Loads a model from a training workdir (latest checkpoint) or a model folder."""
+  """Loads a model from a training workdir (latest checkpoint), a folder written by
+  `experiments.export`, or a Hugging Face / sentence-transformers model folder."""
   resolved = path if path.startswith("pkg:") else os.path.expanduser(path)
+  if os.path.isfile(os.path.join(resolved, "jaxembed.json")) and os.path.isfile(
+      os.path.join(resolved, "params.msgpack")):
+    from jaxembed.export import load_flax
+    return load_flax(resolved)
   if os.path.isfile(os.path.join(resolved, "config.json")) and os.path.isdir(
       os.path.join(resolved, "checkpoints")):
     from jaxembed.train.workdir import load_from_workdir
