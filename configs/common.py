@@ -46,12 +46,26 @@ def base_config() -> ml_collections.ConfigDict:
       attention="bidirectional",                     # causal | bidirectional
       qkv_bias=False, tie_embeddings=False, initializer_range=0.02, hidden_dropout=0.0,
       attention_dropout=0.0, dtype="float32", remat=False, scan_layers=False))
+  # model.encoder='two_tower': an image (ViT) or text tower for anchors, a text tower
+  # (model.two_tower.text_encoder, pooled with model.pooling) for positives, each
+  # projected to embed_dim. CLIP: loss.name='info_nce', loss.symmetric=True,
+  # loss.learnable_temperature=True; SigLIP: loss.name='sigmoid' + learnable.
+  c.model.two_tower = ml_collections.ConfigDict(dict(
+      towers="image_text",                           # image_text | text_text
+      text_encoder="bert",                           # bert | decoder
+      shared=False,                                  # text_text: one tower for both
+      image_pooling="cls",                           # cls | map | mean
+      embed_dim=64))
+  c.model.vit = ml_collections.ConfigDict(dict(
+      image_size=28, patch_size=4, num_channels=1, hidden_size=64, num_layers=4,
+      num_heads=4, intermediate_size=128, layer_norm_eps=1e-12, hidden_dropout=0.0,
+      attention_dropout=0.0, initializer_range=0.02, dtype="float32"))
 
   c.data = ml_collections.ConfigDict()
   # wordnet: pairs from WordNet; file: pairs/triplets/k negatives from train_file
   # (.jsonl, .csv, .tsv; e.g. written by experiments.mine); beir: (query, relevant
   # document) pairs of beir_dir's qrels/<beir_split>.tsv.
-  c.data.source = "wordnet"
+  c.data.source = "wordnet"                          # (fashion_mnist: image_text towers)
   c.data.train_file = ""
   c.data.beir_dir = ""
   c.data.beir_split = "train"
@@ -143,6 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.beir_dir = ""                               # a BEIR folder to evaluate on
   c.eval.beir_split = "test"
   c.eval.sts_files = ()                              # sentence1, sentence2, score files
+  c.eval.images = 1000                               # Fashion-MNIST test images (zero-shot)
   return c
 
 

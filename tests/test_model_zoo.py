@@ -88,3 +88,33 @@ def test_decoder_variants_train_sharded(smoke_config, case):
 def test_wrong_model_choices_fail_at_config_time(smoke_config, overrides, match):
   with pytest.raises(ConfigError, match=match):
     loop.setup(smoke_config(**overrides), "/nonexistent-unused")
+
+
+@pytest.mark.parametrize("arg", ["smoke", "smoke,loss=siglip,pooling=map"])
+def test_image_text_two_tower_trains_sharded(tfds_dir, arg):
+  from configs import clip_fashion_mnist
+  config = clip_fashion_mnist.get_config(arg)
+  config.data.tfds_dir = tfds_dir
+  config.train.steps = 2
+  run, state, before, losses, batch = steps(config)
+  assert np.isfinite(losses).all()
+  assert batch["anchor"]["pixels"].shape == (8, 28, 28, 1)
+  assert len(set(map(tuple, batch["positive"]["input_ids"]))) == 8   # no caption twice
+  assert changed(before["anchor_tower"], state.params["anchor_tower"])
+  assert changed(before["loss"], state.params["loss"])      # learnable temperature (+bias)
+  rows = loop.evaluate(run, state.params, "test")
+  assert [r["dim"] for r in rows] == [8, 16, 32]
+  assert all(0.0 <= r["fashion_mnist/zero_shot_acc"] <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_text_text_two_tower_trains_sharded(smoke_config, shared):
+  config = smoke_config(**{"model.encoder": "two_tower", "model.two_tower.towers": "text_text",
+                           "model.two_tower.shared": shared, "model.two_tower.embed_dim": 32,
+                           "loss.matryoshka.layers": (1,), "eval.layers": (1,),
+                           "train.steps": 2})
+  run, state, before, losses, _ = steps(config)
+  assert np.isfinite(losses).all()
+  assert ("anchor_tower" in state.params) == (not shared)
+  rows = loop.evaluate(run, state.params, "test")
+  assert len(rows) == 3 and "wordnet/ndcg@10" in rows[0]

@@ -177,13 +177,15 @@ class PlannedBatches(grain.MapDataset):
   """This host's rows of global batch b, read from the planned dataset."""
 
   def __init__(self, sources: Sequence, plan: BatchPlan, global_batch: int,
-               process_index: int, process_count: int, num_negatives: int):
+               process_index: int, process_count: int, num_negatives: int = 0,
+               collate_fn=None):
     super().__init__()
     self._sources = list(sources)
     self._plan = plan
     self._per_host = global_batch // process_count
     self._offset = process_index * self._per_host
     self._num_negatives = num_negatives
+    self._collate = collate_fn
 
   def __len__(self):
     return sys.maxsize
@@ -196,6 +198,8 @@ class PlannedBatches(grain.MapDataset):
     source = self._sources[k]
     records = (source.__getitems__(rows) if hasattr(source, "__getitems__")
                else [source[i] for i in rows])
+    if self._collate is not None:
+      return self._collate(records, rows)
     return collate(records, self._num_negatives)
 
   def __str__(self):

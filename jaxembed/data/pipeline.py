@@ -173,3 +173,53 @@ def _decode(value):
   if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) == 1:
     return [decode_text(v) for v in value]  # a sequence of texts (hard negatives)
   return value                              # a label
+
+
+CAPTION_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.",
+                     "a {}, a piece of clothing.", "a black and white photo of a {}.")
+
+
+class ImageCaptions:
+  """Fashion-MNIST records -> {'anchor': {'pixels'}, 'positive': caption tokens}; the
+  caption of record i is template (i mod 5) filled with its class name."""
+
+  def __init__(self, tokenizer: Tokenizer, seq_len: int, class_names):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+    self.class_names = [n.lower() for n in class_names]
+
+  def caption(self, label: int, index: int) -> str:
+    return CAPTION_TEMPLATES[index % len(CAPTION_TEMPLATES)].format(self.class_names[label])
+
+  def __call__(self, records, rows):
+    import numpy as np
+    pixels = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0
+    texts = [self.caption(int(r["label"]), i) for r, i in zip(records, rows)]
+    return {"anchor": {"pixels": pixels},
+            "positive": self.tokenizer.encode(texts, pad_to=self.seq_len)}
+
+
+def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_size: int,
+                          seq_len: int, seed: int, process_index: int = 0,
+                          process_count: int = 1, max_examples: int | None = None,
+                          num_threads: int = 2, workers: int = 0) -> grain.IterDataset:
+  """(image, caption) batches for two-tower training, no class twice in a batch (its
+  caption would be a false negative): batches are planned with the label as the only
+  'text' of each record, so batch_size <= the number of classes."""
+  import numpy as np
+  n = len(source) if max_examples is None else min(max_examples, len(source))
+  labels = np.concatenate([[int(r["label"]) for r in source.__getitems__(
+      list(range(s, min(s + 8192, n))))] for s in range(0, n, 8192)])
+  classes = len(class_names)
+  if batch_size > classes:
+    raise DataError(f"train.batch_size={batch_size}: image-caption batches hold each of "
+                    f"the {classes} classes at most once (a repeated caption is a false "
+                    f"negative); use a batch of at most {classes}")
+  if batch_size % process_count:
+    raise DataError(f"train.batch_size={batch_size} does not divide over "
+                    f"{process_count} processes")
+  keys = [batching.text_keys([str(int(l))]) for l in labels]
+  plan = batching.BatchPlan([n], batch_size, seed, keys=[keys])
+  plan.first_batch(0)
+  ds = batching.PlannedBatches([source], plan, batch_size, process_index, process_count,
+                               collate_fn=ImageCaptions(tokenizer, seq_len, class_names))
+  return _to_iter(ds, num_threads, workers)

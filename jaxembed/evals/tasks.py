@@ -148,3 +148,32 @@ class ClusteringTask:
     from jaxembed.evals import classification as cls_eval
     clusters = cls_eval.kmeans(vecs, len(np.unique(self.labels)), seed=self.seed)
     return {"v_measure": cls_eval.v_measure(self.labels, clusters)}
+
+
+@dataclasses.dataclass
+class ZeroShotTask:
+  """Zero-shot image classification (CLIP): each image takes the class whose prompts'
+  mean embedding is most similar; prompts are the training caption templates."""
+  name: str
+  images: np.ndarray          # [n, H, W, C] float in [0, 1]
+  labels: np.ndarray
+  prompts: list[str]          # class-major: templates of class 0, then class 1, ...
+  num_classes: int
+
+  @classmethod
+  def from_source(cls, name: str, source, class_names, limit: int):
+    from jaxembed.data.pipeline import CAPTION_TEMPLATES
+    n = min(limit, len(source))
+    rows = source.__getitems__(list(range(n)))
+    images = np.stack([r["image"] for r in rows]).astype(np.float32) / 255.0
+    labels = np.array([int(r["label"]) for r in rows])
+    prompts = [t.format(c.lower()) for c in class_names for t in CAPTION_TEMPLATES]
+    return cls(name, images, labels, prompts, len(class_names))
+
+  def score(self, image_vecs: np.ndarray, prompt_vecs: np.ndarray) -> dict[str, float]:
+    def unit(x):
+      return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    classes = unit(unit(prompt_vecs).reshape(self.num_classes, -1, prompt_vecs.shape[-1])
+                   .mean(1))
+    pred = np.argmax(unit(image_vecs) @ classes.T, axis=1)
+    return {"zero_shot_acc": float(np.mean(pred == self.labels))}

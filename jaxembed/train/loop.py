@@ -33,13 +33,17 @@ from jaxembed.data import builders, packaged, pipeline
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.evals import grid as grid_eval
+from jaxembed.data.packaged import FASHION_MNIST_CLASSES
 from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
-                                  STSTask)
+                                  STSTask, ZeroShotTask)
 from jaxembed.losses import build_cells
 from jaxembed.losses.registry import init_loss_params, make_loss
 from jaxembed.models import DecoderConfig, Embedder, load_encoder_weights, read_model_folder
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.pooling import TRAINABLE, check_pooling
+from jaxembed.models.two_tower import TOWERS, TwoTower
+from jaxembed.models.two_tower import dummy_inputs as two_tower_inputs
+from jaxembed.models.vit import ViTConfig
 from jaxembed.train.optim import make_optimizer
 from jaxembed.train.state import TrainState
 from jaxembed.train.step import train_step
@@ -62,16 +66,22 @@ def check_fields(config: ml_collections.ConfigDict, schema: ml_collections.Confi
       check_fields(config[key], schema[key], name + ".")
 
 
-ENCODERS = ("bert", "decoder")
+ENCODERS = ("bert", "decoder", "two_tower")
 
 
 def bert_config(config, folder):
-  """The encoder's config: BERT from the model folder (+ model.bert_overrides), or the
-  decoder LLM from a Llama/Qwen2 folder or, with model.init=random, from
-  model.decoder on the folder's vocabulary."""
+  """The (text) encoder's config: BERT from the model folder (+ model.bert_overrides),
+  or the decoder LLM from a Llama/Qwen2 folder or, with model.init=random, from
+  model.decoder on the folder's vocabulary. For model.encoder='two_tower', the text
+  tower's (model.two_tower.text_encoder)."""
   kind = config.model.encoder
   if kind not in ENCODERS:
     raise ConfigError(f"model.encoder={kind!r}; valid values: {list(ENCODERS)}")
+  if kind == "two_tower":
+    kind = config.model.two_tower.text_encoder
+    if kind not in ("bert", "decoder"):
+      raise ConfigError(f"model.two_tower.text_encoder={kind!r}; valid values: "
+                        "['bert', 'decoder']")
   if kind == "decoder":
     return decoder_config(config, folder)
   if not isinstance(folder.bert, BertConfig):
@@ -111,9 +121,35 @@ def decoder_config(config, folder) -> DecoderConfig:
                                                          config.data.seq_len)})
 
 
-def make_embedder(bert, config) -> Embedder:
-  return Embedder(bert, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
-                  pool_latents=config.model.pool_latents)
+def make_embedder(bert, config):
+  """The model a run trains: an Embedder over `bert` (the text encoder config), or a
+  TwoTower when model.encoder='two_tower'."""
+  m = config.model
+  if m.encoder != "two_tower":
+    return Embedder(bert, pooling=m.pooling, pool_heads=m.pool_heads,
+                    pool_latents=m.pool_latents)
+  t = m.two_tower
+  if t.towers not in TOWERS:
+    raise ConfigError(f"model.two_tower.towers={t.towers!r}; valid values: {list(TOWERS)}")
+  check_pooling(t.image_pooling, "model.two_tower.image_pooling")
+  image = ViTConfig(**dict(m.vit)) if t.towers == "image_text" else None
+  return TwoTower(t.towers, text=bert, image=image, shared=t.shared,
+                  image_pooling=t.image_pooling, text_pooling=m.pooling,
+                  embed_dim=t.embed_dim, pool_heads=m.pool_heads, pool_latents=m.pool_latents)
+
+
+def output_shape(model, bert) -> tuple[int, int]:
+  """(layers, width) of what the objectives and the grid see."""
+  if isinstance(model, TwoTower):
+    return 1, model.embed_dim
+  return bert.num_layers, bert.hidden_size
+
+
+def init_inputs(model):
+  if isinstance(model, TwoTower):
+    return two_tower_inputs(model)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return ids, jnp.ones_like(ids)
 
 
 def abstract_params(bert, config, loss_params=None):
@@ -128,8 +164,8 @@ def abstract_params(bert, config, loss_params=None):
 
 def _abstract_boxed(bert, config):
   model = make_embedder(bert, config)
-  ids = jnp.zeros((1, 8), jnp.int32)
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
+  inputs = init_inputs(model)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))["params"]
 
 
 # ----------------------------------------------------------------------------- setup
@@ -174,7 +210,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   if config.data.padding_side == "left" and config.model.pooling == "cls":
     raise ConfigError("model.pooling='cls' reads position 0, which is padding under "
                       "data.padding_side='left'; use 'last_token' or pad on the right")
-  build_cells("grid", num_layers=bert.num_layers, hidden=bert.hidden_size,
+  model = make_embedder(bert, config)
+  out_layers, out_width = output_shape(model, bert)
+  build_cells("grid", num_layers=out_layers, hidden=out_width,
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
 
   steps, batch = config.train.steps, config.train.batch_size
@@ -194,10 +232,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
     raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
                       f"{batch} and be a multiple of the {n_batch_shards} batch shards")
   rules = shd.rules_from_config(config.sharding.rules)
-  loss_fn = make_loss(config.loss, num_layers=bert.num_layers, hidden=bert.hidden_size,
-                      mesh=mesh)
+  loss_fn = make_loss(config.loss, num_layers=out_layers, hidden=out_width, mesh=mesh)
   loss_params = init_loss_params(config.loss)
-  model = make_embedder(bert, config)
+  if isinstance(model, TwoTower) and config.train.grad_cache_minibatch:
+    raise ConfigError("train.grad_cache_minibatch is not supported with "
+                      "model.encoder='two_tower'; set it to 0")
   param_shardings = shd.param_shardings(_abstract_boxed(bert, config), mesh, rules)
   if loss_params:
     param_shardings = dict(param_shardings,
@@ -212,6 +251,27 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
                              min(config.eval.max_length, bert.max_position_embeddings),
                              config.data.padding_side)
   d = config.data
+  if d.workers < 0:
+    raise ConfigError(f"data.workers={d.workers} must be >= 0")
+  image_text = isinstance(model, TwoTower) and model.towers == "image_text"
+  if image_text or d.source == "fashion_mnist":
+    if not image_text or d.source != "fashion_mnist" or d.mixture:
+      raise ConfigError("data.source='fashion_mnist' (image, caption) pairs go with "
+                        "model.encoder='two_tower' and model.two_tower.towers='image_text', "
+                        "and only they (no data.mixture)")
+    fm = builders.fashion_mnist(tfds_dir=d.tfds_dir)
+    dataset = pipeline.image_caption_dataset(
+        fm.as_data_source("train"), tokenizer=tokenizer, class_names=FASHION_MNIST_CLASSES,
+        batch_size=batch, seq_len=d.seq_len, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        max_examples=d.max_train_examples, workers=d.workers)
+    eval_tasks = [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
+                                           FASHION_MNIST_CLASSES, config.eval.images)]
+    return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
+               model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
+               eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
+               dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings,
+               loss_params=loss_params)
   components = mixture_components(d)
   wordnet_builder = None
   if any(c["source"] == "wordnet" for c in components) or config.eval.wordnet_queries:
@@ -220,8 +280,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
         holdout_fraction=d.holdout_fraction, seed=d.split_seed,
         pair_kinds=tuple(d.pair_kinds))
   sources = [train_source(d, c, wordnet_builder) for c in components]
-  if d.workers < 0:
-    raise ConfigError(f"data.workers={d.workers} must be >= 0")
   common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=config.data.seq_len,
                 seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count(),
@@ -364,10 +422,15 @@ def initial_params(run: Run):
   """Pretrained weights placed straight into their shards, or a jitted random init
   whose outputs are born sharded."""
   encoder_shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  if isinstance(run.model, TwoTower):
+    params = _two_tower_params(run, encoder_shardings)
+    if run.loss_params:
+      params = dict(params, loss=_put_global(run.loss_params, run.param_shardings["loss"]))
+    return params
   if run.config.model.init == "pretrained":
     params = load_encoder_weights(run.folder.weights, run.bert)
     if "pooler" in encoder_shardings:   # a trainable pooler on a pretrained encoder
-      pooler_init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *_dummy_ids()))["params"]
+      pooler_init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *init_inputs(run.model)))["params"]
                             ["pooler"], out_shardings=encoder_shardings["pooler"])
       with mesh_context(run):
         pooler = pooler_init(jax.random.PRNGKey(run.config.seed))
@@ -376,8 +439,8 @@ def initial_params(run: Run):
     else:
       params = _put_global(params, encoder_shardings)
   else:
-    ids = jnp.zeros((1, 8), jnp.int32)
-    init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, ids, ids))["params"],
+    inputs = init_inputs(run.model)
+    init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *inputs))["params"],
                    out_shardings=encoder_shardings)
     with mesh_context(run):
       params = init(jax.random.PRNGKey(run.config.seed))
@@ -386,9 +449,22 @@ def initial_params(run: Run):
   return params
 
 
-def _dummy_ids():
-  ids = jnp.zeros((1, 8), jnp.int32)
-  return ids, jnp.ones_like(ids)
+def _two_tower_params(run: Run, shardings):
+  """Random init of both towers (born sharded); with model.init='pretrained' the text
+  towers' encoders are then replaced by the pretrained weights."""
+  inputs = init_inputs(run.model)
+  init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *inputs))["params"],
+                 out_shardings=shardings)
+  with mesh_context(run):
+    params = init(jax.random.PRNGKey(run.config.seed))
+  if run.config.model.init == "pretrained":
+    loaded = load_encoder_weights(run.folder.weights, run.bert)["encoder"]
+    text_towers = ["text_tower"] + (["anchor_tower"] if "anchor_tower" in params
+                                    and run.model.towers == "text_text" else [])
+    for tower in text_towers:
+      params[tower] = dict(params[tower],
+                           encoder=_put_global(loaded, shardings[tower]["encoder"]))
+  return params
 
 
 def abstract_state(run: Run):
@@ -433,7 +509,37 @@ def global_batch(run: Run, local_batch):
 
 # ----------------------------------------------------------------------------- eval
 
+def _tower_encoder(run: Run, params, method: str, batch_size: int):
+  """texts or images -> numpy [n, 1, D] through one tower of a TwoTower, with the
+  parameters where they live (inputs replicated; output replicated)."""
+  rep = shd.replicated(run.mesh)
+  fn = jax.jit(lambda p, x: run.model.apply({"params": p}, x, method=method),
+               out_shardings=rep)
+
+  def put(tree):
+    return jax.tree.map(lambda a: jax.make_array_from_callback(
+        a.shape, rep, lambda idx, a=a: a[idx]), tree)
+
+  def encode(items, instruction: str = ""):
+    out = []
+    for start in range(0, len(items), batch_size):
+      chunk = items[start:start + batch_size]
+      rows = len(chunk)
+      if method == "encode_anchor" and run.model.towers == "image_text":
+        x = np.asarray(chunk, np.float32)
+        x = {"pixels": np.pad(x, ((0, batch_size - rows),) + ((0, 0),) * (x.ndim - 1))}
+      else:
+        x = run.eval_tokenizer.encode(list(chunk) + [""] * (batch_size - rows),
+                                      instruction=instruction)
+      with mesh_context(run):
+        out.append(np.asarray(fn(params, put(x)).addressable_data(0))[:rows])
+    return np.concatenate(out)
+  return encode
+
+
 def evaluate(run: Run, params, label: str) -> list[dict]:
+  if isinstance(run.model, TwoTower):
+    return _evaluate_two_tower(run, params, label)
   model = EmbeddingModel(run.bert, params, run.eval_tokenizer,
                          pooling=run.config.model.pooling,
                          pool_heads=run.config.model.pool_heads,
@@ -447,6 +553,28 @@ def evaluate(run: Run, params, label: str) -> list[dict]:
         encode, run.eval_tasks, run.config.eval.layers, run.config.eval.dims,
         encode_queries=(functools.partial(encode, instruction=instruction)
                         if instruction else None))
+  logging.info("eval (%s) took %.1fs", label, time.time() - t0)
+  return rows
+
+
+def _evaluate_two_tower(run: Run, params, label: str) -> list[dict]:
+  t0 = time.time()
+  bs = run.config.eval.batch_size
+  texts = _tower_encoder(run, params, "encode_text", bs)
+  anchors = _tower_encoder(run, params, "encode_anchor", bs)
+  if run.model.towers == "image_text":
+    rows = [dict(layer=1, dim=int(dim)) for dim in run.config.eval.dims]
+    for task in run.eval_tasks:
+      images = anchors(task.images)
+      prompts = texts(task.prompts)
+      for row in rows:
+        row.update({f"{task.name}/{k}": v for k, v in
+                    task.score(images[:, 0, :row["dim"]], prompts[:, 0, :row["dim"]]).items()})
+  else:
+    instruction = run.config.data.query_instruction
+    rows = grid_eval.evaluate_grid(
+        texts, run.eval_tasks, run.config.eval.layers, run.config.eval.dims,
+        encode_queries=functools.partial(anchors, instruction=instruction))
   logging.info("eval (%s) took %.1fs", label, time.time() - t0)
   return rows
 

@@ -20,6 +20,13 @@ def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
   Returns (anchor, positive) pooled vectors, each [batch, n_layers, hidden], and
   negatives [batch, k, n_layers, hidden] when present.
   """
+  from jaxembed.models.two_tower import TwoTower
+  if isinstance(model, TwoTower):   # two towers: each side through its own
+    if batch.get("negatives") is not None:
+      raise ValueError("hard negatives are not supported with two towers")
+    return model.apply({"params": params}, batch["anchor"], batch["positive"],
+                       deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": rng})
   parts = [batch["anchor"], batch["positive"]]
   negatives = batch.get("negatives")
   if negatives is not None:

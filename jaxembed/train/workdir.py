@@ -94,7 +94,7 @@ class Workdir:
       with open(os.path.join(model_folder.path, name)) as f:
         self.write(f"{self.MODEL_DIR}/{name}", f.read())
     meta = {"pooling": model_folder.pooling, "max_seq_length": model_folder.max_seq_length}
-    if encoder_config is not None:
+    if encoder_config is not None and config.model.get("encoder") != "two_tower":
       meta.update(encoder=type(encoder_config).__name__,
                   encoder_config=dataclasses.asdict(encoder_config),
                   padding_side=config.data.padding_side,
@@ -156,6 +156,11 @@ def load_from_workdir(path: str):
   wd = Workdir(path)
   config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
   meta = wd.read_json(f"{Workdir.MODEL_DIR}/jaxembed.json")
+  if config.model.get("encoder") == "two_tower":
+    raise ModelLoadError(f"{path}: a two-tower run; jaxembed.load returns single-tower "
+                         "text embedders. Restore its params with "
+                         "jaxembed.checkpoint.Checkpointer and apply "
+                         "jaxembed.models.two_tower.TwoTower")
   if "encoder_config" in meta:
     cls = {"BertConfig": BertConfig, "DecoderConfig": DecoderConfig}[meta["encoder"]]
     bert = cls(**meta["encoder_config"])
