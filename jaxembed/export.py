@@ -68,8 +68,11 @@ def export_sentence_transformers(model, out: str, *, layer=None, dim=None) -> st
                       "--format=flax")
   layer, dim = _check(model, layer, dim)
   _prepare(out)
-  cfg = dataclasses.replace(model.bert, num_layers=layer)
-  params = {"encoder": {k: v for k, v in model.params["encoder"].items()
+  from jaxembed.models.loading import unscan_layout
+  cfg = dataclasses.replace(model.bert, num_layers=layer, scan_layers=False, remat=False)
+  unrolled = unscan_layout(jax_to_numpy({"encoder": model.params["encoder"]}),
+                           model.num_layers)
+  params = {"encoder": {k: v for k, v in unrolled["encoder"].items()
                         if not k.startswith("layer_") or int(k.split("_")[1]) < layer}}
   params = jax_to_numpy(params)
   save_file(flax_to_hf(params, cfg), os.path.join(out, "model.safetensors"))

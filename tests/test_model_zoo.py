@@ -118,3 +118,13 @@ def test_text_text_two_tower_trains_sharded(smoke_config, shared):
   assert ("anchor_tower" in state.params) == (not shared)
   rows = loop.evaluate(run, state.params, "test")
   assert len(rows) == 3 and "wordnet/ndcg@10" in rows[0]
+
+
+def test_bert_scan_remat_trains_sharded(smoke_config):
+  config = smoke_config(**{"model.bert_overrides.scan_layers": True,
+                           "model.bert_overrides.remat": True, "train.steps": 2})
+  run, state, before, losses, _ = steps(config)
+  assert np.isfinite(losses).all()
+  kernel = state.params["encoder"]["layers"]["block"]["intermediate"]["kernel"]
+  assert kernel.shape == (2, 32, 64)
+  assert kernel.addressable_shards[0].data.shape == (2, 32 // 2, 64 // 2)  # fsdp, tensor

@@ -99,3 +99,30 @@ def test_misshaped_tensor_is_named():
   with pytest.raises(ModelLoadError,
                      match=r"'encoder\.layer\.0\.intermediate\.dense\.weight' has shape \(13, 8\)"):
     hf_to_flax(tensors, cfg)
+
+
+def test_bert_scan_and_remat_match_the_unrolled_model():
+  import jax
+  import jax.numpy as jnp
+  import flax.linen as nn
+  from jaxembed.models.bert import BertEncoder
+  from jaxembed.models.loading import scan_layout, unscan_layout
+  cfg = BertConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2,
+                   intermediate_size=24, max_position_embeddings=16, hidden_dropout=0.0,
+                   attention_dropout=0.0)
+  ids = np.array([[3, 4, 5, 0], [6, 7, 8, 9]])
+  mask = (ids > 0).astype(np.int32)
+  params = nn.unbox(BertEncoder(cfg).init(jax.random.PRNGKey(0), ids, mask))["params"]
+  scanned_cfg = BertConfig(**{**cfg.__dict__, "scan_layers": True, "remat": True})
+  stacked = scan_layout({"encoder": params}, 3)["encoder"]
+  a = BertEncoder(cfg).apply({"params": params}, ids, mask)
+  b = BertEncoder(scanned_cfg).apply({"params": stacked}, ids, mask)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  back = unscan_layout({"encoder": stacked}, 3)["encoder"]
+  np.testing.assert_array_equal(back["layer_2"]["output"]["kernel"],
+                                params["layer_2"]["output"]["kernel"])
+  loss = lambda p, c: sum(jnp.sum(h ** 2) for h in BertEncoder(c).apply({"params": p}, ids, mask))
+  g1, g2 = jax.grad(loss)(params, cfg), jax.grad(loss)(stacked, scanned_cfg)
+  np.testing.assert_allclose(g2["layers"]["block"]["intermediate"]["kernel"][1],
+                             g1["layer_1"]["intermediate"]["kernel"], rtol=1e-4, atol=1e-6)

@@ -32,6 +32,8 @@ class BertConfig:
   attention_dropout: float = 0.1
   initializer_range: float = 0.02
   dtype: str = "float32"
+  remat: bool = False          # rematerialise each block in the backward pass
+  scan_layers: bool = False    # nn.scan over the blocks (params stacked on 'layers')
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -213,8 +215,28 @@ class BertEncoder(nn.Module):
     x = word(input_ids) + pos(jnp.arange(length)[None, :]) + typ(token_type_ids)
     x = _layer_norm(cfg, "embeddings_norm")(x)
     x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    if cfg.scan_layers:
+      scan = nn.scan(_ScanLayer, variable_axes={"params": 0},
+                     split_rngs={"params": True, "dropout": True},
+                     in_axes=nn.broadcast, length=cfg.num_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+      _, outs = scan(cfg, deterministic, name="layers")(x, attention_mask)
+      return (x,) + tuple(outs[i] for i in range(cfg.num_layers))
+    layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
     hidden = [x]
     for i in range(cfg.num_layers):
-      x = BertLayer(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
       hidden.append(x)
     return tuple(hidden)
+
+
+class _ScanLayer(nn.Module):
+  """A block with the (carry, x) -> (carry, out) signature nn.scan wants."""
+  cfg: BertConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, mask):
+    layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.cfg.remat else BertLayer
+    y = layer_cls(self.cfg, name="block")(x, mask, self.deterministic)
+    return y, y

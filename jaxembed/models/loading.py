@@ -276,6 +276,18 @@ def decoder_hf_to_flax(tensors: dict[str, np.ndarray], cfg) -> dict:
   return {"encoder": enc}
 
 
+def unscan_layout(params: dict, num_layers: int) -> dict:
+  """The inverse of `scan_layout` (for export)."""
+  enc = dict(params["encoder"])
+  if "layers" not in enc:
+    return params
+  stacked = enc.pop("layers")["block"]
+  import jax
+  for i in range(num_layers):
+    enc[f"layer_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked)
+  return dict(params, encoder=enc)
+
+
 def scan_layout(params: dict, num_layers: int) -> dict:
   """Unrolled {'layer_0': ..., 'layer_1': ...} -> the nn.scan layout
   {'layers': {'block': stacked}} (leading axis = layer)."""
@@ -291,7 +303,8 @@ def load_encoder_weights(path: str, cfg) -> dict:
   (in the scan layout when cfg.scan_layers)."""
   from jaxembed.models.decoder import DecoderConfig
   if not isinstance(cfg, DecoderConfig):
-    return load_bert_safetensors(path, cfg)
+    params = load_bert_safetensors(path, cfg)
+    return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
   from safetensors.numpy import load_file
   params = decoder_hf_to_flax(load_file(path), cfg)
   return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
