@@ -76,7 +76,7 @@ def test_decoder_variants_train_sharded(smoke_config, case):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"model.pooling": "avg"}, r"model.pooling='avg' is not a pooling; valid values: \['cls',"),
-    ({"model.encoder": "t5"}, r"model.encoder='t5'; valid values: \['bert', 'decoder'\]"),
+    ({"model.encoder": "t5"}, r"model.encoder='t5'; valid values: \['bert', 'decoder', 'two_tower'\]"),
     ({**DECODER, "model.decoder.attention": "sideways"},
      r"model.decoder.attention='sideways'; valid values: \['causal', 'bidirectional'\]"),
     ({"eval.dims": (8, 64)}, r"eval.dims: dim 64 is out of range .* \(valid: 1\.\.32\)"),
@@ -128,3 +128,22 @@ def test_bert_scan_remat_trains_sharded(smoke_config):
   kernel = state.params["encoder"]["layers"]["block"]["intermediate"]["kernel"]
   assert kernel.shape == (2, 32, 64)
   assert kernel.addressable_shards[0].data.shape == (2, 32 // 2, 64 // 2)  # fsdp, tensor
+
+
+def test_trainable_pooler_on_a_pretrained_encoder(smoke_config):
+  """Pretrained MiniLM weights plus a freshly initialised latent-attention head."""
+  from jaxembed.models import load_bert_safetensors, read_model_folder
+  config = smoke_config(**{"model.init": "pretrained", "model.pooling": "latent",
+                           "model.pool_heads": 4, "model.pool_latents": 8,
+                           "loss.matryoshka.layers": (6,), "loss.matryoshka.dims": (384,),
+                           "eval.layers": (6,), "eval.dims": (384,), "train.steps": 2})
+  config.model.bert_overrides = {}
+  run = loop.setup(config, "/nonexistent-unused")
+  _, shardings = loop.abstract_state(run)
+  state = loop.new_state(run, shardings)
+  folder = read_model_folder(config.model.path)
+  want = load_bert_safetensors(folder.weights, folder.bert)["encoder"]
+  got = loop.local_value(state.params["encoder"])
+  np.testing.assert_array_equal(got["layer_3"]["intermediate"]["kernel"],
+                                want["layer_3"]["intermediate"]["kernel"])
+  assert state.params["pooler"]["latent"]["latents"].shape == (8, 384)

@@ -321,7 +321,9 @@ def mixture_components(d) -> list[dict]:
       raise ConfigError(f"{field}: unknown keys {bad}; valid: {list(_COMPONENT_KEYS)}")
     source = spec.get("source")
     if source not in _SOURCES:
-      raise ConfigError(f"{field}: source={source!r}; valid values: {list(_SOURCES)}")
+      valid = list(_SOURCES) + (["fashion_mnist (image_text two-tower)"]
+                                if field == "data.source" else [])
+      raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
     path = spec.get("path", "")
     if source != "wordnet" and not path:
       where = ({"file": "data.train_file", "beir": "data.beir_dir"}[source]
@@ -430,8 +432,10 @@ def initial_params(run: Run):
   if run.config.model.init == "pretrained":
     params = load_encoder_weights(run.folder.weights, run.bert)
     if "pooler" in encoder_shardings:   # a trainable pooler on a pretrained encoder
-      pooler_init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *init_inputs(run.model)))["params"]
-                            ["pooler"], out_shardings=encoder_shardings["pooler"])
+      inputs = init_inputs(run.model)
+      pooler_init = jax.jit(
+          lambda rng: nn.unbox(run.model.init(rng, *inputs))["params"]["pooler"],
+          out_shardings=encoder_shardings["pooler"])
       with mesh_context(run):
         pooler = pooler_init(jax.random.PRNGKey(run.config.seed))
       params = dict(_put_global(params, {"encoder": encoder_shardings["encoder"]}),
