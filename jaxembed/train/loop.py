@@ -199,7 +199,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   if config.model.init not in ("pretrained", "random"):
     raise ConfigError(f"model.init={config.model.init!r}; valid: ['pretrained', 'random']")
   check_pooling(config.model.pooling)
-  folder = read_model_folder(config.model.path)
+  folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
   bert = bert_config(config, folder)
   if config.model.pooling in TRAINABLE and bert.hidden_size % config.model.pool_heads:
     raise ConfigError(f"model.pool_heads={config.model.pool_heads} must divide the hidden "

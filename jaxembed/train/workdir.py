@@ -90,9 +90,14 @@ class Workdir:
     """Writes config.json and copies the small model files (not the weights); the
     encoder's full config goes to model/jaxembed.json, so loading needs nothing else."""
     import dataclasses
-    for name in ("config.json", "tokenizer.json"):
-      with open(os.path.join(model_folder.path, name)) as f:
-        self.write(f"{self.MODEL_DIR}/{name}", f.read())
+    hf_config = os.path.join(model_folder.path, "config.json")
+    if os.path.isfile(hf_config):
+      with open(hf_config) as f:
+        self.write(f"{self.MODEL_DIR}/config.json", f.read())
+    else:   # weights from an ONNX file: the config comes from its shapes
+      self.write(f"{self.MODEL_DIR}/config.json", json.dumps(model_folder.bert.to_hf()))
+    with open(model_folder.tokenizer) as f:
+      self.write(f"{self.MODEL_DIR}/tokenizer.json", f.read())
     meta = {"pooling": model_folder.pooling, "max_seq_length": model_folder.max_seq_length}
     if encoder_config is not None and config.model.get("encoder") != "two_tower":
       meta.update(encoder=type(encoder_config).__name__,
