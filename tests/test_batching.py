@@ -2,7 +2,6 @@
 deterministic, resumable and the same with worker processes or several hosts."""
 
 import json
-import os
 
 import numpy as np
 import pytest

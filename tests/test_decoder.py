@@ -5,7 +5,6 @@ padding; scan and remat give the same numbers."""
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -5,7 +5,6 @@ JAXEMBED_ST_PYTHON to a Python that has it; it is a peer library, not a dependen
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -53,7 +52,7 @@ def st_python():
   if explicit:
     return explicit
   try:
-    import sentence_transformers  # noqa: F401
+    import sentence_transformers  # noqa: F401  (only whether it imports)
     return sys.executable
   except ImportError:
     return None

@@ -641,7 +641,6 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
   else:
     state = new_state(run, shardings)
   step_fn = compile_train_step(run, shardings)
-  total = config.train.steps
   writer = MetricWriter(str(wd / Workdir.TENSORBOARD), remote=wd.remote)
 
   def record_eval(step: int, rows: list[dict], label: str) -> None:
