@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -29,13 +28,9 @@ import optax
 from jaxembed import sharding as shd
 from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
-from jaxembed.data import builders, packaged, pipeline
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.evals import grid as grid_eval
-from jaxembed.data.packaged import FASHION_MNIST_CLASSES
-from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
-                                  STSTask, ZeroShotTask)
 from jaxembed.losses import build_cells
 from jaxembed.losses.registry import init_loss_params, make_loss
 from jaxembed.models import DecoderConfig, Embedder, load_encoder_weights, read_model_folder
@@ -44,6 +39,7 @@ from jaxembed.models.pooling import TRAINABLE, check_pooling
 from jaxembed.models.two_tower import TOWERS, TwoTower
 from jaxembed.models.two_tower import dummy_inputs as two_tower_inputs
 from jaxembed.models.vit import ViTConfig
+from jaxembed.train import inputs
 from jaxembed.train.optim import make_optimizer
 from jaxembed.train.state import TrainState
 from jaxembed.train.step import train_step
@@ -250,149 +246,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   eval_tokenizer = Tokenizer(folder.tokenizer,
                              min(config.eval.max_length, bert.max_position_embeddings),
                              config.data.padding_side)
-  d = config.data
-  if d.workers < 0:
-    raise ConfigError(f"data.workers={d.workers} must be >= 0")
-  image_text = isinstance(model, TwoTower) and model.towers == "image_text"
-  if image_text or d.source == "fashion_mnist":
-    if not image_text or d.source != "fashion_mnist" or d.mixture:
-      raise ConfigError("data.source='fashion_mnist' (image, caption) pairs go with "
-                        "model.encoder='two_tower' and model.two_tower.towers='image_text', "
-                        "and only they (no data.mixture)")
-    fm = builders.fashion_mnist(tfds_dir=d.tfds_dir)
-    dataset = pipeline.image_caption_dataset(
-        fm.as_data_source("train"), tokenizer=tokenizer, class_names=FASHION_MNIST_CLASSES,
-        batch_size=batch, seq_len=d.seq_len, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        max_examples=d.max_train_examples, workers=d.workers)
-    eval_tasks = [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
-                                           FASHION_MNIST_CLASSES, config.eval.images)]
-    return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
-               model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
-               eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
-               dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings,
-               loss_params=loss_params)
-  components = mixture_components(d)
-  wordnet_builder = None
-  if any(c["source"] == "wordnet" for c in components) or config.eval.wordnet_queries:
-    wordnet_builder = builders.wordnet_pairs(
-        wordnet_dir=d.wordnet_dir, tfds_dir=d.tfds_dir,
-        holdout_fraction=d.holdout_fraction, seed=d.split_seed,
-        pair_kinds=tuple(d.pair_kinds))
-  sources = [train_source(d, c, wordnet_builder) for c in components]
-  common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=config.data.seq_len,
-                seed=config.seed, process_index=jax.process_index(),
-                process_count=jax.process_count(),
-                max_examples=config.data.max_train_examples, workers=d.workers,
-                instruction=d.query_instruction)
-  if len(components) == 1 and not d.no_duplicates:
-    dataset = pipeline.pair_dataset(sources[0], **common)
-  else:
-    dataset = pipeline.planned_dataset(
-        sources, names=[c["name"] for c in components],
-        weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
-        **common)
-  eval_tasks = build_eval_tasks(config, wordnet_builder)
+  dataset, eval_tasks = inputs.make_inputs(config, model, tokenizer)
   return Run(config=config, workdir=Workdir(workdir), folder=folder, bert=bert,
              model=model, mesh=mesh, rules=rules, tokenizer=tokenizer,
              eval_tokenizer=eval_tokenizer, tx=tx, schedule=schedule, loss_fn=loss_fn,
              dataset=dataset, eval_tasks=eval_tasks, param_shardings=param_shardings,
              loss_params=loss_params)
-
-
-_SOURCES = ("wordnet", "file", "beir")
-_COMPONENT_KEYS = ("source", "path", "weight", "split")
-
-
-def mixture_components(d) -> list[dict]:
-  """data.mixture as checked dicts {name, source, path, split, weight}; without a
-  mixture, the one dataset named by data.source."""
-  if not d.mixture:
-    path = {"wordnet": "", "file": d.train_file, "beir": d.beir_dir}.get(d.source, "")
-    specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
-    fields = ["data.source"]
-  else:
-    specs = [dict(spec) for spec in d.mixture]
-    fields = [f"data.mixture[{i}]" for i in range(len(specs))]
-  out = []
-  for field, spec in zip(fields, specs):
-    bad = sorted(set(spec) - set(_COMPONENT_KEYS))
-    if bad:
-      raise ConfigError(f"{field}: unknown keys {bad}; valid: {list(_COMPONENT_KEYS)}")
-    source = spec.get("source")
-    if source not in _SOURCES:
-      valid = list(_SOURCES) + (["fashion_mnist (image_text two-tower)"]
-                                if field == "data.source" else [])
-      raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
-    path = spec.get("path", "")
-    if source != "wordnet" and not path:
-      where = ({"file": "data.train_file", "beir": "data.beir_dir"}[source]
-               if field == "data.source" else f"{field}['path']")
-      raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
-    try:
-      weight = float(spec.get("weight", 1.0))
-    except (TypeError, ValueError):
-      weight = float("nan")
-    if not weight > 0 or not math.isfinite(weight):
-      raise ConfigError(f"{field}: weight={spec.get('weight')!r} must be a positive number")
-    out.append({"name": field if source == "wordnet" else f"{field} ({path})",
-                "source": source, "path": os.path.expanduser(path),
-                "split": spec.get("split", d.beir_split), "weight": weight})
-  return out
-
-
-def train_source(d, component: dict, wordnet_builder):
-  """The array_record data source of one training dataset."""
-  if component["source"] == "wordnet":
-    return wordnet_builder.as_data_source("train")
-  if component["source"] == "file":
-    builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
-                                  on_error=d.on_error)
-  else:
-    builder = builders.beir_pairs(folder=component["path"], split=component["split"],
-                                  tfds_dir=d.tfds_dir, on_error=d.on_error)
-  return builder.as_data_source("train")
-
-
-def build_eval_tasks(config, wordnet_builder) -> list:
-  """The evaluation suite: packaged data (WordNet held-out retrieval, Lee, SimLex) and
-  the user's own (a BEIR folder, STS files), all scored on the same grid."""
-  from jaxembed.data import readers
-  e = config.eval
-  tasks = []
-  if e.wordnet_queries:
-    test = pipeline.as_numpy_records(wordnet_builder.as_data_source("test"))
-    tasks.append(RetrievalTask.from_pairs("wordnet", test, e.wordnet_queries))
-  if e.lee:
-    docs, pairs = packaged.load_lee()
-    tasks.append(STSTask.from_pairs("lee", docs, pairs))
-  if e.simlex:
-    tasks.append(STSTask.from_word_pairs("simlex", packaged.load_simlex()))
-  if e.wordsim:
-    tasks.append(STSTask.from_word_pairs("wordsim", packaged.load_wordsim()))
-  for name in ("polarity", "newsgroup"):
-    if e[name]:
-      source = builders.packaged_text(name, tfds_dir=config.data.tfds_dir).as_data_source("test")
-      rows = pipeline.as_numpy_records(source)
-      rows.sort(key=lambda r: r["text"])   # a fixed order, whatever the file's
-      texts, labels = [r["text"] for r in rows], [int(r["label"]) for r in rows]
-      tasks.append(ClassificationTask.from_labelled(name, texts, labels))
-      tasks.append(ClusteringTask.from_labelled(f"{name}_clusters", texts, labels))
-  if e.beir_dir:
-    queries, corpus, qrels = readers.read_beir(os.path.expanduser(e.beir_dir), e.beir_split,
-                                               on_error=config.data.on_error,
-                                               field="eval.beir_dir")
-    tasks.append(RetrievalTask.from_qrels("beir", queries, corpus, qrels))
-  for path in e.sts_files:
-    rows, _ = readers.read_scored_pairs(os.path.expanduser(path),
-                                        on_error=config.data.on_error)
-    name = os.path.splitext(os.path.basename(path))[0]
-    tasks.append(STSTask.from_text_pairs(name, rows))
-  if not tasks:
-    raise ConfigError("eval: no evaluation task is enabled (eval.wordnet_queries, "
-                      "eval.lee, eval.simlex, eval.wordsim, eval.polarity, "
-                      "eval.newsgroup, eval.beir_dir, eval.sts_files)")
-  return tasks
 
 
 # ----------------------------------------------------------------------------- state
@@ -422,53 +281,42 @@ def _put_global(tree, shardings):
 
 def initial_params(run: Run):
   """Pretrained weights placed straight into their shards, or a jitted random init
-  whose outputs are born sharded."""
-  encoder_shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  whose outputs are born sharded (a trainable pooler on a pretrained encoder, and a
+  two-tower model's towers, are initialised at random, then the pretrained text
+  encoder replaces its part)."""
+  shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  pretrained = run.config.model.init == "pretrained"
   if isinstance(run.model, TwoTower):
-    params = _two_tower_params(run, encoder_shardings)
-    if run.loss_params:
-      params = dict(params, loss=_put_global(run.loss_params, run.param_shardings["loss"]))
-    return params
-  if run.config.model.init == "pretrained":
-    params = load_encoder_weights(run.folder.weights, run.bert)
-    if "pooler" in encoder_shardings:   # a trainable pooler on a pretrained encoder
-      inputs = init_inputs(run.model)
-      pooler_init = jax.jit(
-          lambda rng: nn.unbox(run.model.init(rng, *inputs))["params"]["pooler"],
-          out_shardings=encoder_shardings["pooler"])
-      with mesh_context(run):
-        pooler = pooler_init(jax.random.PRNGKey(run.config.seed))
-      params = dict(_put_global(params, {"encoder": encoder_shardings["encoder"]}),
-                    pooler=pooler)
-    else:
-      params = _put_global(params, encoder_shardings)
+    params = _random_init(run, shardings)
+    if pretrained:
+      loaded = load_encoder_weights(run.folder.weights, run.bert)["encoder"]
+      text_towers = ["text_tower"] + (["anchor_tower"] if "anchor_tower" in params
+                                      and run.model.towers == "text_text" else [])
+      for tower in text_towers:
+        params[tower] = dict(params[tower],
+                             encoder=_put_global(loaded, shardings[tower]["encoder"]))
+  elif pretrained:
+    params = _put_global(load_encoder_weights(run.folder.weights, run.bert),
+                         {"encoder": shardings["encoder"]})
+    if "pooler" in shardings:
+      params["pooler"] = _random_init(run, shardings["pooler"], part="pooler")
   else:
-    inputs = init_inputs(run.model)
-    init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *inputs))["params"],
-                   out_shardings=encoder_shardings)
-    with mesh_context(run):
-      params = init(jax.random.PRNGKey(run.config.seed))
+    params = _random_init(run, shardings)
   if run.loss_params:
     params = dict(params, loss=_put_global(run.loss_params, run.param_shardings["loss"]))
   return params
 
 
-def _two_tower_params(run: Run, shardings):
-  """Random init of both towers (born sharded); with model.init='pretrained' the text
-  towers' encoders are then replaced by the pretrained weights."""
+def _random_init(run: Run, shardings, part: str | None = None):
+  """The model's random initial parameters (or their `part` subtree), jitted with
+  `out_shardings` so that each device creates only its own shard."""
   inputs = init_inputs(run.model)
-  init = jax.jit(lambda rng: nn.unbox(run.model.init(rng, *inputs))["params"],
-                 out_shardings=shardings)
+
+  def init(rng):
+    params = nn.unbox(run.model.init(rng, *inputs))["params"]
+    return params[part] if part else params
   with mesh_context(run):
-    params = init(jax.random.PRNGKey(run.config.seed))
-  if run.config.model.init == "pretrained":
-    loaded = load_encoder_weights(run.folder.weights, run.bert)["encoder"]
-    text_towers = ["text_tower"] + (["anchor_tower"] if "anchor_tower" in params
-                                    and run.model.towers == "text_text" else [])
-    for tower in text_towers:
-      params[tower] = dict(params[tower],
-                           encoder=_put_global(loaded, shardings[tower]["encoder"]))
-  return params
+    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(run.config.seed))
 
 
 def abstract_state(run: Run):

@@ -1,0 +1,154 @@
+"""What a run reads: its training datasets (one, a weighted mixture, or Fashion-MNIST
+image-caption pairs) and its evaluation tasks, all checked against the config before
+anything is trained."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+
+from jaxembed.data import builders, packaged, pipeline
+from jaxembed.data.packaged import FASHION_MNIST_CLASSES
+from jaxembed.errors import ConfigError
+from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
+                                  STSTask, ZeroShotTask)
+from jaxembed.models.two_tower import TwoTower
+
+
+def make_inputs(config, model, tokenizer):
+  """(the per-host grain dataset, the evaluation tasks) for `model`."""
+  d = config.data
+  batch = config.train.batch_size
+  if d.workers < 0:
+    raise ConfigError(f"data.workers={d.workers} must be >= 0")
+  image_text = isinstance(model, TwoTower) and model.towers == "image_text"
+  if image_text or d.source == "fashion_mnist":
+    if not image_text or d.source != "fashion_mnist" or d.mixture:
+      raise ConfigError("data.source='fashion_mnist' (image, caption) pairs go with "
+                        "model.encoder='two_tower' and model.two_tower.towers='image_text', "
+                        "and only they (no data.mixture)")
+    fm = builders.fashion_mnist(tfds_dir=d.tfds_dir)
+    dataset = pipeline.image_caption_dataset(
+        fm.as_data_source("train"), tokenizer=tokenizer, class_names=FASHION_MNIST_CLASSES,
+        batch_size=batch, seq_len=d.seq_len, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        max_examples=d.max_train_examples, workers=d.workers)
+    return dataset, [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
+                                              FASHION_MNIST_CLASSES, config.eval.images)]
+  components = mixture_components(d)
+  wordnet_builder = None
+  if any(c["source"] == "wordnet" for c in components) or config.eval.wordnet_queries:
+    wordnet_builder = builders.wordnet_pairs(
+        wordnet_dir=d.wordnet_dir, tfds_dir=d.tfds_dir,
+        holdout_fraction=d.holdout_fraction, seed=d.split_seed,
+        pair_kinds=tuple(d.pair_kinds))
+  sources = [train_source(d, c, wordnet_builder) for c in components]
+  common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=d.seq_len,
+                seed=config.seed, process_index=jax.process_index(),
+                process_count=jax.process_count(), max_examples=d.max_train_examples,
+                workers=d.workers, instruction=d.query_instruction)
+  if len(components) == 1 and not d.no_duplicates:
+    dataset = pipeline.pair_dataset(sources[0], **common)
+  else:
+    dataset = pipeline.planned_dataset(
+        sources, names=[c["name"] for c in components],
+        weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
+        **common)
+  return dataset, build_eval_tasks(config, wordnet_builder)
+
+
+_SOURCES = ("wordnet", "file", "beir")
+_COMPONENT_KEYS = ("source", "path", "weight", "split")
+
+
+def mixture_components(d) -> list[dict]:
+  """data.mixture as checked dicts {name, source, path, split, weight}; without a
+  mixture, the one dataset named by data.source."""
+  if not d.mixture:
+    path = {"wordnet": "", "file": d.train_file, "beir": d.beir_dir}.get(d.source, "")
+    specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
+    fields = ["data.source"]
+  else:
+    specs = [dict(spec) for spec in d.mixture]
+    fields = [f"data.mixture[{i}]" for i in range(len(specs))]
+  out = []
+  for field, spec in zip(fields, specs):
+    bad = sorted(set(spec) - set(_COMPONENT_KEYS))
+    if bad:
+      raise ConfigError(f"{field}: unknown keys {bad}; valid: {list(_COMPONENT_KEYS)}")
+    source = spec.get("source")
+    if source not in _SOURCES:
+      valid = list(_SOURCES) + (["fashion_mnist (image_text two-tower)"]
+                                if field == "data.source" else [])
+      raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
+    path = spec.get("path", "")
+    if source != "wordnet" and not path:
+      where = ({"file": "data.train_file", "beir": "data.beir_dir"}[source]
+               if field == "data.source" else f"{field}['path']")
+      raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
+    try:
+      weight = float(spec.get("weight", 1.0))
+    except (TypeError, ValueError):
+      weight = float("nan")
+    if not weight > 0 or not math.isfinite(weight):
+      raise ConfigError(f"{field}: weight={spec.get('weight')!r} must be a positive number")
+    out.append({"name": field if source == "wordnet" else f"{field} ({path})",
+                "source": source, "path": os.path.expanduser(path),
+                "split": spec.get("split", d.beir_split), "weight": weight})
+  return out
+
+
+def train_source(d, component: dict, wordnet_builder):
+  """The array_record data source of one training dataset."""
+  if component["source"] == "wordnet":
+    return wordnet_builder.as_data_source("train")
+  if component["source"] == "file":
+    builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
+                                  on_error=d.on_error)
+  else:
+    builder = builders.beir_pairs(folder=component["path"], split=component["split"],
+                                  tfds_dir=d.tfds_dir, on_error=d.on_error)
+  return builder.as_data_source("train")
+
+
+def build_eval_tasks(config, wordnet_builder) -> list:
+  """The evaluation suite: packaged data (WordNet held-out retrieval, Lee, SimLex) and
+  the user's own (a BEIR folder, STS files), all scored on the same grid."""
+  from jaxembed.data import readers
+  e = config.eval
+  tasks = []
+  if e.wordnet_queries:
+    test = pipeline.as_numpy_records(wordnet_builder.as_data_source("test"))
+    tasks.append(RetrievalTask.from_pairs("wordnet", test, e.wordnet_queries))
+  if e.lee:
+    docs, pairs = packaged.load_lee()
+    tasks.append(STSTask.from_pairs("lee", docs, pairs))
+  if e.simlex:
+    tasks.append(STSTask.from_word_pairs("simlex", packaged.load_simlex()))
+  if e.wordsim:
+    tasks.append(STSTask.from_word_pairs("wordsim", packaged.load_wordsim()))
+  for name in ("polarity", "newsgroup"):
+    if e[name]:
+      source = builders.packaged_text(name, tfds_dir=config.data.tfds_dir).as_data_source("test")
+      rows = pipeline.as_numpy_records(source)
+      rows.sort(key=lambda r: r["text"])   # a fixed order, whatever the file's
+      texts, labels = [r["text"] for r in rows], [int(r["label"]) for r in rows]
+      tasks.append(ClassificationTask.from_labelled(name, texts, labels))
+      tasks.append(ClusteringTask.from_labelled(f"{name}_clusters", texts, labels))
+  if e.beir_dir:
+    queries, corpus, qrels = readers.read_beir(os.path.expanduser(e.beir_dir), e.beir_split,
+                                               on_error=config.data.on_error,
+                                               field="eval.beir_dir")
+    tasks.append(RetrievalTask.from_qrels("beir", queries, corpus, qrels))
+  for path in e.sts_files:
+    rows, _ = readers.read_scored_pairs(os.path.expanduser(path),
+                                        on_error=config.data.on_error)
+    name = os.path.splitext(os.path.basename(path))[0]
+    tasks.append(STSTask.from_text_pairs(name, rows))
+  if not tasks:
+    raise ConfigError("eval: no evaluation task is enabled (eval.wordnet_queries, "
+                      "eval.lee, eval.simlex, eval.wordsim, eval.polarity, "
+                      "eval.newsgroup, eval.beir_dir, eval.sts_files)")
+  return tasks
