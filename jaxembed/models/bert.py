@@ -130,13 +130,19 @@ def _dense(features, axes, cfg: BertConfig, name: str, in_dims: int = 1):
                 dtype=cfg.dtype, name=name)
 
 
-def _layer_norm(cfg: BertConfig, name: str):
+def layer_norm(eps: float, name: str, dtype: str | None = "float32"):
+  """LayerNorm with logical axis names on its scale and bias (every encoder and
+  pooler uses this one); dtype None computes in the input's dtype."""
   return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps,
+      epsilon=eps,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-      dtype=jnp.dtype(cfg.dtype),
+      dtype=None if dtype is None else jnp.dtype(dtype),
       name=name)
+
+
+def _layer_norm(cfg: BertConfig, name: str):
+  return layer_norm(cfg.layer_norm_eps, name, cfg.dtype)
 
 
 class SelfAttention(nn.Module):

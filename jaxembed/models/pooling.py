@@ -96,11 +96,8 @@ def _linear(features, axes, name, in_dims=1):
 
 
 def _norm(name):
-  return nn.LayerNorm(
-      epsilon=1e-6,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-      name=name)
+  from jaxembed.models.bert import layer_norm
+  return layer_norm(1e-6, name, dtype=None)
 
 
 class CrossAttention(nn.Module):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import ConfigError, ModelLoadError
-from jaxembed.models.bert import Linear, SelfAttention
+from jaxembed.models.bert import Linear, SelfAttention, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +72,7 @@ class ViTConfig:
 
 
 def _norm(cfg: ViTConfig, name: str):
-  return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-      dtype=jnp.dtype(cfg.dtype), name=name)
+  return layer_norm(cfg.layer_norm_eps, name, cfg.dtype)
 
 
 class ViTBlock(nn.Module):
