@@ -136,12 +136,10 @@ def load_flax(path: str):
   import jax.numpy as jnp
   from jaxembed.api import EmbeddingModel, abstract_model_params
   from jaxembed.data.tokenizer import Tokenizer
-  from jaxembed.models.bert import BertConfig
-  from jaxembed.models.decoder import DecoderConfig
+  from jaxembed.models.embedder import encoder_config
   with open(os.path.join(path, "jaxembed.json")) as f:
     meta = json.load(f)
-  cls = {"BertConfig": BertConfig, "DecoderConfig": DecoderConfig}[meta["encoder"]]
-  cfg = cls(**meta["encoder_config"])
+  cfg = encoder_config(meta["encoder"], meta["encoder_config"])
   template = abstract_model_params(cfg, meta["pooling"], meta["pool_heads"],
                                    meta["pool_latents"])
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)

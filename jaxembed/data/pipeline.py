@@ -84,9 +84,7 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
     raise DataError(f"data split {split_name!r} has {len(ds)} examples, fewer than one "
                     f"batch of {batch_size}; lower train.batch_size or raise "
                     "data.max_train_examples")
-  if batch_size % process_count:
-    raise DataError(f"train.batch_size={batch_size} does not divide over "
-                    f"{process_count} processes")
+  _check_host_split(batch_size, process_count)
   ds = HostShard(ds.shuffle(seed=seed).repeat(None), batch_size, process_index,
                  process_count)
   ds = (ds.batch(batch_size // process_count, drop_remainder=True)
@@ -107,7 +105,13 @@ def _to_iter(ds: grain.MapDataset, num_threads: int, workers: int) -> grain.Iter
   return it
 
 
-def _num_negatives(source, name: str) -> int:
+def _check_host_split(batch_size: int, process_count: int) -> None:
+  if batch_size % process_count:
+    raise DataError(f"train.batch_size={batch_size} does not divide over "
+                    f"{process_count} processes")
+
+
+def _num_negatives(source) -> int:
   negatives = source[0].get("negatives")
   return 0 if negatives is None else len(negatives)
 
@@ -122,9 +126,7 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
 
   Deterministic in the seed; the checkpointed state is the batch number.
   """
-  if batch_size % process_count:
-    raise DataError(f"train.batch_size={batch_size} does not divide over "
-                    f"{process_count} processes")
+  _check_host_split(batch_size, process_count)
   sizes, keys, negs = [], [], []
   for source, name in zip(sources, names):
     n = len(source) if max_examples is None else min(max_examples, len(source))
@@ -132,7 +134,7 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
       raise DataError(f"data {name}: {n} examples, fewer than one batch of "
                       f"{batch_size}; lower train.batch_size or add data")
     sizes.append(n)
-    negs.append(_num_negatives(source, name))
+    negs.append(_num_negatives(source))
     if no_duplicates:
       keys.append([batching.text_keys([r["anchor"], r["positive"], *r.get("negatives", ())])
                    for r in as_numpy_records(source, limit=n)])
@@ -214,9 +216,7 @@ def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_si
     raise DataError(f"train.batch_size={batch_size}: image-caption batches hold each of "
                     f"the {classes} classes at most once (a repeated caption is a false "
                     f"negative); use a batch of at most {classes}")
-  if batch_size % process_count:
-    raise DataError(f"train.batch_size={batch_size} does not divide over "
-                    f"{process_count} processes")
+  _check_host_split(batch_size, process_count)
   keys = [batching.text_keys([str(int(l))]) for l in labels]
   plan = batching.BatchPlan([n], batch_size, seed, keys=[keys])
   plan.first_batch(0)

@@ -21,6 +21,14 @@ def make_encoder(cfg, name: str = "encoder") -> nn.Module:
   raise TypeError(f"no text encoder for {type(cfg).__name__}")
 
 
+def encoder_config(kind: str, fields: dict):
+  """An encoder config saved as (class name, fields): how workdirs and exported
+  folders record it."""
+  from jaxembed.models.bert import BertConfig
+  from jaxembed.models.decoder import DecoderConfig
+  return {"BertConfig": BertConfig, "DecoderConfig": DecoderConfig}[kind](**fields)
+
+
 class Embedder(nn.Module):
   """Pools the hidden state of each layer in `layers` (1-based) with one encoder pass.
 

@@ -157,7 +157,7 @@ def load_from_workdir(path: str):
   from jaxembed.losses.registry import init_loss_params
   from jaxembed.train.loop import abstract_params
 
-  from jaxembed.models.decoder import DecoderConfig
+  from jaxembed.models.embedder import encoder_config
   wd = Workdir(path)
   config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
   meta = wd.read_json(f"{Workdir.MODEL_DIR}/jaxembed.json")
@@ -167,8 +167,7 @@ def load_from_workdir(path: str):
                          "jaxembed.checkpoint.Checkpointer and apply "
                          "jaxembed.models.two_tower.TwoTower")
   if "encoder_config" in meta:
-    cls = {"BertConfig": BertConfig, "DecoderConfig": DecoderConfig}[meta["encoder"]]
-    bert = cls(**meta["encoder_config"])
+    bert = encoder_config(meta["encoder"], meta["encoder_config"])
   else:   # workdirs written before the encoder config was recorded: BERT
     bert = BertConfig.from_hf(wd.read_json(f"{Workdir.MODEL_DIR}/config.json"),
                               **dict(config.model.bert_overrides))
