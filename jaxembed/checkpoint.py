@@ -1,7 +1,9 @@
 """Checkpoints: the one module that imports orbax.
 
 A checkpoint holds three items: `params`, `train_state` (optimizer state, step, RNG)
-and `data` (the grain iterator's position), so a restarted run continues exactly.
+and `data` (the data iterator's position, given as orbax args by the trainer, e.g.
+`grain.checkpoint.CheckpointSave(iterator)`), so a restarted run continues exactly.
+Loading a model reads `params` alone, so it needs neither grain nor the optimizer.
 Saves are asynchronous; orbax writes each step into a temporary folder and renames it
 when complete, so a crash mid-save leaves nothing that a restart would pick up.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -21,7 +22,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 2, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    # A bucket path (gs://...) goes to orbax as it is; a local one made absolute.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
         read_only=read_only, save_interval_steps=0 if read_only else 1,
@@ -35,19 +37,21 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._mngr.all_steps())
 
-  def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> None:
+  def save(self, step: int, state, data=None, *, force: bool = False) -> None:
+    """`data`: orbax args saving the data iterator (None: no data item)."""
     items = {
         "params": ocp.args.StandardSave(state.params),
         "train_state": ocp.args.StandardSave(
             {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}),
     }
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if data is not None:
+      items["data"] = data
     self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
-  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+  def restore(self, abstract_state, data=None, step: int | None = None):
     """Restores into `abstract_state` (ShapeDtypeStructs carrying shardings, so each
-    array lands sharded as the current mesh wants, whatever mesh wrote it)."""
+    array lands sharded as the current mesh wants, whatever mesh wrote it). `data`:
+    orbax args restoring the data iterator in place."""
     step = self.latest_step() if step is None else step
     items = {
         "params": ocp.args.StandardRestore(abstract_state.params),
@@ -55,8 +59,8 @@ class Checkpointer:
             {"step": abstract_state.step, "opt_state": abstract_state.opt_state,
              "rng": abstract_state.rng}),
     }
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    if data is not None:
+      items["data"] = data
     out = self._mngr.restore(step, args=ocp.args.Composite(**items))
     ts = out["train_state"]
     return abstract_state.replace(params=out["params"], step=ts["step"],

@@ -16,3 +16,11 @@ class DataError(JaxembedError, ValueError):
 
 class ModelLoadError(JaxembedError, ValueError):
   """A model folder or checkpoint is missing, or its tensors don't fit the model."""
+
+
+class NonFiniteError(JaxembedError, FloatingPointError):
+  """Training produced a non-finite loss or gradient; nothing after it was saved."""
+
+
+class WorkdirBusyError(JaxembedError, RuntimeError):
+  """Another process is training in the same workdir."""

@@ -1,12 +1,14 @@
 """Export a trained model, optionally truncated to one (layer, dim) sub-model.
 
-* BERT-family models with a parameter-free pooling become a folder that
-  sentence-transformers loads as-is: `model.safetensors` + `config.json` with only the
-  first `layer` blocks, the tokenizer, `1_Pooling`, a `2_Dense` identity slice to the
-  first `dim` coordinates (when dim < hidden), and `3_Normalize`.
-* Everything else (decoder LLMs, trainable poolers) becomes a plain Flax folder:
-  `params.msgpack` (flax.serialization), `tokenizer.json` and `jaxembed.json` (the
-  encoder config, pooling, and the chosen layer and dim), loaded by `jaxembed.load`.
+* Models with a parameter-free pooling whose encoder has a Hugging Face layout (BERT;
+  a causal Llama/Qwen2-shaped decoder) become a folder that `transformers` and
+  sentence-transformers load as-is: `model.safetensors` + `config.json` with only the
+  first `layer` blocks (the model's own two-way weight table), the tokenizer,
+  `1_Pooling`, a `2_Dense` identity slice to the first `dim` coordinates (when dim <
+  hidden), and `3_Normalize`.
+* Everything else (bidirectional decoders, trainable poolers) becomes a plain Flax
+  folder: `params.msgpack` (flax.serialization), `tokenizer.json` and `jaxembed.json`
+  (the saved-model spec, with the chosen layer and dim), loaded by `jaxembed.load`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,27 @@ import json
 import os
 import shutil
 
+import flax.serialization
+import jax
 import numpy as np
+import safetensors.numpy
+import tokenizers
 
+from jaxembed.api import EmbeddingModel
 from jaxembed.errors import ConfigError
+from jaxembed.models import spec as model_spec
+from jaxembed.models import weights
+from jaxembed.models.bert import BertConfig
+from jaxembed.models.decoder import DecoderConfig
+from jaxembed.models.hf import flax_to_hf
 
 ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
               "max": "pooling_mode_max_tokens", "last_token": "pooling_mode_lasttoken",
               "weighted_mean": "pooling_mode_weightedmean_tokens"}
-FLAX_FORMAT = "jaxembed-flax-v1"
+FORMATS = ("auto", "sentence-transformers", "flax")
 
 
-def _check(model, layer, dim):
+def _check(model: EmbeddingModel, layer, dim):
   layer = model.num_layers if layer is None else int(layer)
   dim = model.hidden_size if dim is None else int(dim)
   if not 1 <= layer <= model.num_layers:
@@ -36,11 +48,14 @@ def _check(model, layer, dim):
   return layer, dim
 
 
-def sentence_transformers_reason(model) -> str | None:
+def sentence_transformers_reason(model: EmbeddingModel) -> str | None:
   """Why `model` cannot be a sentence-transformers folder (None if it can)."""
-  from jaxembed.models.bert import BertConfig
-  if not isinstance(model.bert, BertConfig):
-    return f"the encoder is a {type(model.bert).__name__}, not BERT"
+  cfg = model.bert
+  if not isinstance(cfg, (BertConfig, DecoderConfig)):
+    return f"the encoder is a {type(cfg).__name__}, which has no Hugging Face layout"
+  if isinstance(cfg, DecoderConfig) and cfg.attention != "causal":
+    return ("the decoder attends bidirectionally; transformers' Llama/Qwen2 models are "
+            "causal")
   if model.pooling not in ST_POOLING:
     return f"pooling {model.pooling!r} has trainable parameters sentence-transformers lacks"
   return None
@@ -59,30 +74,45 @@ def _prepare(out: str):
   os.makedirs(out, exist_ok=True)
 
 
-def export_sentence_transformers(model, out: str, *, layer=None, dim=None) -> str:
-  from safetensors.numpy import save_file
-  from jaxembed.models.loading import flax_to_hf
+def _tokenizer_config(model: EmbeddingModel, tokenizer_json: dict) -> dict:
+  tok = model.tokenizer
+  if isinstance(model.bert, BertConfig):
+    return {"tokenizer_class": "BertTokenizer", "model_max_length": tok.max_length,
+            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+            "cls_token": "[CLS]", "mask_token": "[MASK]"}
+  # A decoder: positions count real tokens only, so its hidden states do not depend
+  # on the padding side; causal attention on right padding gives transformers' exact
+  # values (its default positions ignore left padding). The tokenizer class follows
+  # the tokenizer.json (transformers otherwise rebuilds the model type's own
+  # pipeline from the vocabulary): a WordPiece vocabulary is a BertTokenizer.
+  wordpiece = tokenizer_json.get("model", {}).get("type") == "WordPiece"
+  return {"tokenizer_class": "BertTokenizer" if wordpiece else "TokenizersBackend",
+          "model_max_length": tok.max_length, "padding_side": "right",
+          "pad_token": tok.pad_token, "model_input_names": ["input_ids", "attention_mask"]}
+
+
+def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
+                                 dim=None) -> str:
   reason = sentence_transformers_reason(model)
   if reason:
     raise ConfigError(f"cannot export as sentence-transformers: {reason}; use "
                       "--format=flax")
   layer, dim = _check(model, layer, dim)
   _prepare(out)
-  from jaxembed.models.loading import unscan_layout
   cfg = dataclasses.replace(model.bert, num_layers=layer, scan_layers=False, remat=False)
-  unrolled = unscan_layout(jax_to_numpy({"encoder": model.params["encoder"]}),
-                           model.num_layers)
-  params = {"encoder": {k: v for k, v in unrolled["encoder"].items()
-                        if not k.startswith("layer_") or int(k.split("_")[1]) < layer}}
-  params = jax_to_numpy(params)
-  save_file(flax_to_hf(params, cfg), os.path.join(out, "model.safetensors"))
-  hf = cfg.to_hf()
-  _write_json(os.path.join(out, "config.json"), hf)
-  shutil.copyfile(model.tokenizer.path, os.path.join(out, "tokenizer.json"))
-  _write_json(os.path.join(out, "tokenizer_config.json"), {
-      "tokenizer_class": "BertTokenizer", "model_max_length": model.tokenizer.max_length,
-      "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-      "cls_token": "[CLS]", "mask_token": "[MASK]"})
+  params = weights.unscan_layout(jax_to_numpy({"encoder": model.params["encoder"]}),
+                                 model.num_layers)
+  params = weights.truncate_layers(params, layer)
+  safetensors.numpy.save_file(flax_to_hf(params, cfg), os.path.join(out, "model.safetensors"))
+  _write_json(os.path.join(out, "config.json"), cfg.to_hf())
+  # Without the padding / truncation settings a bundled tokenizer.json may carry: the
+  # loader pads per batch and truncates at model_max_length, as jaxembed does.
+  tok = tokenizers.Tokenizer.from_file(model.tokenizer.path)
+  tok.no_padding()
+  tok.no_truncation()
+  tok.save(os.path.join(out, "tokenizer.json"))
+  _write_json(os.path.join(out, "tokenizer_config.json"),
+              _tokenizer_config(model, json.loads(tok.to_str())))
   _write_json(os.path.join(out, "sentence_bert_config.json"),
               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": False})
   pooling = {"word_embedding_dimension": cfg.hidden_size, "include_prompt": True}
@@ -95,8 +125,9 @@ def export_sentence_transformers(model, out: str, *, layer=None, dim=None) -> st
     _write_json(os.path.join(out, "2_Dense", "config.json"), {
         "in_features": cfg.hidden_size, "out_features": dim, "bias": False,
         "activation_function": "torch.nn.modules.linear.Identity"})
-    save_file({"linear.weight": np.eye(cfg.hidden_size, dtype=np.float32)[:dim].copy()},
-              os.path.join(out, "2_Dense", "model.safetensors"))
+    safetensors.numpy.save_file(
+        {"linear.weight": np.eye(cfg.hidden_size, dtype=np.float32)[:dim].copy()},
+        os.path.join(out, "2_Dense", "model.safetensors"))
     modules.append({"idx": 2, "name": "2", "path": "2_Dense",
                     "type": "sentence_transformers.models.Dense"})
   if model.default_normalize:
@@ -111,63 +142,34 @@ def export_sentence_transformers(model, out: str, *, layer=None, dim=None) -> st
   return out
 
 
-def export_flax(model, out: str, *, layer=None, dim=None) -> str:
-  import flax.serialization
+def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None) -> str:
   layer, dim = _check(model, layer, dim)
   _prepare(out)
   with open(os.path.join(out, "params.msgpack"), "wb") as f:
     f.write(flax.serialization.to_bytes(jax_to_numpy(model.params)))
   shutil.copyfile(model.tokenizer.path, os.path.join(out, "tokenizer.json"))
-  _write_json(os.path.join(out, "jaxembed.json"), {
-      "format": FLAX_FORMAT, "encoder": type(model.bert).__name__,
-      "encoder_config": dataclasses.asdict(model.bert), "pooling": model.pooling,
-      "pool_heads": model.module.pool_heads, "pool_latents": model.module.pool_latents,
-      "layer": layer, "dim": dim, "normalize": bool(model.default_normalize),
-      "max_seq_length": model.tokenizer.max_length,
-      "padding_side": model.tokenizer.padding_side})
+  spec = dataclasses.replace(model.spec, layer=layer, dim=dim,
+                             max_seq_length=model.tokenizer.max_length,
+                             padding_side=model.tokenizer.padding_side)
+  model_spec.write(os.path.join(out, model_spec.FILENAME), spec)
   _readme(out, f"jaxembed Flax folder (jaxembed.load); layer {layer} of "
                f"{model.num_layers}, dim {dim} of {model.hidden_size}, pooling {model.pooling}")
   return out
 
 
-def load_flax(path: str):
-  import flax.serialization
-  import jax
-  import jax.numpy as jnp
-  from jaxembed.api import EmbeddingModel, abstract_model_params
-  from jaxembed.data.tokenizer import Tokenizer
-  from jaxembed.models.embedder import encoder_config
-  with open(os.path.join(path, "jaxembed.json")) as f:
-    meta = json.load(f)
-  cfg = encoder_config(meta["encoder"], meta["encoder_config"])
-  template = abstract_model_params(cfg, meta["pooling"], meta["pool_heads"],
-                                   meta["pool_latents"])
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  with open(os.path.join(path, "params.msgpack"), "rb") as f:
-    params = flax.serialization.from_bytes(template, f.read())
-  params = jax.tree.map(jnp.asarray, params)
-  tok = Tokenizer(os.path.join(path, "tokenizer.json"), meta["max_seq_length"],
-                  meta["padding_side"])
-  return EmbeddingModel(cfg, params, tok, pooling=meta["pooling"],
-                        normalize=meta["normalize"], pool_heads=meta["pool_heads"],
-                        pool_latents=meta["pool_latents"], default_layer=meta["layer"],
-                        default_dim=meta["dim"])
-
-
-def export(model, out: str, *, layer=None, dim=None, format: str = "auto") -> str:
+def export(model: EmbeddingModel, out: str, *, layer=None, dim=None,
+           format: str = "auto") -> str:
   """format: auto (sentence-transformers when possible, else flax) |
   sentence-transformers | flax."""
-  if format not in ("auto", "sentence-transformers", "flax"):
-    raise ConfigError(f"--format={format!r}; valid values: ['auto', "
-                      "'sentence-transformers', 'flax']")
+  if format not in FORMATS:
+    raise ConfigError(f"--format={format!r}; valid values: {list(FORMATS)}")
   if format == "flax" or (format == "auto" and sentence_transformers_reason(model)):
     return export_flax(model, out, layer=layer, dim=dim)
   return export_sentence_transformers(model, out, layer=layer, dim=dim)
 
 
 def jax_to_numpy(tree):
-  import jax
-  return jax.tree.map(lambda x: np.asarray(x), tree)
+  return jax.tree.map(np.asarray, tree)
 
 
 def _readme(out: str, what: str):

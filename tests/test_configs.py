@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO
 from jaxembed.models import read_model_folder
-from jaxembed.train import loop
+from jaxembed import defaults
+from jaxembed.models import build
 
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                       if os.path.basename(p) not in ("__init__.py", "common.py"))
@@ -25,11 +26,10 @@ def test_config_builds(path, arg):
   module = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}")
   assert module.__doc__ and "python -m experiments.train" in module.__doc__
   config = module.get_config(arg)
-  from configs.common import base_config
-  loop.check_fields(config, base_config())
+  defaults.check_fields(config)
   folder = read_model_folder(config.model.path)
-  bert = loop.bert_config(config, folder)
-  shapes = loop.abstract_params(bert, config)
+  text_config = build.text_encoder_config(config, folder)
+  shapes = build.abstract_params(build.build_model(config, text_config))
   n = sum(x.size for x in jax.tree.leaves(shapes))
   assert n > 0
   if arg is None:  # the default job is the real all-MiniLM-L6-v2 (22.7M parameters)
@@ -44,9 +44,8 @@ def test_unknown_config_argument():
 
 def test_misspelt_field_in_a_config_file_is_refused():
   from configs import minilm_wordnet_2d
-  from configs.common import base_config
   from jaxembed.errors import ConfigError
   config = minilm_wordnet_2d.get_config("smoke")
   config.train.stpes = 3
   with pytest.raises(ConfigError, match=r"unknown config field 'train.stpes'.*'steps'"):
-    loop.check_fields(config, base_config())
+    defaults.check_fields(config)

@@ -13,7 +13,8 @@ import pytest
 from jaxembed.errors import ConfigError
 from jaxembed.models.decoder import DecoderConfig, DecoderEncoder
 from jaxembed.models.embedder import Embedder
-from jaxembed.models.loading import decoder_hf_to_flax, scan_layout
+from jaxembed.models.hf import decoder_hf_to_flax
+from jaxembed.models.weights import scan_layout
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "decoder_reference.npz")
 

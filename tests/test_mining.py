@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_train
-from jaxembed.data import mining
+from jaxembed import mining
 from jaxembed.evals.search import exact_search
 
 pytestmark = pytest.mark.slow

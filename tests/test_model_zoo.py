@@ -8,7 +8,7 @@ import pytest
 
 from jaxembed.errors import ConfigError
 from jaxembed.models.pooling import POOLERS
-from jaxembed.train import loop
+from jaxembed import sharding as shd, train
 
 DECODER = {"model.encoder": "decoder", "model.decoder.hidden_size": 32,
            "model.decoder.num_layers": 2, "model.decoder.num_heads": 4,
@@ -17,24 +17,23 @@ DECODER = {"model.encoder": "decoder", "model.decoder.hidden_size": 32,
 
 def steps(config, n=2):
   config.mesh.update(data=2, fsdp=2, tensor=2)
-  run = loop.setup(config, "/nonexistent-unused")
-  _, shardings = loop.abstract_state(run)
-  state = loop.new_state(run, shardings)
-  before = jax.tree.map(np.asarray, loop.local_value(state.params))
-  step_fn = loop.compile_train_step(run, shardings)
+  run = train.setup(config, "/nonexistent-unused")
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  before = jax.tree.map(np.asarray, shd.local_value(state.params))
+  step_fn = train.compile_train_step(run, shardings)
   data = iter(run.dataset)
   losses = []
   for _ in range(n):
     batch = next(data)
-    with loop.mesh_context(run):
-      state, metrics = step_fn(state, loop.global_batch(run, batch))
-    losses.append(float(loop.local_value(metrics)["loss"]))
+    state, metrics = step_fn(state, shd.host_batch_to_global(run.mesh, batch))
+    losses.append(float(shd.local_value(metrics)["loss"]))
   return run, state, before, losses, batch
 
 
 def changed(before, after):
   return any(not np.allclose(a, np.asarray(b)) for a, b in
-             zip(jax.tree.leaves(before), jax.tree.leaves(loop.local_value(after))))
+             zip(jax.tree.leaves(before), jax.tree.leaves(shd.local_value(after))))
 
 
 @pytest.mark.parametrize("pooling", sorted(POOLERS))
@@ -87,7 +86,7 @@ def test_decoder_variants_train_sharded(smoke_config, case):
 ])
 def test_wrong_model_choices_fail_at_config_time(smoke_config, overrides, match):
   with pytest.raises(ConfigError, match=match):
-    loop.setup(smoke_config(**overrides), "/nonexistent-unused")
+    train.setup(smoke_config(**overrides), "/nonexistent-unused")
 
 
 @pytest.mark.parametrize("arg", ["smoke", "smoke,loss=siglip,pooling=map"])
@@ -102,7 +101,7 @@ def test_image_text_two_tower_trains_sharded(tfds_dir, arg):
   assert len(set(map(tuple, batch["positive"]["input_ids"]))) == 8   # no caption twice
   assert changed(before["anchor_tower"], state.params["anchor_tower"])
   assert changed(before["loss"], state.params["loss"])      # learnable temperature (+bias)
-  rows = loop.evaluate(run, state.params, "test")
+  rows = train.evaluate(run, state.params, "test")
   assert [r["dim"] for r in rows] == [8, 16, 32]
   assert all(0.0 <= r["fashion_mnist/zero_shot_acc"] <= 1.0 for r in rows)
 
@@ -116,7 +115,7 @@ def test_text_text_two_tower_trains_sharded(smoke_config, shared):
   run, state, before, losses, _ = steps(config)
   assert np.isfinite(losses).all()
   assert ("anchor_tower" in state.params) == (not shared)
-  rows = loop.evaluate(run, state.params, "test")
+  rows = train.evaluate(run, state.params, "test")
   assert len(rows) == 3 and "wordnet/ndcg@10" in rows[0]
 
 
@@ -138,12 +137,12 @@ def test_trainable_pooler_on_a_pretrained_encoder(smoke_config):
                            "loss.matryoshka.layers": (6,), "loss.matryoshka.dims": (384,),
                            "eval.layers": (6,), "eval.dims": (384,), "train.steps": 2})
   config.model.bert_overrides = {}
-  run = loop.setup(config, "/nonexistent-unused")
-  _, shardings = loop.abstract_state(run)
-  state = loop.new_state(run, shardings)
+  run = train.setup(config, "/nonexistent-unused")
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
   folder = read_model_folder(config.model.path)
   want = load_bert_safetensors(folder.weights, folder.bert)["encoder"]
-  got = loop.local_value(state.params["encoder"])
+  got = shd.local_value(state.params["encoder"])
   np.testing.assert_array_equal(got["layer_3"]["intermediate"]["kernel"],
                                 want["layer_3"]["intermediate"]["kernel"])
   assert state.params["pooler"]["latent"]["latents"].shape == (8, 384)

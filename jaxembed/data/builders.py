@@ -15,7 +15,9 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxembed.data import wordnet
+from jaxembed.data import packaged, wordnet
+from jaxembed.data.packaged import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist
+from jaxembed.data.readers import read_beir, read_pairs
 from jaxembed.errors import DataError
 
 _TEXT_FEATURES = ("anchor", "positive", "synset", "kind")
@@ -156,7 +158,6 @@ def local_pairs(rows: list[dict], *, fingerprint: str, tfds_dir: str) -> LocalPa
 
 def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject") -> LocalPairs:
   """Pairs / triplets / pairs with k negatives from a JSONL, CSV or TSV file."""
-  from jaxembed.data.readers import read_pairs
   rows, _ = read_pairs(path, on_error=on_error)
   return local_pairs(rows, fingerprint=_fingerprint(path, extra=on_error),
                      tfds_dir=tfds_dir)
@@ -165,7 +166,6 @@ def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject") -> LocalPa
 def beir_pairs(*, folder: str, split: str, tfds_dir: str,
                on_error: str = "reject") -> LocalPairs:
   """(query, relevant document) pairs of a BEIR folder's qrels/<split>.tsv."""
-  from jaxembed.data.readers import read_beir
   queries, corpus, qrels = read_beir(folder, split, on_error=on_error)
   rows = [{"anchor": queries[q], "positive": corpus[d], "negatives": []}
           for q in sorted(qrels) for d, rel in sorted(qrels[q].items()) if rel > 0]
@@ -196,7 +196,6 @@ class PackagedText(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format="array_record", **kwargs)
 
   def _loader(self):
-    from jaxembed.data import packaged
     return {"polarity": packaged.load_polarity,
             "newsgroup": packaged.load_newsgroup}[self.builder_config.name]
 
@@ -230,7 +229,6 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
     self._original_state = dict(kwargs, source_dir=source_dir)
 
   def _info(self):
-    from jaxembed.data.packaged import FASHION_MNIST_CLASSES
     return tfds.core.DatasetInfo(
         builder=self, description="Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017).",
         features=tfds.features.FeaturesDict({
@@ -240,7 +238,6 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from jaxembed.data.packaged import load_fashion_mnist
     return {split: self._generate_examples(*load_fashion_mnist(split, self._source_dir))
             for split in ("train", "test")}
 
@@ -258,7 +255,6 @@ def packaged_text(name: str, *, tfds_dir: str) -> PackagedText:
 
 def fashion_mnist(*, tfds_dir: str, source_dir: str | None = None) -> FashionMnist:
   """The prepared Fashion-MNIST builder (reads /usr/share/datasets/fashion-mnist)."""
-  from jaxembed.data.packaged import FASHION_MNIST_DIR, load_fashion_mnist
   source_dir = source_dir or FASHION_MNIST_DIR
   load_fashion_mnist("test", source_dir)     # a missing package is named before building
   return _prepared(os.path.expanduser(tfds_dir), FashionMnist, source_dir=source_dir)

@@ -16,7 +16,17 @@ import zlib
 
 import numpy as np
 
+try:
+  from numpy._core.multiarray import _reconstruct
+except ImportError:   # numpy < 2
+  from numpy.core.multiarray import _reconstruct
+
 from jaxembed.errors import DataError
+
+# Captions of a Fashion-MNIST image (CLIP-style prompt templates), for training pairs
+# and zero-shot prompts.
+CAPTION_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.",
+                     "a {}, a piece of clothing.", "a black and white photo of a {}.")
 
 
 def gensim_test_data_dir() -> str:
@@ -117,10 +127,6 @@ class _OldPickle(pickle.Unpickler):
 
 
 def _np_reconstruct():
-  try:
-    from numpy._core.multiarray import _reconstruct
-  except ImportError:   # numpy < 2
-    from numpy.core.multiarray import _reconstruct
   return _reconstruct
 
 

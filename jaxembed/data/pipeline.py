@@ -3,9 +3,17 @@ checkpointable (the iterator's state is saved with the model)."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import grain
+import numpy as np
+from absl import flags
+
 from jaxembed.data import batching
 from jaxembed.data.builders import decode_text
+from jaxembed.data.packaged import CAPTION_TEMPLATES
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import DataError
 
@@ -98,11 +106,24 @@ def _to_iter(ds: grain.MapDataset, num_threads: int, workers: int) -> grain.Iter
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=4))
   if workers:
-    from absl import flags
     if not flags.FLAGS.is_parsed():  # outside an absl app (a notebook, pytest) grain's
       flags.FLAGS.mark_as_parsed()   # workers read their flags' defaults
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                        worker_init_fn=_exit_with_parent)
   return it
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Runs in each grain worker process: a daemon thread ends the worker as soon as
+  its parent is gone (a parent killed with SIGKILL cannot clean up its children)."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(0)
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _check_host_split(batch_size: int, process_count: int) -> None:
@@ -177,8 +198,6 @@ def _decode(value):
   return value                              # a label
 
 
-CAPTION_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.",
-                     "a {}, a piece of clothing.", "a black and white photo of a {}.")
 
 
 class ImageCaptions:
@@ -193,7 +212,6 @@ class ImageCaptions:
     return CAPTION_TEMPLATES[index % len(CAPTION_TEMPLATES)].format(self.class_names[label])
 
   def __call__(self, records, rows):
-    import numpy as np
     pixels = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0
     texts = [self.caption(int(r["label"]), i) for r, i in zip(records, rows)]
     return {"anchor": {"pixels": pixels},
@@ -207,7 +225,6 @@ def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_si
   """(image, caption) batches for two-tower training, no class twice in a batch (its
   caption would be a false negative): batches are planned with the label as the only
   'text' of each record, so batch_size <= the number of classes."""
-  import numpy as np
   n = len(source) if max_examples is None else min(max_examples, len(source))
   labels = np.concatenate([[int(r["label"]) for r in source.__getitems__(
       list(range(s, min(s + 8192, n))))] for s in range(0, n, 8192)])

@@ -30,6 +30,7 @@ class Tokenizer:
     self._tok.no_padding()
     self._tok.enable_truncation(self.max_length)
     self.pad_id = self._tok.token_to_id("[PAD]") or 0
+    self.pad_token = self._tok.id_to_token(self.pad_id)
 
   def __getstate__(self):  # picklable for grain worker processes
     return {"path": self.path, "max_length": self.max_length,

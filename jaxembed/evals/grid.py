@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Sequence
 
@@ -84,8 +85,7 @@ def format_table(before: list[dict] | None, after: list[dict]) -> str:
 
 def heatmap_png(before: list[dict] | None, after: list[dict]) -> bytes:
   """A PNG with, per metric, the grid after training and its change from before."""
-  import io
-  import matplotlib
+  import matplotlib  # optional dependency
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   metrics = metric_names(after)

@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxembed.data.packaged import CAPTION_TEMPLATES
+from jaxembed.evals import classification as cls_eval
 from jaxembed.evals.retrieval import dense_retrieval_metrics
 from jaxembed.evals.sts import cosine_rows, spearman
 
@@ -123,7 +125,6 @@ class ClassificationTask:
     return cls(name, list(texts), np.asarray(labels), train, test)
 
   def score(self, vecs: np.ndarray) -> dict[str, float]:
-    from jaxembed.evals import classification as cls_eval
     x, y = vecs.astype(np.float64), self.labels
     knn = cls_eval.knn_predict(x[self.train], y[self.train], x[self.test], self.k)
     probe = cls_eval.fit_logistic(x[self.train], y[self.train])
@@ -145,7 +146,6 @@ class ClusteringTask:
     return cls(name, list(texts), np.asarray(labels), seed)
 
   def score(self, vecs: np.ndarray) -> dict[str, float]:
-    from jaxembed.evals import classification as cls_eval
     clusters = cls_eval.kmeans(vecs, len(np.unique(self.labels)), seed=self.seed)
     return {"v_measure": cls_eval.v_measure(self.labels, clusters)}
 
@@ -162,7 +162,6 @@ class ZeroShotTask:
 
   @classmethod
   def from_source(cls, name: str, source, class_names, limit: int):
-    from jaxembed.data.pipeline import CAPTION_TEMPLATES
     n = min(limit, len(source))
     rows = source.__getitems__(list(range(n)))
     images = np.stack([r["image"] for r in rows]).astype(np.float32) / 255.0

@@ -2,15 +2,18 @@
 
 Every training objective is `loss_fn(q_layers, d_layers, negatives=None, *, rng,
 loss_params) -> (loss, {name: scalar})` over the pooled vectors of every layer from one
-encoder pass. `loss_params` are the objective's own trainable parameters (a learnable
-temperature, SigLIP's bias), kept in the train state under params["loss"] and
-optimised with the encoder; `init_loss_params(cfg)` gives their initial values. The
-config is checked here, before anything is built, and errors list the valid values.
+encoder pass. An objective is registered with `@register(name, learnable=...)` on its
+builder, `builder(cfg, ctx) -> fn(q, d, negatives, *, rng, scale, bias)`; the registry
+adds the one learnable-temperature path: with `loss.learnable_temperature`, `loss_params`
+(kept in the train state under params["loss"] and optimised with the encoder) holds
+`log_scale` (and SigLIP's `bias`), passed to the objective as `scale` / `bias` and
+logged. The config is checked before anything is built; errors list the valid values.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,57 +25,105 @@ from jaxembed.losses.contrastive import (DIRECTIONS, contrastive_loss, mix_hard_
 from jaxembed.losses.distillation import multi_exit_self_distillation
 from jaxembed.losses.matryoshka import build_cells, matryoshka_loss, two_d_matryoshka_loss
 
-LOSSES = ("info_nce", "contrastive", "sigmoid", "2dmse", "self_distillation")
-LEARNABLE = ("info_nce", "contrastive", "sigmoid")
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  name: str
+  build: Callable             # (cfg, BuildContext) -> fn(q, d, negs, *, rng, scale, bias)
+  learnable: bool             # may learn its temperature (and bias)
+  init_params: Callable | None = None   # cfg -> {'log_scale', ...} when learnable
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+  cells: tuple
+  layer_index: dict
+  num_layers: int
+  hidden: int
+  mesh: object = None
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+def register(name: str, *, learnable: bool = False, init_params=None):
+  def wrap(build):
+    if name in _REGISTRY:
+      raise ValueError(f"objective {name!r} is registered twice")
+    _REGISTRY[name] = Objective(name, build, learnable,
+                                init_params or (_scale_params if learnable else None))
+    return build
+  return wrap
+
+
+def names() -> tuple[str, ...]:
+  return tuple(_REGISTRY)
+
+
+def _scale_params(cfg) -> dict:
+  return {"log_scale": np.float32(np.log(cfg.scale))}
+
+
+def _objective(cfg) -> Objective:
+  if cfg.name not in _REGISTRY:
+    raise ConfigError(f"loss.name={cfg.name!r}; valid values: {list(_REGISTRY)}")
+  return _REGISTRY[cfg.name]
 
 
 def init_loss_params(cfg) -> dict:
   """{} for a fixed temperature; {'log_scale'} (and SigLIP's 'bias') when learnable."""
   if not cfg.get("learnable_temperature", False):
     return {}
-  if cfg.name not in LEARNABLE:
+  objective = _objective(cfg)
+  if not objective.learnable:
+    learnable = [n for n, o in _REGISTRY.items() if o.learnable]
     raise ConfigError(f"loss.learnable_temperature=True needs loss.name in "
-                      f"{list(LEARNABLE)}, not {cfg.name!r}")
+                      f"{learnable}, not {cfg.name!r}")
   if cfg.blockwise:
     raise ConfigError("loss.learnable_temperature=True cannot be combined with "
                       "loss.blockwise=True")
-  if cfg.name == "sigmoid":
-    return {"log_scale": np.float32(np.log(cfg.sigmoid_scale)),
-            "bias": np.float32(cfg.sigmoid_bias)}
-  return {"log_scale": np.float32(np.log(cfg.scale))}
+  return objective.init_params(cfg)
 
 
-def _learned(loss_fn):
-  """Reads the temperature from loss_params when it is learnable, and logs it."""
-  def wrapped(*args, rng=None, loss_params=None, **kw):
-    loss_params = loss_params or {}
-    if "log_scale" in loss_params:
-      kw["scale"] = jnp.exp(loss_params["log_scale"])
-    loss, aux = loss_fn(*args, rng=rng, **kw)
-    if "log_scale" in loss_params:
-      aux = dict(aux, scale=jnp.exp(loss_params["log_scale"]))
+def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
+  """The loss function a config asks for. `mesh` is needed for loss.blockwise."""
+  objective = _objective(cfg)
+  m = cfg.matryoshka
+  cells = build_cells(m.mode, num_layers=num_layers, hidden=hidden, layers=m.layers,
+                      dims=m.dims, pairs=m.pairs, weights=list(m.weights) or None,
+                      layer_weighting=m.layer_weighting)
+  if cfg.blockwise and (cfg.name != "info_nce" or cfg.kl_weight):
+    raise ConfigError(f"loss.blockwise=True works with loss.name='info_nce' and "
+                      f"loss.kl_weight=0, not name={cfg.name!r}, "
+                      f"kl_weight={cfg.kl_weight}: the others need the full logits")
+  init_loss_params(cfg)  # checks the learnable-temperature settings
+  ctx = BuildContext(cells=cells, layer_index={l: l - 1 for l in range(1, num_layers + 1)},
+                     num_layers=num_layers, hidden=hidden, mesh=mesh)
+  fn = objective.build(cfg, ctx)
+
+  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None):
+    lp = loss_params or {}
+    scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
+    loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"))
+    if scale is not None:
+      aux = dict(aux, scale=scale)
+    if "bias" in lp:
+      aux = dict(aux, bias=lp["bias"])
     return loss, aux
-  return wrapped
+  return loss_fn
 
 
 def _named(parts: dict, prefix: str = "loss/"):
   return {f"{prefix}{k}": v for k, v in parts.items()}
 
 
-def _info_nce(q, d, negatives=None, *, rng=None, **kw):
-  del rng
-  loss, per_cell = matryoshka_loss(q, d, neg_layers=negatives, **kw)
-  return loss, _named(per_cell)
-
-
-def _per_cell(q, d, negatives=None, *, rng=None, cells, layer_index, one_cell,
-              scale=None, bias=None):
-  """Weighted mean over Matryoshka cells of a loss on truncated vectors; `scale` and
-  `bias`, when given, are passed on to `one_cell` (learned values)."""
+def _per_cell(q, d, negatives, *, rng, ctx: BuildContext, one_cell, scale, bias):
+  """Weighted mean over Matryoshka cells of a loss on truncated vectors."""
+  cells = ctx.cells
   total_w = sum(c.weight for c in cells)
   parts = {}
   for n, cell in enumerate(cells):
-    i = layer_index[cell.layer]
+    i = ctx.layer_index[cell.layer]
     negs = None if negatives is None else negatives[:, :, i, :cell.dim]
     key = None if rng is None else jax.random.fold_in(rng, n)
     parts[cell.name] = one_cell(q[:, i, :cell.dim], d[:, i, :cell.dim], negs, key,
@@ -89,78 +140,101 @@ def _check(cfg, name, valid):
     raise ConfigError(f"loss.{name}={value!r}: {bad} not valid; valid values: {list(valid)}")
 
 
-def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
-  """The loss function a config asks for. `mesh` is needed for loss.blockwise."""
-  if cfg.name not in LOSSES:
-    raise ConfigError(f"loss.name={cfg.name!r}; valid values: {list(LOSSES)}")
+# ----------------------------------------------------------------------------- objectives
+
+@register("info_nce", learnable=True)
+def _info_nce(cfg, ctx: BuildContext):
+  """InfoNCE with in-batch and hard negatives over the Matryoshka cells (symmetric,
+  Starbucks' KL to the full model, blockwise ring version)."""
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
+    del rng, bias
+    loss, per_cell = matryoshka_loss(
+        q, d, neg_layers=negatives, cells=ctx.cells, layer_index=ctx.layer_index,
+        scale=cfg.scale if scale is None else scale, symmetric=cfg.symmetric,
+        kl_weight=cfg.kl_weight, blockwise_mesh=ctx.mesh if cfg.blockwise else None,
+        blockwise_chunk=cfg.blockwise_chunk)
+    return loss, _named(per_cell)
+  return fn
+
+
+@register("contrastive", learnable=True)
+def _contrastive(cfg, ctx: BuildContext):
+  """GTE's partition over several directions, false-negative margin, focal weights,
+  mixed hard negatives."""
+  _check(cfg, "directions", DIRECTIONS)
+
+  def one_cell(q, d, negs, key, scale=None, bias=None):
+    del bias
+    extra = None
+    if cfg.mix_negatives:
+      extra = mix_hard_negatives(q, d, key, n_hardest=cfg.mix_hardest,
+                                 n_synthetic=cfg.mix_negatives, negatives=negs)
+    return contrastive_loss(q, d, negs, scale=cfg.scale if scale is None else scale,
+                            directions=tuple(cfg.directions),
+                            margin=cfg.false_negative_margin, focal_gamma=cfg.focal_gamma,
+                            query_negatives=extra)
+
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
+    return _per_cell(q, d, negatives, rng=rng, ctx=ctx, one_cell=one_cell, scale=scale,
+                     bias=bias)
+  return fn
+
+
+def _sigmoid_params(cfg) -> dict:
+  return {"log_scale": np.float32(np.log(cfg.sigmoid_scale)),
+          "bias": np.float32(cfg.sigmoid_bias)}
+
+
+@register("sigmoid", learnable=True, init_params=_sigmoid_params)
+def _sigmoid(cfg, ctx: BuildContext):
+  """SigLIP's pairwise sigmoid loss over the cells."""
+  def one_cell(q, d, n, key, scale=None, bias=None):
+    del key
+    log_t = jnp.log(cfg.sigmoid_scale) if scale is None else jnp.log(scale)
+    return sigmoid_loss(q, d, n, log_scale=log_t,
+                        bias=cfg.sigmoid_bias if bias is None else bias)
+
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
+    return _per_cell(q, d, negatives, rng=rng, ctx=ctx, one_cell=one_cell, scale=scale,
+                     bias=bias)
+  return fn
+
+
+@register("2dmse")
+def _two_d_mse(cfg, ctx: BuildContext):
+  """2D Matryoshka Sentence Embeddings: a random shallow layer and dim per step, plus
+  KL to the last layer."""
   m = cfg.matryoshka
-  cells = build_cells(m.mode, num_layers=num_layers, hidden=hidden, layers=m.layers,
-                      dims=m.dims, pairs=m.pairs, weights=list(m.weights) or None,
-                      layer_weighting=m.layer_weighting)
-  layer_index = {l: l - 1 for l in range(1, num_layers + 1)}
-  if cfg.blockwise and (cfg.name != "info_nce" or cfg.kl_weight):
-    raise ConfigError(f"loss.blockwise=True works with loss.name='info_nce' and "
-                      f"loss.kl_weight=0, not name={cfg.name!r}, "
-                      f"kl_weight={cfg.kl_weight}: the others need the full logits")
-  init_loss_params(cfg)  # checks the learnable-temperature settings
-  if cfg.name == "info_nce":
-    return _learned(functools.partial(
-        _info_nce, cells=cells, layer_index=layer_index, scale=cfg.scale,
-        symmetric=cfg.symmetric, kl_weight=cfg.kl_weight,
-        blockwise_mesh=mesh if cfg.blockwise else None, blockwise_chunk=cfg.blockwise_chunk))
-  if cfg.name == "contrastive":
-    _check(cfg, "directions", DIRECTIONS)
-    c = cfg
+  bad = [x for x in m.dims if not 1 <= x <= ctx.hidden]
+  if bad:
+    raise ConfigError(f"loss.matryoshka.dims: {bad} not in the model; valid: 1..{ctx.hidden}")
 
-    def one_cell(q, d, negs, key, scale=None, bias=None):
-      del bias
-      extra = None
-      if c.mix_negatives:
-        extra = mix_hard_negatives(q, d, key, n_hardest=c.mix_hardest,
-                                   n_synthetic=c.mix_negatives, negatives=negs)
-      return contrastive_loss(q, d, negs, scale=c.scale if scale is None else scale,
-                              directions=tuple(c.directions),
-                              margin=c.false_negative_margin, focal_gamma=c.focal_gamma,
-                              query_negatives=extra)
-    return _learned(functools.partial(_per_cell, cells=cells, layer_index=layer_index,
-                                      one_cell=one_cell))
-  if cfg.name == "sigmoid":
-    def sigmoid_cell(q, d, n, k, scale=None, bias=None):
-      del k
-      log_t = jnp.log(cfg.sigmoid_scale) if scale is None else jnp.log(scale)
-      return sigmoid_loss(q, d, n, log_scale=log_t,
-                          bias=cfg.sigmoid_bias if bias is None else bias)
-    per_cell = functools.partial(_per_cell, cells=cells, layer_index=layer_index,
-                                 one_cell=sigmoid_cell)
+  def fn(q, d, negatives=None, *, rng, scale=None, bias=None):
+    del negatives, scale, bias
+    loss, parts = two_d_matryoshka_loss(
+        q, d, rng, dims=tuple(m.dims), scale=cfg.scale, kl_weight=cfg.kl_weight,
+        kl_temperature=cfg.kl_temperature)
+    return loss, _named(parts)
+  return fn
 
-    def sigmoid_objective(q, d, negatives=None, *, rng=None, loss_params=None):
-      lp = loss_params or {}
-      loss, aux = per_cell(q, d, negatives, rng=rng,
-                           scale=jnp.exp(lp["log_scale"]) if lp else None,
-                           bias=lp.get("bias"))
-      return loss, (dict(aux, scale=jnp.exp(lp["log_scale"]), bias=lp["bias"]) if lp
-                    else aux)
-    return sigmoid_objective
-  if cfg.name == "2dmse":
-    bad = [x for x in m.dims if not 1 <= x <= hidden]
-    if bad:
-      raise ConfigError(f"loss.matryoshka.dims: {bad} not in the model; valid: 1..{hidden}")
 
-    def two_d(q, d, negatives=None, *, rng, loss_params=None):
-      loss, parts = two_d_matryoshka_loss(
-          q, d, rng, dims=tuple(m.dims), scale=cfg.scale, kl_weight=cfg.kl_weight,
-          kl_temperature=cfg.kl_temperature)
-      return loss, _named(parts)
-    return two_d
-  exits = tuple(m.layers)
-  bad = [l for l in exits if not 1 <= l <= num_layers]
+@register("self_distillation")
+def _self_distillation(cfg, ctx: BuildContext):
+  """Multi-exit: every exit in loss.matryoshka.layers trained, deeper exits teaching
+  shallower ones."""
+  exits = tuple(cfg.matryoshka.layers)
+  bad = [l for l in exits if not 1 <= l <= ctx.num_layers]
   if bad or not exits:
-    raise ConfigError(f"loss.matryoshka.layers={exits}: exits must be in 1..{num_layers}")
+    raise ConfigError(f"loss.matryoshka.layers={exits}: exits must be in 1..{ctx.num_layers}")
 
-  def self_distill(q, d, negatives=None, *, rng=None, loss_params=None):
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
+    del rng, scale, bias
     loss, parts = multi_exit_self_distillation(
-        q, d, exits, layer_index=layer_index, scale=cfg.scale,
+        q, d, exits, layer_index=ctx.layer_index, scale=cfg.scale,
         distill_weight=cfg.kl_weight or 1.0, temperature=cfg.kl_temperature,
         negatives=negatives)
     return loss, _named(parts)
-  return self_distill
+  return fn
+
+
+LOSSES = names()

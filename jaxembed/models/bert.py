@@ -14,8 +14,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxembed.errors import ConfigError
+from jaxembed.models.weights import WeightEntry, same
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,3 +248,40 @@ class _ScanLayer(nn.Module):
     layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.cfg.remat else BertLayer
     y = layer_cls(self.cfg, name="block")(x, mask, self.deterministic)
     return y, y
+
+
+def hf_weight_table(cfg: BertConfig) -> list[WeightEntry]:
+  """HF tensor name -> Flax path under `encoder`, with the reshape each way.
+
+  torch Linear stores [out, in]; Flax kernels are [in, out], with the attention
+  projections split into (heads, head_dim).
+  """
+  h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+  e = [
+      WeightEntry("embeddings.word_embeddings.weight", ("word_embeddings", "embedding"), same, same),
+      WeightEntry("embeddings.position_embeddings.weight", ("position_embeddings", "embedding"), same, same),
+      WeightEntry("embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"), same, same),
+      WeightEntry("embeddings.LayerNorm.weight", ("embeddings_norm", "scale"), same, same),
+      WeightEntry("embeddings.LayerNorm.bias", ("embeddings_norm", "bias"), same, same),
+  ]
+  for i in range(cfg.num_layers):
+    hf, fx = f"encoder.layer.{i}.", f"layer_{i}"
+    for proj in ("query", "key", "value"):
+      e.append(WeightEntry(f"{hf}attention.self.{proj}.weight", (fx, "attention", proj, "kernel"),
+                      lambda w: w.T.reshape(h, n, d), lambda k: k.reshape(h, h).T))
+      e.append(WeightEntry(f"{hf}attention.self.{proj}.bias", (fx, "attention", proj, "bias"),
+                      lambda b: b.reshape(n, d), lambda b: b.reshape(h)))
+    e += [
+        WeightEntry(f"{hf}attention.output.dense.weight", (fx, "attention", "output", "kernel"),
+               lambda w: w.T.reshape(n, d, h), lambda k: k.reshape(h, h).T),
+        WeightEntry(f"{hf}attention.output.dense.bias", (fx, "attention", "output", "bias"), same, same),
+        WeightEntry(f"{hf}attention.output.LayerNorm.weight", (fx, "attention_norm", "scale"), same, same),
+        WeightEntry(f"{hf}attention.output.LayerNorm.bias", (fx, "attention_norm", "bias"), same, same),
+        WeightEntry(f"{hf}intermediate.dense.weight", (fx, "intermediate", "kernel"), np.transpose, np.transpose),
+        WeightEntry(f"{hf}intermediate.dense.bias", (fx, "intermediate", "bias"), same, same),
+        WeightEntry(f"{hf}output.dense.weight", (fx, "output", "kernel"), np.transpose, np.transpose),
+        WeightEntry(f"{hf}output.dense.bias", (fx, "output", "bias"), same, same),
+        WeightEntry(f"{hf}output.LayerNorm.weight", (fx, "output_norm", "scale"), same, same),
+        WeightEntry(f"{hf}output.LayerNorm.bias", (fx, "output_norm", "bias"), same, same),
+    ]
+  return e

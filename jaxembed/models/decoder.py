@@ -23,9 +23,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxembed.errors import ConfigError
 from jaxembed.models.bert import Linear
+from jaxembed.models.weights import WeightEntry, linear, same
 
 ATTENTION = ("causal", "bidirectional")
 
@@ -92,6 +94,23 @@ class DecoderConfig:
         initializer_range=hf.get("initializer_range", 0.02))
     kwargs.update(overrides)
     return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """A `config.json` dict that `transformers` reads: Qwen2 when the q/k/v projections
+    have biases, else Llama. Causal attention only (the HF classes have no switch)."""
+    kind = "qwen2" if self.qkv_bias else "llama"
+    return {
+        "architectures": ["Qwen2Model" if self.qkv_bias else "LlamaModel"],
+        "model_type": kind, "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size, "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+        "intermediate_size": self.intermediate_size,
+        "max_position_embeddings": self.max_position_embeddings,
+        "rope_theta": self.rope_theta, "rms_norm_eps": self.rms_norm_eps,
+        "tie_word_embeddings": self.tie_embeddings, "hidden_act": "silu",
+        "initializer_range": self.initializer_range, "attention_dropout": 0.0,
+        "torch_dtype": "float32",
+    }
 
 
 class RMSNorm(nn.Module):
@@ -202,3 +221,32 @@ class DecoderEncoder(nn.Module):
       x = block(cfg, name=f"layer_{i}")(x, mask4, positions, deterministic)
       hidden.append(final_norm(x))
     return tuple(hidden)
+
+
+def hf_weight_table(cfg: DecoderConfig) -> list[WeightEntry]:
+  """HF Llama / Qwen2 / Mistral tensor names (a bare `*Model`: no 'model.' prefix)
+  <-> Flax paths under `encoder` (unrolled layers). torch Linear weights are
+  [out, in]; ours are [in, ...out] with the attention projections split per head."""
+  h, nh, nkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  e = [WeightEntry("embed_tokens.weight", ("embed_tokens", "embedding"), same, same),
+       WeightEntry("norm.weight", ("final_norm", "scale"), same, same)]
+  for i in range(cfg.num_layers):
+    hf, fx = f"layers.{i}.", f"layer_{i}"
+    for ours, theirs, heads in (("query", "q_proj", nh), ("key", "k_proj", nkv),
+                                ("value", "v_proj", nkv)):
+      e.append(WeightEntry(f"{hf}self_attn.{theirs}.weight", (fx, ours, "kernel"),
+                           *linear((h,), (heads, hd))))
+      if cfg.qkv_bias:
+        e.append(WeightEntry(f"{hf}self_attn.{theirs}.bias", (fx, ours, "bias"),
+                             lambda b, heads=heads: b.reshape(heads, hd),
+                             lambda b, heads=heads: b.reshape(heads * hd)))
+    e.append(WeightEntry(f"{hf}self_attn.o_proj.weight", (fx, "output", "kernel"),
+                         *linear((nh, hd), (h,))))
+    for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+      e.append(WeightEntry(f"{hf}mlp.{theirs}.weight", (fx, ours, "kernel"),
+                           np.transpose, np.transpose))
+    e += [WeightEntry(f"{hf}input_layernorm.weight", (fx, "attention_norm", "scale"),
+                      same, same),
+          WeightEntry(f"{hf}post_attention_layernorm.weight", (fx, "mlp_norm", "scale"),
+                      same, same)]
+  return e

@@ -1,19 +1,40 @@
-"""Encoder + pooling: token ids in, one pooled vector per requested layer out."""
+"""The embedder interface, and the single-tower text embedder (encoder + pooling).
+
+Every model a run trains (`Embedder`, `two_tower.TwoTower`) implements the same
+interface, so the train step, the loop, the inputs and the workdir never ask which
+model they hold:
+
+* `example_inputs()`: positional arguments for `init`.
+* `encode_pairs(batch, deterministic=...)` (a Linen method, `apply(..., method=...)`):
+  the pooled (anchor, positive[, negatives]) vectors of a training batch, each
+  [batch, output_layers, output_width] (negatives [batch, k, layers, width]).
+* `encode_queries(inputs)` / `encode_documents(inputs)` (Linen methods): one side
+  of an evaluation, [batch, output_layers, output_width].
+* `output_layers`, `output_width`: the grid the objectives and evaluations see.
+* `text_config`: the text encoder's config; `query_modality`: 'text' | 'image';
+  `symmetric`: whether queries and documents go through the same encoder;
+  `pretrained_paths`: where in the parameter tree the pretrained text encoder's
+  `{'encoder': ...}` goes; `supports_hard_negatives`, `supports_grad_cache`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
+from jaxembed.models.bert import BertConfig, BertEncoder
+from jaxembed.models.decoder import DecoderConfig, DecoderEncoder
 from jaxembed.models.pooling import Pooler
+from jaxembed.models.vit import ViTConfig
+
+ENCODER_CONFIGS = {c.__name__: c for c in (BertConfig, DecoderConfig, ViTConfig)}
 
 
 def make_encoder(cfg, name: str = "encoder") -> nn.Module:
   """The Linen encoder for a config: BertConfig -> BertEncoder, DecoderConfig ->
   DecoderEncoder. Each returns a tuple of num_layers + 1 hidden states."""
-  from jaxembed.models.bert import BertConfig, BertEncoder
-  from jaxembed.models.decoder import DecoderConfig, DecoderEncoder
   if isinstance(cfg, BertConfig):
     return BertEncoder(cfg, name=name)
   if isinstance(cfg, DecoderConfig):
@@ -22,11 +43,13 @@ def make_encoder(cfg, name: str = "encoder") -> nn.Module:
 
 
 def encoder_config(kind: str, fields: dict):
-  """An encoder config saved as (class name, fields): how workdirs and exported
-  folders record it."""
-  from jaxembed.models.bert import BertConfig
-  from jaxembed.models.decoder import DecoderConfig
-  return {"BertConfig": BertConfig, "DecoderConfig": DecoderConfig}[kind](**fields)
+  """An encoder config saved as (class name, fields): how saved models record it."""
+  return ENCODER_CONFIGS[kind](**fields)
+
+
+def text_inputs(batch: int = 1, length: int = 8) -> dict:
+  ids = jnp.zeros((batch, length), jnp.int32)
+  return {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
 
 
 class Embedder(nn.Module):
@@ -43,6 +66,12 @@ class Embedder(nn.Module):
   pool_heads: int = 8
   pool_latents: int = 64
 
+  query_modality = "text"
+  symmetric = True               # queries and documents through the same encoder
+  supports_hard_negatives = True
+  supports_grad_cache = True
+  pretrained_paths = (("encoder",),)
+
   @nn.compact
   def __call__(self, input_ids, attention_mask, *, deterministic: bool = True,
                pool_mask=None):
@@ -52,3 +81,47 @@ class Embedder(nn.Module):
     pooled = Pooler(self.pooling, self.pool_heads, self.pool_latents, name="pooler")(
         hidden, mask, layers)
     return nn.with_logical_constraint(pooled, ("activation_batch", None, "activation_embed"))
+
+  # ------------------------------------------------------------------ interface
+
+  @property
+  def text_config(self):
+    return self.bert
+
+  @property
+  def output_layers(self) -> int:
+    return len(self.layers) if self.layers else self.bert.num_layers
+
+  @property
+  def output_width(self) -> int:
+    return self.bert.hidden_size
+
+  def example_inputs(self) -> tuple:
+    x = text_inputs()
+    return x["input_ids"], x["attention_mask"]
+
+  def encode_pairs(self, batch, *, deterministic: bool = True):
+    """Anchors, positives and (if the batch has them) k hard negatives per pair, in
+    one forward pass (one larger matmul per layer)."""
+    parts = [batch["anchor"], batch["positive"]]
+    negatives = batch.get("negatives")
+    if negatives is not None:
+      b, k, t = negatives["input_ids"].shape
+      parts.append({key: v.reshape(b * k, t) for key, v in negatives.items()})
+    ids = jnp.concatenate([p["input_ids"] for p in parts])
+    mask = jnp.concatenate([p["attention_mask"] for p in parts])
+    # Instruction tokens (anchors with data.query_instruction) are attended, not pooled.
+    pool = (jnp.concatenate([p.get("pool_mask", p["attention_mask"]) for p in parts])
+            if any("pool_mask" in p for p in parts) else None)
+    out = self(ids, mask, deterministic=deterministic, pool_mask=pool)
+    n = batch["anchor"]["input_ids"].shape[0]
+    if negatives is None:
+      return out[:n], out[n:2 * n]
+    return out[:n], out[n:2 * n], out[2 * n:].reshape(n, k, *out.shape[1:])
+
+  def encode_documents(self, inputs, deterministic: bool = True):
+    return self(inputs["input_ids"], inputs["attention_mask"],
+                deterministic=deterministic, pool_mask=inputs.get("pool_mask"))
+
+  def encode_queries(self, inputs, deterministic: bool = True):
+    return self.encode_documents(inputs, deterministic)

@@ -1,21 +1,27 @@
-"""Pretrained weights: Hugging Face BERT safetensors <-> the Flax parameter tree.
+"""Pretrained model folders and their weights.
 
-The mapping is one table of (HF name, Flax path, reshape); loading checks every tensor
-the model needs against that table and fails with the tensor's name and both shapes.
+A folder (Hugging Face / sentence-transformers: config.json, model.safetensors,
+tokenizer.json, optional 1_Pooling and modules.json) is read into a `ModelFolder`; its
+tensors are mapped onto the Flax tree by the model's own two-way table
+(`bert.hf_weight_table`, `decoder.hf_weight_table`, applied by `weights`), so a
+missing tensor or a wrong shape fails with its name and both shapes. BERT weights may
+also come from an ONNX file (`models.onnx`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
-from typing import Callable
-
-import numpy as np
 
 from jaxembed.errors import ModelLoadError
+from jaxembed.models import weights
+from jaxembed.models.hf import decoder_hf_to_flax, load_bert_safetensors, read_safetensors
+from jaxembed.models.onnx import read_onnx_bert
 from jaxembed.models.bert import BertConfig
+from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.pooling import POOLERS
 
 PACKAGE_PREFIX = "pkg:"
@@ -46,7 +52,6 @@ def resolve_model_path(path: str) -> str:
 
 def _distribution_root(name: str) -> str | None:
   """The top-level folder an installed distribution ships (not its .dist-info)."""
-  import importlib.metadata
   try:
     files = importlib.metadata.files(name) or []
   except importlib.metadata.PackageNotFoundError:
@@ -116,7 +121,6 @@ def read_model_folder(path: str, field: str = "model.path",
   with open(need["config.json"]) as f:
     hf = json.load(f)
   if hf.get("model_type") in DECODER_TYPES:
-    from jaxembed.models.decoder import DecoderConfig
     bert = DecoderConfig.from_hf(hf)
   else:
     bert = BertConfig.from_hf(hf)
@@ -145,279 +149,13 @@ def read_model_folder(path: str, field: str = "model.path",
                      tokenizer=need["tokenizer.json"])
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  hf: str
-  flax: tuple[str, ...]
-  to_flax: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def _same(x):
-  return x
-
-
-def _mapping(cfg: BertConfig) -> list[_Entry]:
-  """HF tensor name -> Flax path under `encoder`, with the reshape each way.
-
-  torch Linear stores [out, in]; Flax kernels are [in, out], with the attention
-  projections split into (heads, head_dim).
-  """
-  h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-  e = [
-      _Entry("embeddings.word_embeddings.weight", ("word_embeddings", "embedding"), _same, _same),
-      _Entry("embeddings.position_embeddings.weight", ("position_embeddings", "embedding"), _same, _same),
-      _Entry("embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"), _same, _same),
-      _Entry("embeddings.LayerNorm.weight", ("embeddings_norm", "scale"), _same, _same),
-      _Entry("embeddings.LayerNorm.bias", ("embeddings_norm", "bias"), _same, _same),
-  ]
-  for i in range(cfg.num_layers):
-    hf, fx = f"encoder.layer.{i}.", f"layer_{i}"
-    for proj in ("query", "key", "value"):
-      e.append(_Entry(f"{hf}attention.self.{proj}.weight", (fx, "attention", proj, "kernel"),
-                      lambda w: w.T.reshape(h, n, d), lambda k: k.reshape(h, h).T))
-      e.append(_Entry(f"{hf}attention.self.{proj}.bias", (fx, "attention", proj, "bias"),
-                      lambda b: b.reshape(n, d), lambda b: b.reshape(h)))
-    e += [
-        _Entry(f"{hf}attention.output.dense.weight", (fx, "attention", "output", "kernel"),
-               lambda w: w.T.reshape(n, d, h), lambda k: k.reshape(h, h).T),
-        _Entry(f"{hf}attention.output.dense.bias", (fx, "attention", "output", "bias"), _same, _same),
-        _Entry(f"{hf}attention.output.LayerNorm.weight", (fx, "attention_norm", "scale"), _same, _same),
-        _Entry(f"{hf}attention.output.LayerNorm.bias", (fx, "attention_norm", "bias"), _same, _same),
-        _Entry(f"{hf}intermediate.dense.weight", (fx, "intermediate", "kernel"), np.transpose, np.transpose),
-        _Entry(f"{hf}intermediate.dense.bias", (fx, "intermediate", "bias"), _same, _same),
-        _Entry(f"{hf}output.dense.weight", (fx, "output", "kernel"), np.transpose, np.transpose),
-        _Entry(f"{hf}output.dense.bias", (fx, "output", "bias"), _same, _same),
-        _Entry(f"{hf}output.LayerNorm.weight", (fx, "output_norm", "scale"), _same, _same),
-        _Entry(f"{hf}output.LayerNorm.bias", (fx, "output_norm", "bias"), _same, _same),
-    ]
-  return e
-
-
-def _strip_prefix(tensors: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
-  """Drops a wrapper prefix ('bert.', 'model.0.auto_model.', ...) shared by all names."""
-  anchor = "embeddings.word_embeddings.weight"
-  hits = [k for k in tensors if k.endswith(anchor)]
-  if not hits:
-    raise ModelLoadError(f"{source}: no tensor named '*{anchor}'; is this a BERT checkpoint?")
-  prefix = hits[0][: -len(anchor)]
-  return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def hf_to_flax(tensors: dict[str, np.ndarray], cfg: BertConfig,
-               source: str = "checkpoint") -> dict:
-  """Maps HF BERT tensors onto `{'encoder': {...}}`, checking every name and shape."""
-  tensors = _strip_prefix(tensors, source)
-  expected = _expected_shapes(cfg)
-  missing = [e.hf for e in _mapping(cfg) if e.hf not in tensors]
-  if missing:
-    raise ModelLoadError(f"{source}: {len(missing)} tensors the model needs are missing, "
-                         f"e.g. {missing[:5]}")
-  tree: dict = {}
-  for entry in _mapping(cfg):
-    value = np.asarray(entry.to_flax(tensors[entry.hf].astype(np.float32)))
-    want = expected[entry.flax]
-    got_hf = tensors[entry.hf].shape
-    if value.shape != want:
-      raise ModelLoadError(
-          f"{source}: tensor {entry.hf!r} has shape {got_hf}, which does not fit "
-          f"encoder/{'/'.join(entry.flax)} of shape {want} (config: hidden={cfg.hidden_size},"
-          f" heads={cfg.num_heads}, layers={cfg.num_layers}, vocab={cfg.vocab_size})")
-    node = tree
-    for key in entry.flax[:-1]:
-      node = node.setdefault(key, {})
-    node[entry.flax[-1]] = value
-  return {"encoder": tree}
-
-
-def flax_to_hf(params: dict, cfg: BertConfig) -> dict[str, np.ndarray]:
-  """The inverse of `hf_to_flax` (for export to sentence-transformers)."""
-  out = {}
-  for entry in _mapping(cfg):
-    node = params["encoder"]
-    for key in entry.flax:
-      node = node[key]
-    out[entry.hf] = np.ascontiguousarray(entry.to_hf(np.asarray(node)))
-  return out
-
-
-def _expected_shapes(cfg: BertConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
-  import flax
-  import jax
-  import jax.numpy as jnp
-  from jaxembed.models.bert import BertEncoder
-  ids = jnp.zeros((1, 4), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: flax.linen.unbox(BertEncoder(cfg).init(jax.random.PRNGKey(0), ids, ids)))
-  flat = flax.traverse_util.flatten_dict(shapes["params"])
-  return {k: v.shape for k, v in flat.items()}
-
-
-def load_bert_safetensors(path: str, cfg: BertConfig) -> dict:
-  from safetensors.numpy import load_file
-  try:
-    tensors = load_file(path)
-  except Exception as e:  # a truncated or non-safetensors file
-    raise ModelLoadError(f"{path}: cannot be read as safetensors ({e})") from e
-  return hf_to_flax(tensors, cfg, source=path)
-
-
-# ------------------------------------------------------------------ decoder (Llama/Qwen2)
-
-def decoder_hf_to_flax(tensors: dict[str, np.ndarray], cfg) -> dict:
-  """Hugging Face Llama / Qwen2 / Mistral tensors (with or without the 'model.'
-  prefix of a *ForCausalLM checkpoint) -> {'encoder': ...} for `DecoderEncoder`
-  (unrolled layers). torch Linear weights are [out, in]; ours are [in, ...out]."""
-  t = {k.removeprefix("model."): v for k, v in tensors.items()}
-  h, nh, nkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-
-  def take(name, shape=None):
-    if name not in t:
-      raise ModelLoadError(f"decoder weights: tensor {name!r} is missing")
-    a = np.asarray(t[name], np.float32)
-    if shape is not None and a.shape != shape:
-      raise ModelLoadError(f"decoder weights: {name} has shape {a.shape}, the config "
-                           f"needs {shape}")
-    return a
-
-  enc = {"embed_tokens": {"embedding": take("embed_tokens.weight", (cfg.vocab_size, h))},
-         "final_norm": {"scale": take("norm.weight", (h,))}}
-  for i in range(cfg.num_layers):
-    p = f"layers.{i}."
-    layer = {}
-    for ours, theirs, heads in (("query", "q_proj", nh), ("key", "k_proj", nkv),
-                                ("value", "v_proj", nkv)):
-      w = take(f"{p}self_attn.{theirs}.weight", (heads * hd, h))
-      layer[ours] = {"kernel": w.T.reshape(h, heads, hd)}
-      if cfg.qkv_bias:
-        layer[ours]["bias"] = take(f"{p}self_attn.{theirs}.bias", (heads * hd,)).reshape(heads, hd)
-    layer["output"] = {"kernel": take(f"{p}self_attn.o_proj.weight", (h, nh * hd)).T.reshape(nh, hd, h)}
-    for ours, theirs, shape in (("gate", "gate_proj", (cfg.intermediate_size, h)),
-                                ("up", "up_proj", (cfg.intermediate_size, h)),
-                                ("down", "down_proj", (h, cfg.intermediate_size))):
-      layer[ours] = {"kernel": take(f"{p}mlp.{theirs}.weight", shape).T}
-    layer["attention_norm"] = {"scale": take(f"{p}input_layernorm.weight", (h,))}
-    layer["mlp_norm"] = {"scale": take(f"{p}post_attention_layernorm.weight", (h,))}
-    enc[f"layer_{i}"] = layer
-  return {"encoder": enc}
-
-
-def unscan_layout(params: dict, num_layers: int) -> dict:
-  """The inverse of `scan_layout` (for export)."""
-  enc = dict(params["encoder"])
-  if "layers" not in enc:
-    return params
-  stacked = enc.pop("layers")["block"]
-  import jax
-  for i in range(num_layers):
-    enc[f"layer_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked)
-  return dict(params, encoder=enc)
-
-
-def scan_layout(params: dict, num_layers: int) -> dict:
-  """Unrolled {'layer_0': ..., 'layer_1': ...} -> the nn.scan layout
-  {'layers': {'block': stacked}} (leading axis = layer)."""
-  enc = dict(params["encoder"])
-  layers = [enc.pop(f"layer_{i}") for i in range(num_layers)]
-  import jax
-  enc["layers"] = {"block": jax.tree.map(lambda *xs: np.stack(xs), *layers)}
-  return dict(params, encoder=enc)
-
-
 def load_encoder_weights(path: str, cfg) -> dict:
-  """{'encoder': ...} from a safetensors file, for a BertConfig or a DecoderConfig
-  (in the scan layout when cfg.scan_layers)."""
-  from jaxembed.models.decoder import DecoderConfig
+  """{'encoder': ...} from a safetensors (or BERT .onnx) file, for a BertConfig or a
+  DecoderConfig (in the scan layout when cfg.scan_layers)."""
   if path.endswith(".onnx"):
     params = read_onnx_bert(path, cfg.num_heads)[1]
-    return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
-  if not isinstance(cfg, DecoderConfig):
+  elif isinstance(cfg, DecoderConfig):
+    params = decoder_hf_to_flax(read_safetensors(path), cfg, source=path)
+  else:
     params = load_bert_safetensors(path, cfg)
-    return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
-  from safetensors.numpy import load_file
-  params = decoder_hf_to_flax(load_file(path), cfg)
-  return scan_layout(params, cfg.num_layers) if cfg.scan_layers else params
-
-
-# ------------------------------------------------------------------ BERT from ONNX
-
-def read_onnx_bert(path: str, num_heads: int | None = None):
-  """(BertConfig, {'encoder': ...}) from a BERT exported to ONNX by sentence-transformers
-  / optimum (initializers named like HF's, e.g. `model.0.auto_model.encoder.layer.N...`).
-
-  The exporter leaves the projection matrices anonymous (`onnx::MatMul_470`, stored
-  [in, out]); each is named by the bias its MatMul's output is added to. The shapes
-  give the config; the head count is read from the attention's reshape constants
-  (or passed). Needs the `onnx` package.
-  """
-  try:
-    import onnx
-    from onnx import numpy_helper
-  except ImportError as e:
-    raise ModelLoadError("reading ONNX weights needs the onnx package: "
-                         "`pip install onnx`") from e
-  try:
-    graph = onnx.load(path).graph
-  except Exception as e:
-    raise ModelLoadError(f"{path}: cannot be read as ONNX ({e})") from e
-  init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-  named = {}
-  consumers: dict[str, list] = {}
-  for node in graph.node:
-    for name in node.input:
-      consumers.setdefault(name, []).append(node)
-  for node in graph.node:
-    if node.op_type != "MatMul":
-      continue
-    weights = [n for n in node.input if n in init]
-    if len(weights) != 1:
-      continue
-    adds = [c for c in consumers.get(node.output[0], []) if c.op_type == "Add"]
-    bias = [n for c in adds for n in c.input if n in init and n.endswith(".bias")]
-    if len(bias) != 1:
-      raise ModelLoadError(f"{path}: cannot name the matrix {weights[0]} (no bias follows it)")
-    named[bias[0][:-len(".bias")] + ".weight"] = init[weights[0]].T   # torch: [out, in]
-  tensors = {k: v for k, v in init.items() if not k.startswith("onnx::")}
-  tensors.update(named)
-  prefix = next((k[:-len("embeddings.word_embeddings.weight")] for k in tensors
-                 if k.endswith("embeddings.word_embeddings.weight")), None)
-  if prefix is None:
-    raise ModelLoadError(f"{path}: no BERT word embeddings among the ONNX initializers")
-  tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-  vocab, hidden = tensors["embeddings.word_embeddings.weight"].shape
-  layers = 1 + max(int(k.split(".")[2]) for k in tensors if k.startswith("encoder.layer."))
-  heads = num_heads or _onnx_heads(graph, hidden)
-  if heads is None:
-    raise ModelLoadError(f"{path}: cannot find the number of attention heads; pass it")
-  cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                   intermediate_size=tensors["encoder.layer.0.intermediate.dense.weight"].shape[0],
-                   max_position_embeddings=tensors["embeddings.position_embeddings.weight"].shape[0],
-                   type_vocab_size=tensors["embeddings.token_type_embeddings.weight"].shape[0],
-                   layer_norm_eps=_onnx_epsilon(graph), hidden_dropout=0.0,
-                   attention_dropout=0.0)
-  return cfg, hf_to_flax(tensors, cfg, source=path)
-
-
-def _onnx_epsilon(graph) -> float:
-  for node in graph.node:
-    if node.op_type == "LayerNormalization":
-      for attr in node.attribute:
-        if attr.name == "epsilon":
-          return float(attr.f)
-  return 1e-12
-
-
-def _onnx_heads(graph, hidden: int) -> int | None:
-  """The first 1-element integer constant of the first attention block whose product
-  with a later one is the hidden size: the (heads, head_dim) of its reshape."""
-  from onnx import numpy_helper
-  values = []
-  for node in graph.node:
-    if node.op_type == "Constant" and "layer.0/attention/self" in node.output[0]:
-      v = numpy_helper.to_array(node.attribute[0].t)
-      if v.size == 1 and v.dtype.kind in "iu" and int(v.ravel()[0]) > 1:
-        values.append(int(v.ravel()[0]))
-  for i, a in enumerate(values):
-    if any(a * b == hidden for b in values[i + 1:]):
-      return a
-  return None
+  return weights.scan_layout(params, cfg.num_layers) if cfg.scan_layers else params

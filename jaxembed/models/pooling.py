@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
+from jaxembed.models.bert import Linear, layer_norm
 
 
 def cls_pool(hidden, mask):
@@ -90,13 +91,11 @@ def check_pooling(name: str, field: str = "model.pooling") -> str:
 # ------------------------------------------------------------------ trainable poolers
 
 def _linear(features, axes, name, in_dims=1):
-  from jaxembed.models.bert import Linear
   features = features if isinstance(features, tuple) else (features,)
   return Linear(features, axes, in_dims=in_dims, name=name)
 
 
 def _norm(name):
-  from jaxembed.models.bert import layer_norm
   return layer_norm(1e-6, name, dtype=None)
 
 

@@ -16,9 +16,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxembed.models.bert import Linear
-from jaxembed.models.embedder import make_encoder
+from jaxembed.models.embedder import make_encoder, text_inputs
 from jaxembed.models.pooling import Pooler
-from jaxembed.models.vit import ViTEncoder
+from jaxembed.models.vit import ViTConfig, ViTEncoder
 
 TOWERS = ("image_text", "text_text")
 
@@ -32,7 +32,6 @@ class Tower(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool = True):
-    from jaxembed.models.vit import ViTConfig
     if isinstance(self.encoder, ViTConfig):
       hidden, mask = ViTEncoder(self.encoder, name="encoder")(
           inputs["pixels"], deterministic=deterministic)
@@ -85,21 +84,55 @@ class TwoTower(nn.Module):
     return (self.encode_anchor(anchor, deterministic),
             self.encode_text(positive, deterministic))
 
+  # ------------------------------------------------------------------ interface
+  # (see models/embedder.py)
+
+  supports_hard_negatives = False
+  supports_grad_cache = False
+
   @property
-  def num_layers(self) -> int:      # what the objectives see: one output "layer"
+  def text_config(self):
+    return self.text
+
+  @property
+  def symmetric(self) -> bool:
+    return self.towers == "text_text" and self.shared
+
+  @property
+  def query_modality(self) -> str:
+    return "image" if self.towers == "image_text" else "text"
+
+  @property
+  def pretrained_paths(self) -> tuple[tuple[str, ...], ...]:
+    """The text towers' encoders, which take the pretrained text weights."""
+    if self.towers == "text_text" and not self.shared:
+      return (("text_tower", "encoder"), ("anchor_tower", "encoder"))
+    return (("text_tower", "encoder"),)
+
+  @property
+  def output_layers(self) -> int:      # what the objectives see: one output "layer"
     return 1
 
   @property
-  def hidden_size(self) -> int:
+  def output_width(self) -> int:
     return self.embed_dim
 
+  def example_inputs(self) -> tuple:
+    text = text_inputs()
+    if self.towers == "image_text":
+      cfg = self.image
+      anchor = {"pixels": jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels))}
+    else:
+      anchor = text
+    return anchor, text
 
-def dummy_inputs(model: TwoTower):
-  ids = jnp.zeros((1, 8), jnp.int32)
-  text = {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
-  if model.towers == "image_text":
-    cfg = model.image
-    anchor = {"pixels": jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels))}
-  else:
-    anchor = text
-  return anchor, text
+  def encode_pairs(self, batch, *, deterministic: bool = True):
+    if batch.get("negatives") is not None:
+      raise ValueError("hard negatives are not supported with two towers")
+    return self(batch["anchor"], batch["positive"], deterministic=deterministic)
+
+  def encode_queries(self, inputs, deterministic: bool = True):
+    return self.encode_anchor(inputs, deterministic)
+
+  def encode_documents(self, inputs, deterministic: bool = True):
+    return self.encode_text(inputs, deterministic)

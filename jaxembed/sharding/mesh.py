@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 from jaxembed.errors import ConfigError
@@ -53,7 +54,6 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh
   dims = [shape[a] for a in AXES]
   n_slices = len({getattr(d, "slice_index", 0) for d in devices})
   if shape["dcn_data"] > 1 and n_slices == shape["dcn_data"]:
-    from jax.experimental import mesh_utils
     grid = mesh_utils.create_hybrid_device_mesh(
         [1, *dims[1:]], [shape["dcn_data"], 1, 1, 1], devices)
   else:

@@ -9,12 +9,12 @@ import os
 
 import jax
 
-from jaxembed.data import builders, packaged, pipeline
+from jaxembed.data import builders, packaged, pipeline, readers
 from jaxembed.data.packaged import FASHION_MNIST_CLASSES
 from jaxembed.errors import ConfigError
+from jaxembed.workdir import file_fingerprint
 from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
                                   STSTask, ZeroShotTask)
-from jaxembed.models.two_tower import TwoTower
 
 
 def make_inputs(config, model, tokenizer):
@@ -23,7 +23,7 @@ def make_inputs(config, model, tokenizer):
   batch = config.train.batch_size
   if d.workers < 0:
     raise ConfigError(f"data.workers={d.workers} must be >= 0")
-  image_text = isinstance(model, TwoTower) and model.towers == "image_text"
+  image_text = model.query_modality == "image"
   if image_text or d.source == "fashion_mnist":
     if not image_text or d.source != "fashion_mnist" or d.mixture:
       raise ConfigError("data.source='fashion_mnist' (image, caption) pairs go with "
@@ -100,6 +100,23 @@ def mixture_components(d) -> list[dict]:
   return out
 
 
+def data_fingerprint(config) -> dict:
+  """{path: {'size', 'sha256'}} of the user's training files (data.source / mixture
+  entries 'file' and 'beir'), recorded in the workdir and checked on resume."""
+  d = config.data
+  if d.source == "fashion_mnist" and not d.mixture:
+    return {}
+  paths = []
+  for c in mixture_components(d):
+    if c["source"] == "file":
+      paths.append(c["path"])
+    elif c["source"] == "beir":
+      paths += [os.path.join(c["path"], "qrels", f"{c['split']}.tsv"),
+                os.path.join(c["path"], "queries.jsonl"),
+                os.path.join(c["path"], "corpus.jsonl")]
+  return {os.path.abspath(p): file_fingerprint(p) for p in paths if os.path.isfile(p)}
+
+
 def train_source(d, component: dict, wordnet_builder):
   """The array_record data source of one training dataset."""
   if component["source"] == "wordnet":
@@ -116,7 +133,6 @@ def train_source(d, component: dict, wordnet_builder):
 def build_eval_tasks(config, wordnet_builder) -> list:
   """The evaluation suite: packaged data (WordNet held-out retrieval, Lee, SimLex) and
   the user's own (a BEIR folder, STS files), all scored on the same grid."""
-  from jaxembed.data import readers
   e = config.eval
   tasks = []
   if e.wordnet_queries:

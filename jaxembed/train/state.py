@@ -1,11 +1,20 @@
-"""The train state: a plain pytree, saved and sharded as such."""
+"""The train state: a plain pytree, saved and sharded as such; how it is created
+(pretrained weights or a random init, born sharded), its shardings, and the compiled
+train step (Flax ImageNet's `create_train_state` / `train_step` split)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxembed import sharding as shd
+from jaxembed.models import abstract_params, load_encoder_weights
 
 
 @flax.struct.dataclass
@@ -14,3 +23,89 @@ class TrainState:
   params: Any            # {'encoder': ...}
   opt_state: Any
   rng: jax.Array         # uint32[2] raw key; per-step keys are fold_in(rng, step)
+
+
+def state_shardings(run, abstract_opt_state) -> TrainState:
+  rep = shd.replicated(run.mesh)
+  opt = optax.tree_map_params(run.tx, lambda _, s: s, abstract_opt_state,
+                              run.param_shardings,
+                              transform_non_params=lambda _: rep)
+  return TrainState(step=rep, params=run.param_shardings, opt_state=opt, rng=rep)
+
+
+def abstract_state(run):
+  """(the state's ShapeDtypeStructs carrying their shardings, the shardings)."""
+  shapes = abstract_params(run.model, run.loss_params)
+  opt_shapes = jax.eval_shape(run.tx.init, shapes)
+  shardings = state_shardings(run, opt_shapes)
+  shapes_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,
+                            opt_state=opt_shapes,
+                            rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes_state, shardings), shardings
+
+
+def initial_params(run):
+  """Pretrained weights placed straight into their shards, or a jitted random init
+  whose outputs are born sharded. A trainable pooler on a pretrained encoder, and a
+  two-tower model's towers, are initialised at random; then the pretrained text
+  encoder replaces its part (`model.pretrained_paths`)."""
+  shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  params = _random_init(run, shardings)
+  if run.config.model.init == "pretrained":
+    loaded = load_encoder_weights(run.folder.weights, run.model.text_config)["encoder"]
+    for path in run.model.pretrained_paths:
+      params = _replace(params, path, shd.host_to_global(loaded, _get(shardings, path)))
+  if run.loss_params:
+    params = dict(params, loss=shd.host_to_global(run.loss_params,
+                                                  run.param_shardings["loss"]))
+  return params
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _replace(tree, path, value):
+  if not path:
+    return value
+  return dict(tree, **{path[0]: _replace(tree.get(path[0], {}), path[1:], value)})
+
+
+def _random_init(run, shardings):
+  """The model's random initial parameters, jitted with `out_shardings` so that each
+  device creates only its own shard. Parts that pretrained weights replace are never
+  materialised: XLA drops the computation of outputs nobody reads only within one
+  program, so the pretrained case initialises just the remaining parts."""
+  inputs = run.model.example_inputs()
+  keep = _trainable_parts(run)
+
+  def init(rng):
+    params = nn.unbox(run.model.init(rng, *inputs))["params"]
+    return {k: v for k, v in params.items() if k in keep}
+  if not keep:
+    return {}
+  sub = {k: v for k, v in shardings.items() if k in keep}
+  return shd.mesh_jit(init, run.mesh, run.rules, out_shardings=sub)(
+      jax.random.PRNGKey(run.config.seed))
+
+
+def _trainable_parts(run) -> set:
+  """Top-level parameter groups a random init must create: all of them, except a
+  single-tower encoder that pretrained weights replace whole."""
+  top = set(run.param_shardings) - {"loss"}
+  if run.config.model.init == "pretrained":
+    top -= {path[0] for path in run.model.pretrained_paths if len(path) == 1}
+  return top
+
+
+def new_state(run, shardings: TrainState) -> TrainState:
+  params = initial_params(run)
+  opt_state = jax.jit(run.tx.init, out_shardings=shardings.opt_state)(params)
+  scalars = {"step": np.int32(0),
+             "rng": np.asarray(jax.random.PRNGKey(run.config.seed + 1))}
+  scalars = shd.host_to_global(scalars, {"step": shardings.step, "rng": shardings.rng})
+  return TrainState(step=scalars["step"], params=params, opt_state=opt_state,
+                    rng=scalars["rng"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -9,52 +10,33 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxembed import sharding as shd
 from jaxembed.train.grad_cache import grad_cache_value_and_grad
 from jaxembed.train.state import TrainState
 
 
 def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
-  """Anchors, positives and (if the batch has them) k hard negatives per pair, in one
-  forward pass (one larger matmul per layer).
-
-  Returns (anchor, positive) pooled vectors, each [batch, n_layers, hidden], and
-  negatives [batch, k, n_layers, hidden] when present.
-  """
-  from jaxembed.models.two_tower import TwoTower
-  if isinstance(model, TwoTower):   # two towers: each side through its own
-    if batch.get("negatives") is not None:
-      raise ValueError("hard negatives are not supported with two towers")
-    return model.apply({"params": params}, batch["anchor"], batch["positive"],
-                       deterministic=deterministic,
-                       rngs=None if deterministic else {"dropout": rng})
-  parts = [batch["anchor"], batch["positive"]]
-  negatives = batch.get("negatives")
-  if negatives is not None:
-    b, k, t = negatives["input_ids"].shape
-    parts.append({key: v.reshape(b * k, t) for key, v in negatives.items()})
-  ids = jnp.concatenate([p["input_ids"] for p in parts])
-  mask = jnp.concatenate([p["attention_mask"] for p in parts])
-  # Instruction tokens (anchors with data.query_instruction) are attended, not pooled.
-  pool = (jnp.concatenate([p.get("pool_mask", p["attention_mask"]) for p in parts])
-          if any("pool_mask" in p for p in parts) else None)
-  out = model.apply({"params": params}, ids, mask, deterministic=deterministic,
-                    rngs=None if deterministic else {"dropout": rng}, pool_mask=pool)
-  n = batch["anchor"]["input_ids"].shape[0]
-  if negatives is None:
-    return out[:n], out[n:2 * n]
-  return out[:n], out[n:2 * n], out[2 * n:].reshape(n, k, *out.shape[1:])
+  """The model's pooled (anchor, positive[, negatives]) vectors of a batch, through
+  the embedder interface (`models/embedder.py`): each [batch, layers, width],
+  negatives [batch, k, layers, width]."""
+  return model.apply({"params": params}, batch, deterministic=deterministic,
+                     rngs=None if deterministic else {"dropout": rng},
+                     method="encode_pairs")
 
 
 def train_step(state: TrainState, batch, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
-               deterministic: bool = False, grad_cache_minibatch: int = 0):
+               deterministic: bool = False, grad_cache_minibatch: int = 0,
+               check_finite: bool = True):
   """loss_fn(anchor_layers, positive_layers[, negative_layers], *, rng, loss_params)
   -> (loss, aux); loss_params is params["loss"] (a learnable temperature) or None.
 
   The dropout key is fold_in(state.rng, state.step): it depends on nothing but the
   seed and the step, so a resumed run draws the same masks as an uninterrupted one.
   grad_cache_minibatch > 0 encodes the batch in mini-batches of that many pairs
-  (GradCache), bounding activation memory by the mini-batch.
+  (GradCache), bounding activation memory by the mini-batch. check_finite: a step
+  whose loss or gradient norm is not finite changes nothing and reports
+  metrics['finite'] = False.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -71,7 +53,31 @@ def train_step(state: TrainState, batch, *, model: nn.Module,
   else:
     (loss, aux), grads = jax.value_and_grad(
         lambda p: objective(encode(p, batch, encode_rng), p), has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+  if check_finite:
+    # A non-finite loss or gradient leaves the parameters and the optimizer state as
+    # they were (optax.apply_if_finite's rule), so no NaN ever reaches a checkpoint;
+    # the flag travels with the metrics and the loop stops on it.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params,
+                          state.params)
+    opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state,
+                             state.opt_state)
+    metrics["finite"] = finite
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def compile_train_step(run, shardings: TrainState, check_finite: bool = True) -> shd.MeshJit:
+  """The train step jitted once with explicit shardings and the state donated; it
+  carries the run's mesh and logical rules."""
+  step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
+                           deterministic=not run.config.train.dropout,
+                           grad_cache_minibatch=run.config.train.grad_cache_minibatch,
+                           check_finite=check_finite)
+  return shd.mesh_jit(step, run.mesh, run.rules,
+                      in_shardings=(shardings, shd.batch_sharding(run.mesh)),
+                      out_shardings=(shardings, shd.replicated(run.mesh)),
+                      donate_argnums=0)

@@ -1,0 +1,150 @@
+"""Config -> encoder config -> module -> abstract parameters: how a run's model is
+built, for the trainer and for `jaxembed.load` alike.
+
+Model-level settings are checked here, before anything is built, and errors name the
+field and list the valid values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from jaxembed.errors import ConfigError
+from jaxembed.models.bert import BertConfig
+from jaxembed.models.decoder import DecoderConfig
+from jaxembed.models.embedder import Embedder
+from jaxembed.models.loading import ModelFolder
+from jaxembed.models.pooling import TRAINABLE, check_pooling
+from jaxembed.models.spec import ModelSpec
+from jaxembed.models.two_tower import TOWERS, TwoTower
+from jaxembed.models.vit import ViTConfig
+
+ENCODERS = ("bert", "decoder", "two_tower")
+# Settings of model.decoder that apply to a pretrained decoder too (the shapes come
+# from its config.json).
+_DECODER_RUNTIME = ("attention", "scan_layers", "remat", "dtype", "hidden_dropout",
+                    "attention_dropout")
+
+
+def check_model_config(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  if m.init not in ("pretrained", "random"):
+    raise ConfigError(f"model.init={m.init!r}; valid: ['pretrained', 'random']")
+  if m.encoder not in ENCODERS:
+    raise ConfigError(f"model.encoder={m.encoder!r}; valid values: {list(ENCODERS)}")
+  check_pooling(m.pooling)
+  if config.data.padding_side not in ("right", "left"):
+    raise ConfigError(f"data.padding_side={config.data.padding_side!r}; valid values: "
+                      "['right', 'left']")
+  if config.data.padding_side == "left" and m.pooling == "cls":
+    raise ConfigError("model.pooling='cls' reads position 0, which is padding under "
+                      "data.padding_side='left'; use 'last_token' or pad on the right")
+
+
+def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
+  """The (text) encoder's config: BERT from the model folder (+ model.bert_overrides),
+  or the decoder LLM from a Llama/Qwen2 folder or, with model.init=random, from
+  model.decoder on the folder's vocabulary. For model.encoder='two_tower', the text
+  tower's (model.two_tower.text_encoder)."""
+  kind = config.model.encoder
+  if kind not in ENCODERS:
+    raise ConfigError(f"model.encoder={kind!r}; valid values: {list(ENCODERS)}")
+  if kind == "two_tower":
+    kind = config.model.two_tower.text_encoder
+    if kind not in ("bert", "decoder"):
+      raise ConfigError(f"model.two_tower.text_encoder={kind!r}; valid values: "
+                        "['bert', 'decoder']")
+  if kind == "decoder":
+    cfg = _decoder_config(config, folder)
+  elif not isinstance(folder.bert, BertConfig):
+    raise ConfigError(f"model.encoder='bert' but model.path={config.model.path!r} holds a "
+                      f"{type(folder.bert).__name__}; set model.encoder='decoder'")
+  else:
+    overrides = dict(config.model.bert_overrides)
+    valid = {f.name for f in dataclasses.fields(BertConfig)}
+    bad = sorted(set(overrides) - valid)
+    if bad:
+      raise ConfigError(f"model.bert_overrides: unknown fields {bad}; valid: {sorted(valid)}")
+    if not config.train.dropout:
+      overrides.update(hidden_dropout=0.0, attention_dropout=0.0)
+    cfg = BertConfig(**{**dataclasses.asdict(folder.bert), **overrides})
+  if config.model.pooling in TRAINABLE and cfg.hidden_size % config.model.pool_heads:
+    raise ConfigError(f"model.pool_heads={config.model.pool_heads} must divide the hidden "
+                      f"size {cfg.hidden_size} (model.pooling={config.model.pooling!r})")
+  return cfg
+
+
+def _decoder_config(config, folder) -> DecoderConfig:
+  d = dict(config.model.decoder)
+  if not config.train.dropout:
+    d.update(hidden_dropout=0.0, attention_dropout=0.0)
+  if isinstance(folder.bert, DecoderConfig):
+    return DecoderConfig(**{**dataclasses.asdict(folder.bert),
+                            **{k: d[k] for k in _DECODER_RUNTIME}})
+  if config.model.init == "pretrained":
+    raise ConfigError(f"model.encoder='decoder' with model.init='pretrained' needs a "
+                      f"Llama/Qwen2/Mistral folder; model.path={config.model.path!r} holds "
+                      "a BERT. Use model.init='random' to train a decoder from scratch on "
+                      "its tokenizer")
+  return DecoderConfig(**{**d, "vocab_size": folder.bert.vocab_size,
+                          "max_position_embeddings": max(d["max_position_embeddings"],
+                                                         config.data.seq_len)})
+
+
+def build_model(config: ml_collections.ConfigDict, text_config):
+  """The model a run trains: an Embedder over `text_config`, or a TwoTower when
+  model.encoder='two_tower'. Both implement the interface in `models/embedder.py`."""
+  m = config.model
+  if m.encoder != "two_tower":
+    return Embedder(text_config, pooling=m.pooling, pool_heads=m.pool_heads,
+                    pool_latents=m.pool_latents)
+  t = m.two_tower
+  if t.towers not in TOWERS:
+    raise ConfigError(f"model.two_tower.towers={t.towers!r}; valid values: {list(TOWERS)}")
+  check_pooling(t.image_pooling, "model.two_tower.image_pooling")
+  image = ViTConfig(**dict(m.vit)) if t.towers == "image_text" else None
+  return TwoTower(t.towers, text=text_config, image=image, shared=t.shared,
+                  image_pooling=t.image_pooling, text_pooling=m.pooling,
+                  embed_dim=t.embed_dim, pool_heads=m.pool_heads,
+                  pool_latents=m.pool_latents)
+
+
+def model_from_spec(spec: ModelSpec) -> Embedder:
+  """The single-tower embedder a saved model describes."""
+  return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
+                  pool_latents=spec.pool_latents)
+
+
+def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
+  """The saved-model description of a run's model (what `jaxembed.load` reads back
+  from its workdir)."""
+  text = model.text_config
+  return ModelSpec(
+      encoder=text, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
+      pool_latents=config.model.pool_latents,
+      max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
+      padding_side=config.data.padding_side, normalize=True,
+      query_instruction=config.data.query_instruction,
+      architecture="two_tower" if config.model.encoder == "two_tower" else "embedder")
+
+
+def abstract_boxed_params(model):
+  """Shapes of the model's parameter tree with their logical-axis boxes (for the
+  shardings), without allocating it."""
+  inputs = model.example_inputs()
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))["params"]
+
+
+def abstract_params(model, loss_params: dict | None = None):
+  """Shapes of the parameter tree (no memory), unboxed: {'encoder': ...}, 'pooler'
+  for a trainable pooling and, if the objective has parameters of its own, 'loss'."""
+  shapes = nn.unbox(abstract_boxed_params(model))
+  if loss_params:
+    shapes = dict(shapes, loss=jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), loss_params))
+  return shapes

