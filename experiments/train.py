@@ -26,6 +26,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Join a multi-host job found by jax itself (TPU pod, SLURM).")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a failure, not one line.")
+
+# Failures of the machine rather than of the program: reported in one line.
+_SYSTEM_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "File too large",
+                    "Read-only file system", "Permission denied", "Disk quota exceeded")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,15 +49,31 @@ def main(argv):
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
   from jaxembed.sharding.distributed import initialize
-  from jaxembed.train.loop import train_and_evaluate
+  from jaxembed.train.loop import StopNow, train_and_evaluate
   initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
              multihost=_MULTIHOST.value)
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except StopNow as e:
+    logging.warning("%s", e)
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   except JaxembedError as e:
+    if _DEBUG.value:
+      raise
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  except Exception as e:  # the disk, the filesystem: one line unless --debug
+    text = str(e)
+    if _DEBUG.value or not (isinstance(e, OSError) or any(m in text for m in _SYSTEM_FAILURES)):
+      raise
+    first = next((l for l in text.splitlines() if any(m in l for m in _SYSTEM_FAILURES)),
+                 text.splitlines()[0] if text else type(e).__name__)
+    where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+    print(f"error: writing the run failed{where}: {first.strip()[:300]} (--debug shows "
+          "the traceback)", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def parse_flags(argv):

@@ -53,26 +53,49 @@ class _Records:
           continue
         yield lineno, rec if isinstance(rec, dict) else DataError("not a JSON object")
       return
-    lines = raw.split(b"\n")
+    # CSV: RFC 4180 (a quoted field may hold the delimiter, quotes and newlines).
+    # TSV: a tab separates fields and a newline ends a row; quotes are plain text.
+    # A UTF-8 byte-order mark before the header is dropped.
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
     delimiter = "\t" if self.ext == ".tsv" else ","
-    try:
-      header = next(csv.reader([lines[0].decode("utf-8")], delimiter=delimiter))
-    except (UnicodeDecodeError, StopIteration, IndexError):
+    quoting = csv.QUOTE_NONE if self.ext == ".tsv" else csv.QUOTE_MINIMAL
+    lines = raw.split(b"\n")
+    # Lines that are not UTF-8 are reported and blanked (keeping the line numbers).
+    text_lines, bad = [], {}
+    for lineno, line in enumerate(lines, 1):
+      try:
+        text_lines.append(line.decode("utf-8"))
+      except UnicodeDecodeError as e:
+        bad[lineno] = DataError(f"not UTF-8 ({e.reason} at byte {e.start})")
+        text_lines.append("")
+    if 1 in bad or not text_lines[0].strip():
       yield 1, DataError("the first line must be a UTF-8 header row")
       return
-    for lineno, line in enumerate(lines[1:], 2):
-      if not line.strip():
-        continue
+    reader = csv.reader(io.StringIO("\n".join(text_lines), newline=""),
+                        delimiter=delimiter, quoting=quoting, strict=self.ext == ".csv")
+    header, first = None, 1
+    while True:
       try:
-        text = line.decode("utf-8")
-      except UnicodeDecodeError as e:
-        yield lineno, DataError(f"not UTF-8 ({e.reason} at byte {e.start})")
+        values = next(reader)
+      except StopIteration:
+        break
+      except csv.Error as e:
+        yield first, DataError(f"malformed {self.ext[1:].upper()} ({e})")
+        return
+      lineno, first = first, reader.line_num + 1
+      for n in [n for n in bad if n < first]:
+        yield n, bad.pop(n)
+      if header is None:
+        header = [h.strip() for h in values]
         continue
-      values = next(csv.reader(io.StringIO(text), delimiter=delimiter))
+      if not any(v.strip() for v in values):
+        continue
       if len(values) != len(header):
         yield lineno, DataError(f"{len(values)} columns where the header has {len(header)}")
         continue
       yield lineno, dict(zip(header, values))
+    for n in sorted(bad):
+      yield n, bad[n]
 
 
 def _collect(path, field, on_error, parse):

@@ -168,6 +168,12 @@ class Loop:
       print(grid_eval.format_table(None, rows), flush=True)
     return rows
 
+  def evaluate_during(self, step: int, before) -> None:
+    rows = evaluate(self.run, self.state.params, f"step {step}")
+    self.record_eval(step, rows, f"step {step}")
+    if jax.process_index() == 0:
+      print(grid_eval.format_table(before, rows), flush=True)
+
   def log(self, step: int, metrics, t_last: float, n_last: int) -> None:
     config, total = self.config, self.config.train.steps
     self.check_finite()
@@ -195,6 +201,11 @@ class Loop:
     logging.info("training steps %d..%d, global batch %d, mesh %s", start, total,
                  config.train.batch_size, dict(run.mesh.shape))
     step = start
+    every = config.train.eval_every
+    if every and 0 < start < total and start % every == 0 and not any(
+        r.get("label") == f"step {start}" for r in self.wd.read_log(Workdir.EVAL_LOG)):
+      # Stopped after this step's checkpoint, before its evaluation was logged.
+      self.evaluate_during(start, before)
     while step < total:
       if self.stop.requested or ckpt.reached_preemption(step):
         if step not in ckpt.all_steps():  # a regular save may have just written it
@@ -213,11 +224,8 @@ class Loop:
         t_last, n_last = time.time(), step
       if step % config.train.checkpoint_every == 0 or step == total:
         self.save(step)
-      if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-        rows = evaluate(run, self.state.params, f"step {step}")
-        self.record_eval(step, rows, f"step {step}")
-        if jax.process_index() == 0:
-          print(grid_eval.format_table(before, rows), flush=True)
+      if every and step % every == 0 and step < total:
+        self.evaluate_during(step, before)
     self.check_finite()
     ckpt.wait()
     ckpt.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optax
 
 from jaxembed.errors import ConfigError
@@ -14,6 +16,10 @@ def make_schedule(cfg, total_steps: int):
   """Linear warmup to cfg.learning_rate, then constant / linear / cosine to zero."""
   if cfg.schedule not in SCHEDULES:
     raise ConfigError(f"optim.schedule={cfg.schedule!r}; valid values: {list(SCHEDULES)}")
+  for name in ("learning_rate", "weight_decay", "b1", "b2", "eps", "grad_clip"):
+    value = cfg[name]
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+      raise ConfigError(f"optim.{name}={value!r} must be a finite number >= 0")
   if cfg.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate={cfg.learning_rate} must be positive")
   warmup = int(cfg.warmup_steps)

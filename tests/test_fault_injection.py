@@ -1,0 +1,97 @@
+"""Fault injection: a smoke run killed with SIGKILL at random moments (while
+training, writing checkpoints, evaluating) and rerun each time ends with the same
+metrics and the same logs as a run that was never interrupted.
+
+The kills are spread over the work: during the evaluation before training, just after
+random steps (a checkpoint is written every 4 steps, so some kills land in a write),
+during the evaluation at step 16 and during the final one, each after a random delay
+of up to 0.4 s past its marker.
+JAXEMBED_FAULTS sets the number of kills (default 10). It takes about 3.5 minutes on
+2 CPU cores, so the default test run leaves it out: `pytest -m faults tests`.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_train
+
+KILLS = int(os.environ.get("JAXEMBED_FAULTS", "10"))
+STEPS = 48
+
+
+def _args(workdir, tfds_dir):
+  return ["--config=configs/minilm_wordnet_2d.py:smoke", f"--workdir={workdir}",
+          f"--config.data.tfds_dir={tfds_dir}", f"--config.train.steps={STEPS}",
+          "--config.train.checkpoint_every=4", "--config.train.log_every=1",
+          "--config.train.eval_every=16"]
+
+
+def _train_log(workdir):
+  """(step, loss, learning rate, gradient norm) per logged step; the speed differs."""
+  return [(r["step"], r["loss"], r["learning_rate"], r["grad_norm"]) for r in
+          map(json.loads, open(os.path.join(workdir, "train_log.jsonl")))]
+
+
+def _eval_log(workdir):
+  return [json.loads(l) for l in open(os.path.join(workdir, "eval_log.jsonl"))]
+
+
+def _kill_at(args, marker: str, delay: float, err_path, env) -> tuple[bool, str]:
+  """Runs until `marker` shows on stderr, waits `delay`, kills with SIGKILL.
+  Returns (killed, the last line written)."""
+  with open(err_path, "w") as err:
+    run = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                           env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 300
+    while run.poll() is None and time.time() < deadline:
+      if marker in open(err_path).read():
+        time.sleep(delay)
+        break
+      time.sleep(0.02)
+    killed = run.poll() is None
+    if killed:
+      run.send_signal(signal.SIGKILL)
+    run.wait()
+  lines = [l for l in open(err_path).read().splitlines() if l.strip()]
+  return killed, lines[-1][-90:] if lines else "(start-up)"
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tfds_dir):
+  reference = tmp_path / "reference"
+  done = run_train(_args(reference, tfds_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  workdir = tmp_path / "killed"
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  rng = random.Random(0)
+  # The moments, in the order the work reaches them: the evaluation before training,
+  # random steps (a checkpoint write follows every 4th), the evaluation at step 16,
+  # and the final evaluation.
+  n_steps = max(KILLS - 3, 0)
+  markers = [(s, f"step {s}/{STEPS}") for s in rng.sample(range(1, STEPS), n_steps)]
+  markers += [(0, "eval (before)"), (16.5, "eval (step 16)"), (STEPS + 1, "eval (after)")]
+  markers = [m for _, m in sorted(markers)][:KILLS]
+  moments = []
+  for marker in markers:
+    killed, last = _kill_at(_args(workdir, tfds_dir), marker, rng.uniform(0, 0.4),
+                            tmp_path / "stderr.txt", env)
+    moments.append((killed, f"after {marker!r}: {last}"))
+  print(f"{sum(k for k, _ in moments)} of {KILLS} runs killed; the last line each wrote:\n  "
+        + "\n  ".join(m for _, m in moments))
+  assert sum(k for k, _ in moments) >= KILLS * 0.8, "most runs ended before their kill"
+  done = run_train(_args(workdir, tfds_dir))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert (json.loads((workdir / "metrics.json").read_text())
+          == json.loads((reference / "metrics.json").read_text()))
+  assert _train_log(workdir) == _train_log(reference)
+  assert _eval_log(workdir) == _eval_log(reference)
