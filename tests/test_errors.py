@@ -47,8 +47,9 @@ def test_bad_input_fails_cleanly_and_next_run_works(tmp_path, tfds_dir, override
 def test_changed_config_in_same_workdir_is_refused(tmp_path, tfds_dir):
   workdir = tmp_path / "run"
   base = [SMOKE, f"--workdir={workdir}", f"--config.data.tfds_dir={tfds_dir}",
-          "--config.eval.before=False"]
-  assert run_train(base + ["--config.train.steps=2"]).returncode == 0
-  other = run_train(base + ["--config.train.steps=3"])
+          "--config.eval.before=False", "--config.train.steps=2"]
+  assert run_train(base + ["--config.optim.learning_rate=0.001"]).returncode == 0
+  other = run_train(base + ["--config.optim.learning_rate=0.002"])
   assert other.returncode != 0
-  assert "train.steps: 2 -> 3" in other.stderr and "new --workdir" in other.stderr
+  assert ("optim.learning_rate: 0.001 -> 0.002" in other.stderr
+          and "new --workdir" in other.stderr)
