@@ -193,44 +193,40 @@ class Workdir:
     self.write(f"{self.MODEL_DIR}/{model_spec.FILENAME}", spec.to_json())
     self.write(self.CONFIG, config.to_json_best_effort(indent=1))
 
-  def _log_lines(self, name: str) -> list[str]:
-    """The log's complete JSON lines; a line torn by a crash mid-write is dropped."""
+  def _entries(self, name: str) -> list[tuple[str, dict]]:
+    """(line, record) of each complete JSON line of a log; a line torn by a crash
+    mid-write is dropped."""
     if not self.exists(name):
       return []
-    lines = []
+    entries = []
     for l in (self / name).read_text().splitlines():
       if not l.strip():
         continue
       try:
-        json.loads(l)
+        entries.append((l + "\n", json.loads(l)))
       except json.JSONDecodeError:
         logging.warning("%s: dropping a torn line: %.80s", self / name, l)
-        continue
-      lines.append(l + "\n")
-    return lines
+    return entries
 
   def read_log(self, name: str) -> list[dict]:
-    return [json.loads(l) for l in self._log_lines(name)]
+    return [record for _, record in self._entries(name)]
 
   def truncate_log(self, last_step: int) -> None:
     """Drops log lines past the restored step (they were written after the last
     checkpoint of a run that then died), so the logs read as one run."""
     for name in (self.TRAIN_LOG, self.EVAL_LOG):
-      if self.exists(name):
-        lines = [l for l in self._log_lines(name) if json.loads(l)["step"] <= last_step]
-        self.write(name, "".join(lines))
+      self.drop_log_entries(name, lambda r: r["step"] > last_step)
 
   def drop_log_entries(self, name: str, predicate) -> None:
     if self.exists(name):
-      self.write(name, "".join(l for l in self._log_lines(name)
-                               if not predicate(json.loads(l))))
+      self.write(name, "".join(l for l, r in self._entries(name) if not predicate(r)))
 
   def append_log(self, record: dict, name: str = TRAIN_LOG) -> None:
     if jax.process_index() != 0:
       return
     line = json.dumps(record) + "\n"
     if self.remote:  # bucket objects cannot be appended to: rewrite
-      self.write(name, "".join(self._log_lines(name)) + line)
+      self.write(name, "".join(l for l, _ in self._entries(name)) + line)
       return
     with open(self / name, "a") as f:
       f.write(line)

@@ -39,10 +39,39 @@ def smoke_config(tfds_dir):
   return make
 
 
+def user_env(env=None) -> dict:
+  """The environment of a user's process: one CPU device unless asked."""
+  full_env = dict(os.environ, **(env or {}))
+  full_env.pop("XLA_FLAGS", None)
+  return full_env
+
+
 def run_train(args, cwd=REPO, timeout=300, env=None):
   """Runs `python -m experiments.train` as a user would; returns CompletedProcess."""
   import subprocess
-  full_env = dict(os.environ, **(env or {}))
-  full_env.pop("XLA_FLAGS", None)  # a user's process: one CPU device unless asked
   return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=timeout, env=full_env)
+                        capture_output=True, text=True, timeout=timeout, env=user_env(env))
+
+
+def start_train(args, **popen_kwargs):
+  """Starts `python -m experiments.train` as a user would; returns the Popen (for
+  tests that signal or kill the run)."""
+  import subprocess
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                          env=user_env(), **popen_kwargs)
+
+
+def start_train_until(args, marker: str, err_path, timeout: float = 240):
+  """Starts a run with stderr going to `err_path` and returns (the Popen) once
+  `marker` shows there, or once the run ended or `timeout` passed."""
+  import subprocess
+  import time
+  with open(err_path, "w") as err:
+    run = start_train(args, stdout=subprocess.DEVNULL, stderr=err)
+  deadline = time.time() + timeout
+  while run.poll() is None and time.time() < deadline:
+    with open(err_path) as f:
+      if marker in f.read():
+        break
+    time.sleep(0.02)
+  return run

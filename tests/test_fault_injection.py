@@ -14,13 +14,11 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import REPO, run_train
+from conftest import run_train, start_train_until
 
 KILLS = int(os.environ.get("JAXEMBED_FAULTS", "10"))
 STEPS = 48
@@ -43,22 +41,16 @@ def _eval_log(workdir):
   return [json.loads(l) for l in open(os.path.join(workdir, "eval_log.jsonl"))]
 
 
-def _kill_at(args, marker: str, delay: float, err_path, env) -> tuple[bool, str]:
+def _kill_at(args, marker: str, delay: float, err_path) -> tuple[bool, str]:
   """Runs until `marker` shows on stderr, waits `delay`, kills with SIGKILL.
   Returns (killed, the last line written)."""
-  with open(err_path, "w") as err:
-    run = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                           env=env, stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.time() + 300
-    while run.poll() is None and time.time() < deadline:
-      if marker in open(err_path).read():
-        time.sleep(delay)
-        break
-      time.sleep(0.02)
-    killed = run.poll() is None
-    if killed:
-      run.send_signal(signal.SIGKILL)
-    run.wait()
+  run = start_train_until(args, marker, err_path, timeout=300)
+  if run.poll() is None:
+    time.sleep(delay)
+  killed = run.poll() is None
+  if killed:
+    run.send_signal(signal.SIGKILL)
+  run.wait()
   lines = [l for l in open(err_path).read().splitlines() if l.strip()]
   return killed, lines[-1][-90:] if lines else "(start-up)"
 
@@ -71,8 +63,6 @@ def test_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tfds_dir):
   assert done.returncode == 0, done.stderr[-3000:]
 
   workdir = tmp_path / "killed"
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
   rng = random.Random(0)
   # The moments, in the order the work reaches them: the evaluation before training,
   # random steps (a checkpoint write follows every 4th), the evaluation at step 16,
@@ -84,7 +74,7 @@ def test_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tfds_dir):
   moments = []
   for marker in markers:
     killed, last = _kill_at(_args(workdir, tfds_dir), marker, rng.uniform(0, 0.4),
-                            tmp_path / "stderr.txt", env)
+                            tmp_path / "stderr.txt")
     moments.append((killed, f"after {marker!r}: {last}"))
   print(f"{sum(k for k, _ in moments)} of {KILLS} runs killed; the last line each wrote:\n  "
         + "\n  ".join(m for _, m in moments))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxembed
-from conftest import MINILM, REPO, run_train
+from conftest import MINILM, REPO, run_train, start_train, start_train_until, user_env
 from jaxembed import sharding as shd, train
 from jaxembed.errors import ConfigError, ModelLoadError, NonFiniteError, WorkdirBusyError
 from jaxembed.workdir import Workdir
@@ -214,10 +214,7 @@ def test_two_runs_on_one_workdir(tmp_path, tfds_dir):
   """The second of two runs started together is refused in one line, and the first
   one's logs hold each step once."""
   args = smoke_args(tmp_path / "run", tfds_dir, "--config.eval.before=False")
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  first = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                           stderr=subprocess.PIPE, text=True, env=env)
+  first = start_train(args, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120
   while not (tmp_path / "run" / ".lock").exists() and time.time() < deadline:
     time.sleep(0.2)
@@ -250,11 +247,7 @@ def _alive(pid: int) -> bool:
 def test_worker_processes_die_with_a_killed_run(tmp_path, tfds_dir):
   args = smoke_args(tmp_path / "run", tfds_dir, "--config.data.workers=2",
                     "--config.train.steps=400", "--config.eval.before=False")
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  run = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env=env)
+  run = start_train(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     deadline, workers = time.time() + 180, []
     while time.time() < deadline and not (tmp_path / "run" / "train_log.jsonl").exists():
@@ -295,11 +288,8 @@ def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path, 
   interval is longer than the kill delay), the rerun logs every step once."""
   args = smoke_args(tmp_path / "run", tfds_dir, "--config.train.checkpoint_every=24",
                     "--config.eval.before=False")
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
   log = tmp_path / "run" / "train_log.jsonl"
-  run = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+  run = start_train(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 180
   while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
     time.sleep(0.1)
@@ -348,12 +338,10 @@ def test_unwritable_workdir_and_full_disk_fail_in_one_line(tmp_path, tfds_dir):
   def small_files():   # every file this process writes is cut at 64 KiB: a full disk
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
   full = subprocess.run([sys.executable, "-m", "experiments.train",
                          *smoke_args(tmp_path / "full", tfds_dir, "--config.eval.before=False")],
-                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-                        preexec_fn=small_files)
+                        cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=user_env(), preexec_fn=small_files)
   line = one_line_error(full)
   assert "File too large" in line or "RESOURCE_EXHAUSTED" in line, line
   assert full.returncode == 1
@@ -402,17 +390,7 @@ def test_changed_training_file_is_refused_on_resume(tmp_path, tfds_dir):
 
 
 def _run_until(args, marker: str, tmp_path):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  err = open(tmp_path / "stderr.txt", "w+")
-  run = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
-  deadline = time.time() + 240
-  while time.time() < deadline and marker not in open(tmp_path / "stderr.txt").read():
-    if run.poll() is not None:
-      break
-    time.sleep(0.05)
-  return run, tmp_path / "stderr.txt"
+  return start_train_until(args, marker, tmp_path / "stderr.txt"), tmp_path / "stderr.txt"
 
 
 @pytest.mark.slow

@@ -5,14 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 import jaxembed
-from conftest import REPO, run_train
+from conftest import run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +40,8 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tfds_dir):
   assert done.returncode == 0, done.stderr[-3000:]
 
   resumed = tmp_path / "resumed"
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.Popen([sys.executable, "-m", "experiments.train",
-                           *args(resumed, tfds_dir)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = start_train(args(resumed, tfds_dir), stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and not any(s >= 20 for s in logged_steps(resumed)):
     assert proc.poll() is None, proc.stdout.read()[-3000:]
