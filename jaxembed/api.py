@@ -146,6 +146,7 @@ class EmbeddingModel:
     self.module = model_from_spec(spec)
     self._encoder = BatchEncoder(self.module, params, tokenizer, layers=self.num_layers,
                                  width=self.hidden_size, rules=rules)
+    self._layer_encoders: dict[int, BatchEncoder] = {}
 
   @property
   def num_layers(self) -> int:
@@ -166,7 +167,7 @@ class EmbeddingModel:
   def _token_forward(self):
     encoder = make_encoder(self.bert, name=None)
     return jax.jit(lambda p, ids, mask, layer: encoder.apply(
-        {"params": p["encoder"]}, ids, mask)[layer], static_argnums=3)
+        {"params": p["encoder"]}, ids, mask, depth=layer)[layer], static_argnums=3)
 
   def encode_tokens(self, texts: Sequence[str], *, layer: int | None = None,
                     batch_size: int = 64, normalize: bool = True) -> list[np.ndarray]:
@@ -188,19 +189,28 @@ class EmbeddingModel:
         out.append(v)
     return out
 
+  def _layer_encoder(self, layer: int) -> BatchEncoder:
+    """The sub-model truncated to `layer`, computing only its first `layer` blocks."""
+    if layer not in self._layer_encoders:
+      self._layer_encoders[layer] = BatchEncoder(
+          self.module.clone(layers=(layer,), early_exit=True), self.params,
+          self.tokenizer, layers=1, width=self.hidden_size, rules=self._encoder.rules)
+    return self._layer_encoders[layer]
+
   def encode(self, texts: Sequence[str], *, layer: int | None = None,
              dim: int | None = None, batch_size: int = 64,
              normalize: bool | None = None, progress: str | None = None,
              instruction: str = "") -> np.ndarray:
     """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
     last) and the first `dim` coordinates (default all). Returns float32 [n, dim].
-    `progress`: a label; batches done are then reported on stderr."""
+    Only the first `layer` blocks run (early exit). `progress`: a label; batches done
+    are then reported on stderr."""
     layer = (self.default_layer or self.num_layers) if layer is None else _count(
         layer, "layer", low=1, high=self.num_layers)
     dim = (self.default_dim or self.hidden_size) if dim is None else _count(
         dim, "dim", low=1, high=self.hidden_size)
-    vecs = self.encode_all_layers(texts, batch_size=batch_size, progress=progress,
-                                  instruction=instruction)[:, layer - 1, :dim]
+    vecs = self._layer_encoder(layer)(texts, batch_size=batch_size, progress=progress,
+                                      instruction=instruction)[:, 0, :dim]
     if self.default_normalize if normalize is None else normalize:
       vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
     return vecs

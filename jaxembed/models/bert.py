@@ -102,6 +102,11 @@ class Linear(nn.Module):
   Written out rather than nn.DenseGeneral because DenseGeneral initialises a flat 2D
   kernel and reshapes it, which breaks logical names on a (embed, heads, kv) kernel.
   `axes` names the kernel's axes: the contracted input axes, then the output axes.
+
+  `dtype` is the matmul's input type (mixed precision): input and kernel are cast to
+  it and the product is accumulated and returned in float32, so with 'bfloat16' the
+  parameters, the residual stream, norms and softmax stay float32 and only the
+  matmuls run in bfloat16 (on CPUs with AMX / AVX512-BF16 about 2.5x the float32 rate).
   """
   features: tuple[int, ...]
   axes: tuple[str | None, ...]
@@ -116,14 +121,109 @@ class Linear(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
                                                self.axes), shape)
-    dtype = jnp.dtype(self.dtype)
-    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.in_dims)
+    y = matmul(x, kernel, self.in_dims, self.dtype)
     if not self.use_bias:
       return y
     bias = self.param(
         "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                              self.axes[self.in_dims:]), self.features)
-    return y + bias.astype(dtype)
+    return y + bias.astype(y.dtype)
+
+
+def matmul(x, kernel, in_dims: int, dtype: str):
+  """tensordot over the last `in_dims` axes of x and the first of kernel, with both
+  cast to `dtype` and the result in float32 (for float32 inputs and dtype)."""
+  dt = jnp.dtype(dtype)
+  if dt == jnp.float32:
+    return jnp.tensordot(x, kernel.astype(x.dtype), axes=in_dims)
+  contract = (tuple(range(x.ndim - in_dims, x.ndim)), tuple(range(in_dims)))
+  return jax.lax.dot_general(x.astype(dt), kernel.astype(dt), (contract, ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _fmix32(x):
+  """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
+  x ^= x >> 16
+  x *= jnp.uint32(0x85EBCA6B)
+  x ^= x >> 13
+  x *= jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def keep_mask(key, shape, rate: float):
+  """Dropout's keep mask (True with probability 1 - rate) for a threefry `key`.
+
+  The bits are a counter-based hash of each element's index under two 32-bit words
+  drawn from `key` (two rounds of MurmurHash3's finaliser), not threefry itself:
+  threefry's bits were a quarter of the MiniLM train step on CPU, the hash costs a
+  tenth of that and fuses into its consumer (benchmarks/README.md). Like threefry's,
+  the mask is a function of the key and the global index only, so it is the same
+  under any sharding, and a resumed run draws the masks of an uninterrupted one.
+  """
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  size = int(np.prod(shape))
+  if size >= 2 ** 32:
+    raise ValueError(f"dropout over {size} elements: at most 2**32 per call")
+  count = jax.lax.iota(jnp.uint32, size).reshape(shape)
+  bits = _fmix32(_fmix32(count * jnp.uint32(0x9E3779B9) + seeds[0]) ^ seeds[1])
+  return bits >= jnp.uint32(min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1))
+
+
+def dropout(x, rate: float, key):
+  """Inverted dropout of `x` with `keep_mask`."""
+  if rate <= 0.0:
+    return x
+  if rate >= 1.0:
+    return jnp.zeros_like(x)
+  return jnp.where(keep_mask(key, x.shape, rate), x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class Dropout(nn.Module):
+  """nn.Dropout's interface (rate; deterministic at call), with `keep_mask`'s bits
+  from the 'dropout' rng stream."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate <= 0.0:
+      return x
+    return dropout(x, self.rate, self.make_rng("dropout"))
+
+
+def attention(q, k, v, key_mask, *, dtype: str = "float32", dropout_rate: float = 0.0,
+              dropout_rng=None):
+  """Softmax attention, q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (H a multiple of Hkv:
+  grouped-query attention), `key_mask` broadcastable to [B, H, Tq, Tk] (True = attend).
+
+  Written as head-major batched matmuls (XLA's CPU batched dot is 3x faster on
+  [B, H, T, D] than on the einsum's interleaved layout), the 1/sqrt(D) scale folded
+  into q, the softmax in float32 and the two matmuls in `dtype` with float32
+  accumulation. `dropout_rate` > 0 with a `dropout_rng` drops attention probabilities (the
+  fused `jax.nn.dot_product_attention` cannot), with `keep_mask`.
+  A row whose keys are all masked attends uniformly (finite, like the fused call).
+  """
+  b, tq, h, d = q.shape
+  hkv = k.shape[2]
+  dt = jnp.dtype(dtype)
+  acc = dict(preferred_element_type=jnp.float32) if dt != jnp.float32 else {}
+  q = (q * jnp.asarray(1.0 / np.sqrt(d), q.dtype)).transpose(0, 2, 1, 3)     # B H Tq D
+  k = k.transpose(0, 2, 3, 1)                                                # B Hkv D Tk
+  v = v.transpose(0, 2, 1, 3)                                                # B Hkv Tk D
+  if hkv != h:  # grouped-query: [B, Hkv, G*Tq, D] against each K/V head
+    q = q.reshape(b, hkv, (h // hkv) * tq, d)
+  logits = jnp.matmul(q.astype(dt), k.astype(dt), **acc).astype(jnp.float32)
+  if hkv != h:
+    logits = logits.reshape(b, h, tq, -1)
+  logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    probs = dropout(probs, dropout_rate, dropout_rng)
+  if hkv != h:
+    probs = probs.reshape(b, hkv, (h // hkv) * tq, -1)
+  out = jnp.matmul(probs.astype(dt), v.astype(dt), **acc)
+  if hkv != h:
+    out = out.reshape(b, h, tq, d)
+  return out.astype(jnp.result_type(v.dtype, jnp.float32)).transpose(0, 2, 1, 3)
 
 
 def _dense(features, axes, cfg: BertConfig, name: str, in_dims: int = 1):
@@ -144,7 +244,7 @@ def layer_norm(eps: float, name: str, dtype: str | None = "float32"):
 
 
 def _layer_norm(cfg: BertConfig, name: str):
-  return layer_norm(cfg.layer_norm_eps, name, cfg.dtype)
+  return layer_norm(cfg.layer_norm_eps, name, "float32")
 
 
 class SelfAttention(nn.Module):
@@ -159,16 +259,9 @@ class SelfAttention(nn.Module):
     v = _dense(shape, ("embed", "heads", "kv"), cfg, "value")(x)
     # mask: [batch, keys] -> [batch, 1 (heads), 1 (queries), keys]
     key_mask = mask[:, None, None, :].astype(bool)
-    if deterministic or cfg.attention_dropout == 0.0:
-      # The fused path (cuDNN flash attention on GPU); no dropout needed here.
-      out = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
-    else:
-      # Attention dropout needs the probabilities, which the fused call hides.
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(q.dtype)
-      logits = jnp.where(key_mask, logits, jnp.finfo(logits.dtype).min)
-      probs = jax.nn.softmax(logits, axis=-1)
-      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
-      out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    drop = 0.0 if deterministic else cfg.attention_dropout
+    out = attention(q, k, v, key_mask, dtype=cfg.dtype, dropout_rate=drop,
+                    dropout_rng=self.make_rng("dropout") if drop > 0.0 else None)
     return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
                   in_dims=2)(out)
 
@@ -180,12 +273,12 @@ class BertLayer(nn.Module):
   def __call__(self, x, mask, deterministic: bool):
     cfg = self.cfg
     h = SelfAttention(cfg, name="attention")(x, mask, deterministic)
-    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    h = Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     x = _layer_norm(cfg, "attention_norm")(x + h)
     h = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(x)
     h = nn.gelu(h, approximate=False)
     h = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "output")(h)
-    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    h = Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     x = _layer_norm(cfg, "output_norm")(x + h)
     return nn.with_logical_constraint(x, ("activation_batch", "activation_length",
                                           "activation_embed"))
@@ -196,12 +289,15 @@ class BertEncoder(nn.Module):
 
   Index 0 is the embedding output and index i the output of block i, so a sub-model
   "truncated to layer i" (2D Matryoshka, Starbucks) is read from index i of one pass.
+  `depth` < num_layers computes only the first `depth` blocks (early exit: a 2-layer
+  sub-model costs a third of the 6-layer model) and returns depth + 1 states; with
+  scan_layers every block runs and the first depth + 1 states are returned.
   """
   cfg: BertConfig
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True):
+               deterministic: bool = True, depth: int | None = None):
     cfg = self.cfg
     init = nn.initializers.normal(cfg.initializer_range)
     length = input_ids.shape[1]
@@ -210,7 +306,7 @@ class BertEncoder(nn.Module):
                        f"{cfg.max_position_embeddings}")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = jnp.float32  # embeddings and the residual stream; cfg.dtype is the matmuls'
     word = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
                     embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
                     name="word_embeddings")
@@ -222,20 +318,29 @@ class BertEncoder(nn.Module):
                    name="token_type_embeddings")
     x = word(input_ids) + pos(jnp.arange(length)[None, :]) + typ(token_type_ids)
     x = _layer_norm(cfg, "embeddings_norm")(x)
-    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     if cfg.scan_layers:
       scan = nn.scan(_ScanLayer, variable_axes={"params": 0},
                      split_rngs={"params": True, "dropout": True},
                      in_axes=nn.broadcast, length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
       _, outs = scan(cfg, deterministic, name="layers")(x, attention_mask)
-      return (x,) + tuple(outs[i] for i in range(cfg.num_layers))
+      return (x,) + tuple(outs[i] for i in range(check_depth(depth, cfg.num_layers)))
     layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
     hidden = [x]
-    for i in range(cfg.num_layers):
+    for i in range(check_depth(depth, cfg.num_layers)):
       x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
       hidden.append(x)
     return tuple(hidden)
+
+
+def check_depth(depth: int | None, num_layers: int) -> int:
+  """The number of blocks an early-exit pass computes (None: all)."""
+  if depth is None:
+    return num_layers
+  if not 1 <= depth <= num_layers:
+    raise ValueError(f"depth={depth} is out of range; valid: 1..{num_layers}")
+  return depth
 
 
 class _ScanLayer(nn.Module):

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import ConfigError
-from jaxembed.models.bert import Linear
+from jaxembed.models.bert import Dropout, Linear, attention, check_depth
 from jaxembed.models.weights import WeightEntry, linear, same
 
 ATTENTION = ("causal", "bidirectional")
@@ -163,10 +163,12 @@ class DecoderBlock(nn.Module):
     q = rope(proj(cfg.num_heads, "query")(h), positions, cfg.rope_theta)
     k = rope(proj(cfg.num_kv_heads, "key")(h), positions, cfg.rope_theta)
     v = proj(cfg.num_kv_heads, "value")(h)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask4)   # GQA: fewer K/V heads
+    drop = 0.0 if deterministic else cfg.attention_dropout
+    out = attention(q, k, v, mask4, dtype=dtype, dropout_rate=drop,  # GQA: fewer K/V heads
+                    dropout_rng=self.make_rng("dropout") if drop > 0.0 else None)
     out = Linear((cfg.hidden_size,), ("heads", "kv", "embed"), in_dims=2, init_std=std,
                  dtype=dtype, name="output", use_bias=False)(out)
-    x = x + nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
+    x = x + Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
     h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
     gate = Linear((cfg.intermediate_size,), ("embed", "mlp"), init_std=std, dtype=dtype,
                   name="gate", use_bias=False)(h)
@@ -174,7 +176,7 @@ class DecoderBlock(nn.Module):
                 name="up", use_bias=False)(h)
     down = Linear((cfg.hidden_size,), ("mlp", "embed"), init_std=std, dtype=dtype,
                   name="down", use_bias=False)(nn.silu(gate) * up)
-    x = x + nn.Dropout(cfg.hidden_dropout)(down, deterministic=deterministic)
+    x = x + Dropout(cfg.hidden_dropout)(down, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("activation_batch", "activation_length",
                                           "activation_embed"))
 
@@ -192,15 +194,16 @@ class _ScanBlock(nn.Module):
 
 
 class DecoderEncoder(nn.Module):
-  """Returns a tuple of `num_layers + 1` hidden states, each [batch, length, hidden]."""
+  """Returns a tuple of `num_layers + 1` hidden states, each [batch, length, hidden]
+  (`depth`: only the first `depth` blocks, as in `BertEncoder`)."""
   cfg: DecoderConfig
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True):
+               deterministic: bool = True, depth: int | None = None):
     del token_type_ids
     cfg = self.cfg
-    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=jnp.float32,
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(cfg.initializer_range), ("vocab", "embed")),
                      name="embed_tokens")
@@ -214,10 +217,11 @@ class DecoderEncoder(nn.Module):
                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
       _, outs = scan(cfg, deterministic, name="layers")(x, mask4, positions)
-      return (x,) + tuple(final_norm(outs[i]) for i in range(cfg.num_layers))
+      return (x,) + tuple(final_norm(outs[i])
+                          for i in range(check_depth(depth, cfg.num_layers)))
     block = nn.remat(DecoderBlock, static_argnums=(4,)) if cfg.remat else DecoderBlock
     hidden = [x]
-    for i in range(cfg.num_layers):
+    for i in range(check_depth(depth, cfg.num_layers)):
       x = block(cfg, name=f"layer_{i}")(x, mask4, positions, deterministic)
       hidden.append(final_norm(x))
     return tuple(hidden)

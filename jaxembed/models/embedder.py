@@ -11,6 +11,8 @@ model they hold:
 * `encode_queries(inputs)` / `encode_documents(inputs)` (Linen methods): one side
   of an evaluation, [batch, output_layers, output_width].
 * `output_layers`, `output_width`: the grid the objectives and evaluations see.
+* `up_to(depth)`: the same model (same parameters) computing only what layers
+  1..depth need, for evaluation and `encode(layer=...)` (early exit).
 * `text_config`: the text encoder's config; `query_modality`: 'text' | 'image';
   `symmetric`: whether queries and documents go through the same encoder;
   `pretrained_paths`: where in the parameter tree the pretrained text encoder's
@@ -65,6 +67,9 @@ class Embedder(nn.Module):
   layers: tuple[int, ...] = ()
   pool_heads: int = 8
   pool_latents: int = 64
+  # Early exit: compute only the blocks up to the deepest of `layers` (inference;
+  # the parameters of the model are unchanged, the deeper blocks' are not read).
+  early_exit: bool = False
 
   query_modality = "text"
   symmetric = True               # queries and documents through the same encoder
@@ -75,11 +80,13 @@ class Embedder(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, *, deterministic: bool = True,
                pool_mask=None):
-    hidden = make_encoder(self.bert)(input_ids, attention_mask, deterministic=deterministic)
     layers = self.layers or tuple(range(1, self.bert.num_layers + 1))
+    depth = max(layers) if self.early_exit else None
+    hidden = make_encoder(self.bert)(input_ids, attention_mask, deterministic=deterministic,
+                                     depth=depth)
     mask = attention_mask if pool_mask is None else pool_mask * attention_mask
     pooled = Pooler(self.pooling, self.pool_heads, self.pool_latents, name="pooler")(
-        hidden, mask, layers)
+        hidden, mask, layers, num_layers=self.bert.num_layers)
     return nn.with_logical_constraint(pooled, ("activation_batch", None, "activation_embed"))
 
   # ------------------------------------------------------------------ interface
@@ -91,6 +98,10 @@ class Embedder(nn.Module):
   @property
   def output_layers(self) -> int:
     return len(self.layers) if self.layers else self.bert.num_layers
+
+  def up_to(self, depth: int) -> "Embedder":
+    """Layers 1..depth, computing only the first `depth` blocks."""
+    return self.clone(layers=tuple(range(1, depth + 1)), early_exit=True)
 
   @property
   def output_width(self) -> int:

@@ -179,11 +179,14 @@ class MultiLayerPool(nn.Module):
   num_latents: int = 1
 
   @nn.compact
-  def __call__(self, hidden_states, mask, layers):
+  def __call__(self, hidden_states, mask, layers, num_layers: int | None = None):
+    """`num_layers`: the encoder's depth (default: the states given); fewer states
+    than that (an early-exit pass) use the first rows of the layer embedding."""
     summaries = jnp.stack([last_token_pool(h, mask) for h in hidden_states[1:]], axis=1)
     n_layers, width = summaries.shape[1], summaries.shape[2]
     layer_emb = self.param("layer_embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, "embed")), (n_layers, width))
+        nn.initializers.normal(0.02), (None, "embed")), (num_layers or n_layers, width))
+    layer_emb = layer_emb[:n_layers]
     queries = self.param("queries", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), (None, "embed")), (self.num_latents, width))
     ctx = _norm("norm_layers")(summaries + layer_emb[None].astype(summaries.dtype))
@@ -212,11 +215,13 @@ class Pooler(nn.Module):
   num_latents: int = 64
 
   @nn.compact
-  def __call__(self, hidden_states, pool_mask, layers):
+  def __call__(self, hidden_states, pool_mask, layers, num_layers: int | None = None):
+    """`num_layers`: the encoder's depth, when `hidden_states` stop short of it
+    (early exit)."""
     kind = check_pooling(self.kind)
     if kind == "multilayer":
       return MultiLayerPool(self.num_heads, name="multilayer")(
-          hidden_states, pool_mask, layers)
+          hidden_states, pool_mask, layers, num_layers)
     if kind == "map":
       fn = MAPPool(self.num_heads, name="map")
     elif kind == "latent":

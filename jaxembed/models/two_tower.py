@@ -117,6 +117,10 @@ class TwoTower(nn.Module):
   def output_width(self) -> int:
     return self.embed_dim
 
+  def up_to(self, depth: int) -> "TwoTower":
+    del depth  # one output "layer": the last of each tower
+    return self
+
   def example_inputs(self) -> tuple:
     text = text_inputs()
     if self.towers == "image_text":

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import ConfigError, ModelLoadError
-from jaxembed.models.bert import Linear, SelfAttention, layer_norm
+from jaxembed.models.bert import Dropout, Linear, SelfAttention, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ class ViTConfig:
 
 
 def _norm(cfg: ViTConfig, name: str):
-  return layer_norm(cfg.layer_norm_eps, name, cfg.dtype)
+  return layer_norm(cfg.layer_norm_eps, name, "float32")  # cfg.dtype: the matmuls
 
 
 class ViTBlock(nn.Module):
@@ -83,14 +83,14 @@ class ViTBlock(nn.Module):
     cfg = self.cfg
     h = SelfAttention(cfg, name="attention")(_norm(cfg, "norm_before")(x), mask,
                                              deterministic)
-    x = x + nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    x = x + Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     h = _norm(cfg, "norm_after")(x)
     h = nn.gelu(Linear((cfg.intermediate_size,), ("embed", "mlp"),
                        init_std=cfg.initializer_range, dtype=cfg.dtype,
                        name="intermediate")(h), approximate=False)
     h = Linear((cfg.hidden_size,), ("mlp", "embed"), init_std=cfg.initializer_range,
                dtype=cfg.dtype, name="output")(h)
-    x = x + nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    x = x + Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("activation_batch", "activation_length",
                                           "activation_embed"))
 
@@ -112,7 +112,7 @@ class ViTEncoder(nn.Module):
         b, g * g, p, p, c)
     x = Linear((cfg.hidden_size,), (None, None, None, "embed"), in_dims=3,
                init_std=cfg.initializer_range, dtype=cfg.dtype, name="patch_embedding")(
-                   patches.astype(jnp.dtype(cfg.dtype)))
+                   patches.astype(jnp.float32))
     cls = self.param("cls_token", nn.with_logical_partitioning(
         nn.initializers.normal(cfg.initializer_range), (None, "embed")), (1, cfg.hidden_size))
     pos = self.param("position_embeddings", nn.with_logical_partitioning(
@@ -120,7 +120,7 @@ class ViTEncoder(nn.Module):
         (g * g + 1, cfg.hidden_size))
     x = jnp.concatenate([jnp.broadcast_to(cls[None], (b, 1, cfg.hidden_size)).astype(x.dtype),
                          x], axis=1) + pos[None].astype(x.dtype)
-    x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     mask = jnp.ones((b, g * g + 1), jnp.int32)
     final = _norm(cfg, "final_norm")
     hidden = [x]

@@ -21,8 +21,10 @@ from jaxembed.evals.tasks import ZeroShotTask
 
 
 def _text_encoder(run, params, method: str):
-  encoder = BatchEncoder(run.model, params, run.eval_tokenizer,
-                         layers=run.model.output_layers, width=run.model.output_width,
+  # One pass up to the deepest layer the grid reads (early exit), every cell from it.
+  model = run.model.up_to(max(run.config.eval.layers))
+  encoder = BatchEncoder(model, params, run.eval_tokenizer,
+                         layers=model.output_layers, width=model.output_width,
                          method=method, rules=run.rules)
   return functools.partial(encoder, batch_size=run.config.eval.batch_size)
 
