@@ -54,6 +54,8 @@ def workload(folder: str):
   """Token ids for the train batches and the encode texts, the same on both sides."""
   from tokenizers import Tokenizer
   tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+  tok.no_truncation()
+  tok.no_padding()
   vocab = [w for w, i in tok.get_vocab().items()
            if w.isalpha() and w.islower() and len(w) > 2 and 2000 < i < 30000]
   vocab.sort()
@@ -65,7 +67,7 @@ def workload(folder: str):
   # Encode: whole words, about ENCODE_WORDPIECES pieces each (varied lengths).
   texts = []
   for _ in range(ENCODE_TEXTS):
-    n = int(rng.integers(ENCODE_WORDPIECES - 30, ENCODE_WORDPIECES + 30))
+    n = int(rng.integers(85, 135))  # about one word piece a word: ~112 with specials
     texts.append(" ".join(vocab[j] for j in rng.integers(0, len(vocab), n)))
   pieces = [len(e.ids) for e in tok.encode_batch(texts[:256])]
   return ids.astype(np.int64), texts, float(np.mean(pieces))

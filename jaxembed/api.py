@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -151,6 +152,16 @@ class EmbeddingModel:
   @property
   def num_layers(self) -> int:
     return self.bert.num_layers
+
+  def with_dtype(self, dtype: str) -> "EmbeddingModel":
+    """The same model with its matmuls in `dtype` ('bfloat16': float32 parameters and
+    accumulation, bfloat16 matmul inputs; about 2.5x the float32 matmul rate on CPUs
+    with AMX or AVX512-BF16)."""
+    if str(jnp.dtype(dtype)) not in ("float32", "bfloat16", "float16"):
+      raise ConfigError(f"dtype={dtype!r}; valid: float32, bfloat16, float16")
+    spec = dataclasses.replace(self.spec, encoder=dataclasses.replace(
+        self.spec.encoder, dtype=str(jnp.dtype(dtype))))
+    return EmbeddingModel(spec, self.params, self.tokenizer, rules=self._encoder.rules)
 
   @property
   def hidden_size(self) -> int:

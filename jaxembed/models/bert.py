@@ -20,6 +20,9 @@ from jaxembed.errors import ConfigError
 from jaxembed.models.weights import WeightEntry, same
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   vocab_size: int = 30522
@@ -33,11 +36,16 @@ class BertConfig:
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   initializer_range: float = 0.02
-  dtype: str = "float32"
+  dtype: str = "float32"       # matmul inputs (bfloat16: float32 params and accumulation)
+  # auto: cuDNN's fused attention on GPU for bfloat16/float16 when no attention
+  # dropout applies, else `attention` below (xla); cudnn forces the fused kernel.
+  attention: str = "auto"
   remat: bool = False          # rematerialise each block in the backward pass
   scan_layers: bool = False    # nn.scan over the blocks (params stacked on 'layers')
 
   def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLS:
+      raise ConfigError(f"model: attention={self.attention!r}; valid: {list(ATTENTION_IMPLS)}")
     if self.hidden_size % self.num_heads:
       raise ConfigError(
           f"model: hidden_size={self.hidden_size} is not divisible by "
@@ -247,6 +255,16 @@ def _layer_norm(cfg: BertConfig, name: str):
   return layer_norm(cfg.layer_norm_eps, name, "float32")
 
 
+def _use_cudnn(impl: str, dtype: str, dropout_rate: float) -> bool:
+  if impl == "cudnn":
+    if dropout_rate > 0.0:
+      raise ConfigError("model: attention='cudnn' cannot apply attention dropout; set "
+                        "attention_dropout=0 or attention='xla'")
+    return True
+  return (impl == "auto" and dropout_rate == 0.0 and jax.default_backend() == "gpu"
+          and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16))
+
+
 class SelfAttention(nn.Module):
   cfg: BertConfig
 
@@ -260,8 +278,14 @@ class SelfAttention(nn.Module):
     # mask: [batch, keys] -> [batch, 1 (heads), 1 (queries), keys]
     key_mask = mask[:, None, None, :].astype(bool)
     drop = 0.0 if deterministic else cfg.attention_dropout
-    out = attention(q, k, v, key_mask, dtype=cfg.dtype, dropout_rate=drop,
-                    dropout_rng=self.make_rng("dropout") if drop > 0.0 else None)
+    if _use_cudnn(getattr(cfg, "attention", "auto"), cfg.dtype, drop):
+      dt = jnp.dtype(cfg.dtype)
+      out = jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt),
+                                         mask=key_mask, implementation="cudnn")
+      out = out.astype(jnp.float32)
+    else:
+      out = attention(q, k, v, key_mask, dtype=cfg.dtype, dropout_rate=drop,
+                      dropout_rng=self.make_rng("dropout") if drop > 0.0 else None)
     return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
                   in_dims=2)(out)
 
