@@ -116,12 +116,18 @@ def main():
   k_out = jnp.asarray(rng.standard_normal((cfg.intermediate_size, w)) * 0.02, jnp.float32)
   k_sq = jnp.asarray(rng.standard_normal((w, w)) * 0.02, jnp.float32)
 
+  # (Trees before bert.attention / bert.matmul existed: XLA's fused call, tensordot.)
   def attn(q):
-    return bert.attention(q, q, q, km, dtype=cfg.dtype)
+    if hasattr(bert, "attention"):
+      return bert.attention(q, q, q, km, dtype=cfg.dtype)
+    return jax.nn.dot_product_attention(q, q, q, mask=km)
 
-  def dense(x):  # q, k, v, output (4 x w->w) and the MLP (w->4w->w)
-    y = sum(bert.matmul(x, k_sq, 1, cfg.dtype) for _ in range(4))
-    return y + bert.matmul(bert.matmul(x, k_in, 1, cfg.dtype), k_out, 1, cfg.dtype)
+  def mm(x, k):
+    return bert.matmul(x, k, 1, cfg.dtype) if hasattr(bert, "matmul") else x @ k
+
+  def dense(x, k_sq, k_in, k_out):  # q, k, v, output (4 x w->w), MLP (w->4w->w)
+    y = sum(mm(x, k_sq) for _ in range(4))
+    return y + mm(mm(x, k_in), k_out)
 
   ln = nn.LayerNorm(epsilon=1e-12)
   ln_p = ln.init(jax.random.key(0), x)
@@ -131,8 +137,10 @@ def main():
     return ln.apply(ln_p, x + x) + ln.apply(ln_p, x * 2), nn.gelu(wide, approximate=False)
 
   parts = {
-      "attention": (jax.jit(jax.value_and_grad(lambda q: attn(q).sum())), (qkv,)),
-      "dense layers": (jax.jit(jax.value_and_grad(lambda x: dense(x).sum())), (x,)),
+      "attention": (jax.jit(jax.value_and_grad(lambda q: (attn(q) * qkv).sum())), (qkv,)),
+      "dense layers": (jax.jit(jax.value_and_grad(
+          lambda *a: (dense(*a) * x).sum(), argnums=(0, 1, 2, 3))),
+          (x, k_sq, k_in, k_out)),
       "layer norm + GELU + residual": (
           jax.jit(jax.value_and_grad(lambda x, wd: sum(t.sum() for t in elementwise(x, wd)),
                                      argnums=(0, 1))), (x, wide)),

@@ -205,43 +205,52 @@ def main():
   parser.add_argument("--train-only", action="store_true")
   parser.add_argument("--layer-sweep", action="store_true",
                       help="also time jaxembed's encode at each layer (early exit)")
-  parser.add_argument("--dtype", default="float32", help="jaxembed's model.dtype")
+  parser.add_argument("--dtype", default="float32",
+                      help="jaxembed's model.dtype; a comma list (float32,bfloat16) "
+                           "times each, the first giving the last two lines")
   args = parser.parse_args()
   if args.worker:
     return peer_worker(args.worker)
   folder = model_folder()
+  dtypes = args.dtype.split(",")
   peer = Peer(args.peer_python, folder)
-  ours = Jaxembed(folder, args.dtype)
+  ours = {dt: Jaxembed(folder, dt) for dt in dtypes}
   import jax
   print(f"cpu: {_cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} "
         f"({jax.device_count()} x {jax.devices()[0].platform}); peer torch "
-        f"{peer.info['torch']} ({peer.info['threads']} threads)")
-  print(f"encode texts: {ENCODE_TEXTS}, mean {ours.pieces:.1f} word pieces")
+        f"{peer.info['torch']} ({peer.info['threads']} threads, float32)")
+  print(f"encode texts: {ENCODE_TEXTS}, mean {ours[dtypes[0]].pieces:.1f} word pieces")
   workloads = [w for w in ("train", "encode")
                if not (w == "train" and args.encode_only)
                and not (w == "encode" and args.train_only)]
-  results = {w: {"jaxembed": [], "peer": []} for w in workloads}
+  sides = [f"jaxembed {dt}" for dt in dtypes] + ["peer"]
+  results = {w: {side: [] for side in sides} for w in workloads}
   for r in range(args.rounds):
     for w in workloads:
-      sides = ("jaxembed", "peer") if r % 2 == 0 else ("peer", "jaxembed")
-      for side in sides:
-        value = getattr(ours, w)() if side == "jaxembed" else peer.run(w)
+      for side in sides if r % 2 == 0 else sides[::-1]:
+        value = (peer.run(w) if side == "peer"
+                 else getattr(ours[side.split()[1]], w)())
         results[w][side].append(value)
-      print(f"round {r + 1} {w}: jaxembed {results[w]['jaxembed'][-1]:.1f}/s, "
-            f"peer {results[w]['peer'][-1]:.1f}/s", flush=True)
+      print(f"round {r + 1} {w}: " + ", ".join(
+          f"{side} {results[w][side][-1]:.1f}/s" for side in sides), flush=True)
   if args.layer_sweep:
-    full = statistics.median(1 / ours.encode(6) for _ in range(args.rounds))
+    model = ours[dtypes[0]]
+    full = statistics.median(1 / model.encode(6) for _ in range(2))
     for layer in range(1, 7):
-      t = statistics.median(1 / ours.encode(layer) for _ in range(args.rounds))
+      t = statistics.median(1 / model.encode(layer) for _ in range(2))
       print(f"encode layer={layer}: {t / full:.3f} x the time of layer=6")
   peer.close()
   unit = {"train": "examples/s", "encode": "sentences/s"}
+  med = {w: {side: statistics.median(v) for side, v in results[w].items()}
+         for w in workloads}
   for w in workloads:
-    j, p = statistics.median(results[w]["jaxembed"]), statistics.median(results[w]["peer"])
-    print(f"{w}: jaxembed {j:.1f} {unit[w]}, sentence-transformers {p:.1f} {unit[w]}")
+    print(f"{w}: " + ", ".join(f"{side} {med[w][side]:.1f}" for side in sides[:-1])
+          + f", sentence-transformers {med[w]['peer']:.1f} {unit[w]}")
+  for dt in dtypes[1:]:
+    for w in workloads:
+      print(f"{w} ratio ({dt}): {med[w]['jaxembed ' + dt] / med[w]['peer']:.3f}")
   for w in workloads:
-    j, p = statistics.median(results[w]["jaxembed"]), statistics.median(results[w]["peer"])
-    print(f"{w} ratio: {j / p:.3f}")
+    print(f"{w} ratio: {med[w]['jaxembed ' + dtypes[0]] / med[w]['peer']:.3f}")
 
 
 def _cpu_name() -> str:
