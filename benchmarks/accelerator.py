@@ -62,6 +62,7 @@ def make_config(args, batch: int, data_file: str):
   c.model.bert_overrides.attention_dropout = 0.0
   c.data.source = "file"
   c.data.train_file = data_file
+  c.data.tfds_dir = os.path.dirname(data_file)    # nothing left in the user's cache
   c.data.seq_len = args.seq_len
   c.loss.matryoshka.layers, c.loss.matryoshka.dims = layers, dims
   c.eval.layers, c.eval.dims = layers, dims
@@ -157,7 +158,7 @@ def main():
   if flops:
     achieved = flops / dt / 1e12
     mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a (unknown peak)"
-    print(f"train: {flops / 1e12:.2f} TFLOP/step, {achieved:.1f} TFLOP/s, MFU {mfu}")
+    print(f"train: {flops / 1e9:.4g} GFLOP/step, {achieved:.4g} TFLOP/s, MFU {mfu}")
   print(f"encode: {enc:.1f} sentences/s (batch {2 * batch}, seq {args.seq_len})")
 
 

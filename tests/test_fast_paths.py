@@ -178,6 +178,6 @@ def test_accelerator_benchmark_runs_end_to_end_in_dry_run():
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert any(line.startswith("train: batch 8 pairs") for line in lines), out.stdout
-  assert any("TFLOP/step" in line and "MFU" in line for line in lines), out.stdout
+  assert any("GFLOP/step" in line and "MFU" in line for line in lines), out.stdout
   assert any(line.startswith("encode: ") for line in lines), out.stdout
   assert os.access(os.path.join(REPO, "benchmarks", "gpu.sh"), os.X_OK)
