@@ -208,14 +208,38 @@ class EmbeddingModel:
           self.tokenizer, layers=1, width=self.hidden_size, rules=self._encoder.rules)
     return self._layer_encoders[layer]
 
-  def encode(self, texts: Sequence[str], *, layer: int | None = None,
+  def encode(self, sentences: str | Sequence[str], *, layer: int | None = None,
              dim: int | None = None, batch_size: int = 64,
              normalize: bool | None = None, progress: str | None = None,
-             instruction: str = "") -> np.ndarray:
-    """Embeds `texts` with the sub-model truncated to `layer` (1-based, default the
-    last) and the first `dim` coordinates (default all). Returns float32 [n, dim].
-    Only the first `layer` blocks run (early exit). `progress`: a label; batches done
-    are then reported on stderr."""
+             instruction: str = "", prompt_name: str | None = None,
+             prompt: str | None = None, normalize_embeddings: bool | None = None,
+             truncate_dim: int | None = None, show_progress_bar: bool | None = None,
+             convert_to_numpy: bool = True, convert_to_tensor: bool = False,
+             precision: str = "float32", device: str | None = None):
+    """Embeds `sentences` with the sub-model truncated to `layer` (1-based, default
+    the last) and the first `dim` coordinates (default all). Returns float32
+    [n, dim]; a single string gives one vector [dim]. Only the first `layer` blocks
+    run (early exit). `progress`: a label; batches done are then reported on stderr.
+
+    sentence-transformers' arguments mean what they mean there:
+    `normalize_embeddings` (= normalize), `truncate_dim` (= dim), `prompt_name` (a
+    key of `prompts`) or `prompt` (= instruction: prepended, attended to and, as
+    jaxembed trains it, not pooled), `show_progress_bar` (= progress),
+    `convert_to_numpy=False` (a list of vectors), `convert_to_tensor` (a jax array),
+    `precision` ('float32', 'int8', 'uint8', 'binary', 'ubinary': sentence-transformers'
+    `quantize_embeddings`, calibrated on these vectors; bits packed per row) and
+    `device` (checked, then the model runs where its parameters live).
+    """
+    single = isinstance(sentences, str)
+    texts = [sentences] if single else sentences
+    normalize = _same("normalize", normalize, "normalize_embeddings", normalize_embeddings)
+    dim = _same("dim", dim, "truncate_dim", truncate_dim)
+    instruction = self._instruction(instruction, prompt_name, prompt)
+    if show_progress_bar and progress is None:
+      progress = "encode"
+    _check_device(device)
+    if precision not in PRECISIONS:
+      raise ConfigError(f"precision={precision!r}; valid: {list(PRECISIONS)}")
     layer = (self.default_layer or self.num_layers) if layer is None else _count(
         layer, "layer", low=1, high=self.num_layers)
     dim = (self.default_dim or self.hidden_size) if dim is None else _count(
@@ -224,7 +248,101 @@ class EmbeddingModel:
                                       instruction=instruction)[:, 0, :dim]
     if self.default_normalize if normalize is None else normalize:
       vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+    vecs = quantize(vecs, precision)
+    if convert_to_tensor:
+      vecs = jnp.asarray(vecs)
+    elif not convert_to_numpy:
+      return vecs[0] if single else list(vecs)
+    return vecs[0] if single else vecs
+
+  # ------------------------------------------------ sentence-transformers' surface
+
+  @property
+  def prompts(self) -> dict[str, str]:
+    """Named prompts (sentence-transformers' `prompts`): 'query' is the instruction the
+    model was trained with, if any."""
+    q = self.spec.query_instruction
+    return {"query": q} if q else {}
+
+  @property
+  def max_seq_length(self) -> int:
+    return self.tokenizer.max_length
+
+  def get_sentence_embedding_dimension(self) -> int:
+    return self.default_dim or self.hidden_size
+
+  def _instruction(self, instruction: str, prompt_name: str | None,
+                   prompt: str | None) -> str:
+    given = [n for n, v in (("instruction", instruction), ("prompt", prompt),
+                            ("prompt_name", prompt_name)) if v]
+    if len(given) > 1:
+      raise ConfigError(f"give one of instruction, prompt and prompt_name, not {given}")
+    if prompt_name:
+      if prompt_name not in self.prompts:
+        raise ConfigError(f"prompt_name={prompt_name!r} is not a prompt of this model; "
+                          f"valid: {sorted(self.prompts)}")
+      return self.prompts[prompt_name]
+    return prompt or instruction or ""
+
+  def encode_query(self, sentences: str | Sequence[str], **kwargs):
+    """`encode` with the model's query prompt (the instruction it trained with)."""
+    if not any(kwargs.get(k) for k in ("instruction", "prompt", "prompt_name")):
+      kwargs["instruction"] = self.prompts.get("query", "")
+    return self.encode(sentences, **kwargs)
+
+  def encode_document(self, sentences: str | Sequence[str], **kwargs):
+    """`encode` without a prompt (documents are encoded as the model trained them)."""
+    return self.encode(sentences, **kwargs)
+
+  @staticmethod
+  def similarity(a, b) -> np.ndarray:
+    """Cosine similarity of every row of `a` with every row of `b` ([n, m]; a vector
+    counts as one row), sentence-transformers' default `similarity`."""
+    a = np.atleast_2d(np.asarray(a, np.float32))
+    b = np.atleast_2d(np.asarray(b, np.float32))
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+
+
+def quantize(vecs: np.ndarray, precision: str) -> np.ndarray:
+  """sentence-transformers' `quantize_embeddings` semantics: int8/uint8 scale each
+  coordinate over its range in `vecs` to 256 levels; binary/ubinary pack the signs
+  (> 0) into bytes, int8 offset by -128 for 'binary'. Bits are packed per row (the
+  peer packs the flattened matrix, the same when dim is a multiple of 8)."""
+  if precision == "float32":
     return vecs
+  if precision in ("binary", "ubinary"):
+    packed = np.packbits(vecs > 0, axis=-1)
+    return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
+  lo, hi = vecs.min(axis=0), vecs.max(axis=0)
+  steps = (hi - lo) / 255
+  steps = np.where(steps > 0, steps, 1.0)
+  scaled = (vecs - lo) / steps
+  return (scaled - 128).astype(np.int8) if precision == "int8" else scaled.astype(np.uint8)
+
+
+def _same(name: str, value, alias: str, alias_value):
+  """One of two names for the same argument; both given and different is refused."""
+  if value is not None and alias_value is not None and value != alias_value:
+    raise ConfigError(f"{name}={value!r} and {alias}={alias_value!r} disagree; give one")
+  return value if value is not None else alias_value
+
+
+def _check_device(device: str | None) -> None:
+  """sentence-transformers' `device`: accepted when this process has such a device
+  (the computation runs where the model's parameters are)."""
+  if device is None:
+    return
+  platform = str(device).split(":")[0].lower()
+  platform = {"cuda": "gpu", "mps": "metal"}.get(platform, platform)
+  have = {d.platform for d in jax.devices()}
+  if platform not in have:
+    raise ConfigError(f"device={device!r}: this process has {sorted(have)} devices; "
+                      "jaxembed runs where the model's parameters are")
 
 
 def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingModel:
