@@ -1,5 +1,6 @@
 """jaxembed: embedding models in JAX, with Matryoshka sub-models over layers and dims."""
 
 from jaxembed.api import EmbeddingModel, load
+from jaxembed.version import __version__
 
-__all__ = ["EmbeddingModel", "load"]
+__all__ = ["EmbeddingModel", "load", "__version__"]

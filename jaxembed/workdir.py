@@ -40,6 +40,7 @@ from etils import epath
 
 from jaxembed.errors import ConfigError, WorkdirBusyError
 from jaxembed.models import spec as model_spec
+from jaxembed.version import provenance
 
 # Fields a rerun may change: they decide how long and how visibly the run goes on,
 # not what it trains. A larger train.steps extends a finished run; the learning-rate
@@ -76,6 +77,7 @@ class Workdir:
   HEATMAP = "grid.png"
 
   FINGERPRINT = "data_fingerprint.json"
+  VERSION = "version.json"            # jaxembed version and git commit of the run
   LOCK = ".lock"
 
   def __init__(self, path: str):
@@ -192,6 +194,7 @@ class Workdir:
       self.write(f"{self.MODEL_DIR}/tokenizer.json", f.read())
     self.write(f"{self.MODEL_DIR}/{model_spec.FILENAME}", spec.to_json())
     self.write(self.CONFIG, config.to_json_best_effort(indent=1))
+    self.write(self.VERSION, json.dumps(provenance(), indent=1))
 
   def _entries(self, name: str) -> list[tuple[str, dict]]:
     """(line, record) of each complete JSON line of a log; a line torn by a crash
