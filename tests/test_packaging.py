@@ -40,3 +40,21 @@ def test_a_workdir_records_version_and_commit(smoke_config, tmp_path):
     assert recorded["commit"].split("-")[0] == head.stdout.strip()
   else:  # not run from a checkout: nothing is made up
     assert recorded["commit"] is None
+
+
+def test_warmup_longer_than_the_run_is_clamped_with_a_warning(caplog):
+  import ml_collections
+  import numpy as np
+  from jaxembed import defaults
+  from jaxembed.train.optim import make_schedule
+  cfg = defaults.base_config().optim      # warmup 40
+  with caplog.at_level("WARNING"):
+    schedule = make_schedule(cfg, 4)
+  assert "optim.warmup_steps=40 is more than train.steps=4" in caplog.text
+  # Linear warmup over the 4 steps, as if warmup_steps were 4 (no decay left).
+  clamped = ml_collections.ConfigDict(cfg.to_dict())
+  clamped.warmup_steps = 4
+  want = make_schedule(clamped, 4)
+  np.testing.assert_allclose([float(schedule(i)) for i in range(5)],
+                             [float(want(i)) for i in range(5)])
+  np.testing.assert_allclose(float(schedule(2)), cfg.learning_rate * 2 / 4, rtol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import optax
@@ -23,8 +24,13 @@ def make_schedule(cfg, total_steps: int):
   if cfg.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate={cfg.learning_rate} must be positive")
   warmup = int(cfg.warmup_steps)
-  if not 0 <= warmup <= total_steps:
-    raise ConfigError(f"optim.warmup_steps={warmup} must be in 0..train.steps={total_steps}")
+  if warmup < 0:
+    raise ConfigError(f"optim.warmup_steps={warmup} must be >= 0")
+  if warmup > total_steps:
+    # A short run (a quick try on one's own data) keeps the default warmup: clamp it.
+    logging.warning("optim.warmup_steps=%d is more than train.steps=%d: warming up over "
+                    "all %d steps", warmup, total_steps, total_steps)
+    warmup = total_steps
   decay_steps = max(total_steps - warmup, 1)
   if cfg.schedule == "constant":
     after = optax.constant_schedule(cfg.learning_rate)
