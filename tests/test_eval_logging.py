@@ -41,6 +41,15 @@ def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
   losses = acc.Scalars("train/loss")
   assert [e.step for e in losses] == [r["step"] for r in train]
   assert [e.value for e in losses] == pytest.approx([r["loss"] for r in train], rel=1e-6)
+  # Each grid cell's loss is logged (smoke grid: layers 1, 2 x dims 8, 16, 32, uniform
+  # weights, so the loss is their mean), in JSON and in TensorBoard under one name.
+  cells = [f"loss/L{l}_D{d}" for l in (1, 2) for d in (8, 16, 32)]
+  for r in train:
+    assert set(cells) <= set(r)
+    assert sum(r[c] for c in cells) / len(cells) == pytest.approx(r["loss"], rel=1e-5)
+  cell_events = acc.Scalars("train/loss/L1_D8")
+  assert [e.value for e in cell_events] == pytest.approx([r["loss/L1_D8"] for r in train],
+                                                         rel=1e-6)
 
   # A rerun of the finished run replaces its "after" entry instead of adding one.
   again = run_train(args)

@@ -185,6 +185,9 @@ class Loop:
     record = {"step": step, "loss": loss,
               "learning_rate": float(self.run.schedule(step - 1)),
               "examples_per_sec": rate, "grad_norm": float(metrics["grad_norm"])}
+    # The objective's parts (each Matryoshka cell's loss, 'loss/L<layer>_d<dim>'), as
+    # of the logged step.
+    record.update({k: float(v) for k, v in metrics.items() if k.startswith("loss/")})
     self.wd.append_log(record)
     self.writer.scalars(step, {k: v for k, v in record.items() if k != "step"}, "train/")
     logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  eta %ds", step, total,
