@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   # document) pairs of beir_dir's qrels/<beir_split>.tsv.
   c.data.source = "wordnet"                          # (fashion_mnist: image_text towers)
   c.data.train_file = ""
+  # The file's column names for ours when they differ, e.g. 'anchor=question,
+  # positive=answer' (ours: anchor, positive, negative, negatives).
+  c.data.columns = ""
   c.data.beir_dir = ""
   c.data.beir_split = "train"
   # Several datasets, each batch drawn from one of them with probability proportional

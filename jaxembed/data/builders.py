@@ -156,11 +156,13 @@ def local_pairs(rows: list[dict], *, fingerprint: str, tfds_dir: str) -> LocalPa
                    fingerprint=fingerprint)
 
 
-def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject") -> LocalPairs:
-  """Pairs / triplets / pairs with k negatives from a JSONL, CSV or TSV file."""
-  rows, _ = read_pairs(path, on_error=on_error)
-  return local_pairs(rows, fingerprint=_fingerprint(path, extra=on_error),
-                     tfds_dir=tfds_dir)
+def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject",
+               columns: str = "") -> LocalPairs:
+  """Pairs / triplets / pairs with k negatives from a JSONL, CSV or TSV file
+  (`columns`: the file's names for ours, see `readers.parse_columns`)."""
+  rows, _ = read_pairs(path, on_error=on_error, columns=columns)
+  extra = on_error + (f":{columns}" if columns else "")
+  return local_pairs(rows, fingerprint=_fingerprint(path, extra=extra), tfds_dir=tfds_dir)
 
 
 def beir_pairs(*, folder: str, split: str, tfds_dir: str,

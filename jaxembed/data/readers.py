@@ -127,12 +127,40 @@ def _text(rec, key):
   return value
 
 
-def read_pairs(path: str, *, on_error: str = "reject", field: str = "data.train_file"):
+PAIR_FIELDS = ("anchor", "positive", "negative", "negatives")
+
+
+def parse_columns(spec: str, field: str = "data.columns") -> dict[str, str]:
+  """'anchor=question,positive=answer' -> {'question': 'anchor', 'answer': 'positive'}
+  (the file's column -> ours). Our names: anchor, positive, negative, negatives."""
+  mapping = {}
+  for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+    ours, eq, theirs = (x.strip() for x in part.partition("="))
+    if not eq or not theirs:
+      raise ConfigError(f"{field}={spec!r}: {part!r} is not <ours>=<column in the file>")
+    if ours not in PAIR_FIELDS:
+      raise ConfigError(f"{field}={spec!r}: {ours!r} is not one of {list(PAIR_FIELDS)}")
+    mapping[theirs] = ours
+  return mapping
+
+
+def read_pairs(path: str, *, on_error: str = "reject", field: str = "data.train_file",
+               columns: str = ""):
   """[{anchor, positive, negatives: [...]}] with the same number of negatives in every
-  record (batches have one shape). Returns (rows, bad record messages)."""
+  record (batches have one shape). `columns` names the file's columns for ours
+  ('anchor=question,positive=answer', see `parse_columns`). Returns (rows, bad record
+  messages)."""
   k = {}
+  rename = parse_columns(columns)
 
   def parse(rec):
+    if rename:
+      rec = {rename.get(key, key): value for key, value in rec.items()}
+    if "anchor" not in rec or "positive" not in rec:
+      missing = [f for f in ("anchor", "positive") if f not in rec]
+      raise DataError(f"no {missing} field (the record has {sorted(rec)[:8]}); name the "
+                      "file's columns with data.columns='anchor=<column>,"
+                      "positive=<column>'")
     if isinstance(rec.get("negatives"), list):
       negs = rec["negatives"]
     elif "negative" in rec:

@@ -123,7 +123,7 @@ def train_source(d, component: dict, wordnet_builder):
     return wordnet_builder.as_data_source("train")
   if component["source"] == "file":
     builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
-                                  on_error=d.on_error)
+                                  on_error=d.on_error, columns=d.columns)
   else:
     builder = builders.beir_pairs(folder=component["path"], split=component["split"],
                                   tfds_dir=d.tfds_dir, on_error=d.on_error)
