@@ -50,6 +50,8 @@ def _texts(texts, what: str = "encode") -> list[str]:
   """`texts` as a list of strings; anything else is refused with the first bad item."""
   if isinstance(texts, str):
     raise TypeError(f"{what} takes a list of strings, not a single string")
+  if isinstance(texts, (bytes, bytearray)):
+    raise TypeError(f"{what} takes a list of strings, not bytes (decode them first)")
   try:
     texts = list(texts)
   except TypeError:

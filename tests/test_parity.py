@@ -66,6 +66,9 @@ def test_bad_layer_or_dim(minilm, kw, match):
     minilm.encode(["x"], **kw)
 
 
-def test_a_single_string_is_refused(minilm):
+def test_a_single_string_gives_one_vector_and_other_types_are_refused(minilm):
+  # As in sentence-transformers: encode("text") is encode(["text"])[0].
+  np.testing.assert_allclose(minilm.encode("one sentence"),
+                             minilm.encode(["one sentence"])[0], atol=1e-6)
   with pytest.raises(TypeError, match="list of strings"):
-    minilm.encode("one sentence")
+    minilm.encode(b"bytes are not text")
