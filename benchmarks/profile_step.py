@@ -34,6 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.vs_sentence_transformers import cpu_name  # noqa: E402
 from configs import minilm_wordnet_2d  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
 from jaxembed.models import bert  # noqa: E402
@@ -197,24 +198,13 @@ def main():
       ("optimizer (AdamW + clip)", med["optimizer"]),
       ("host: read + tokenise + batch (not overlapped)", med["host batch"]),
   ]
-  print(f"cpu: {_cpu()}; jax {jax.__version__}; dtype {args.dtype}; "
+  print(f"cpu: {cpu_name()} x {os.cpu_count()}; jax {jax.__version__}; dtype {args.dtype}; "
         f"{args.rounds} interleaved rounds; batch {BATCH} pairs x {TOKENS} tokens")
   print(f"full step: {full * 1e3:.0f} ms ({BATCH / full:.1f} examples/s)"
         + (f", {flops / 1e9:.0f} GFLOP, {flops / full / 1e9:.0f} GFLOP/s" if flops else ""))
   print(f"{'part':52s} {'ms':>7s} {'% of step':>9s}")
   for name, t in rows:
     print(f"{name:52s} {t * 1e3:7.0f} {100 * t / full:8.1f}%")
-
-
-def _cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
-  except OSError:
-    pass
-  return "unknown"
 
 
 if __name__ == "__main__":

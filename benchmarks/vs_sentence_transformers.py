@@ -216,7 +216,7 @@ def main():
   peer = Peer(args.peer_python, folder)
   ours = {dt: Jaxembed(folder, dt) for dt in dtypes}
   import jax
-  print(f"cpu: {_cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} "
+  print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} "
         f"({jax.device_count()} x {jax.devices()[0].platform}); peer torch "
         f"{peer.info['torch']} ({peer.info['threads']} threads, float32)")
   print(f"encode texts: {ENCODE_TEXTS}, mean {ours[dtypes[0]].pieces:.1f} word pieces")
@@ -253,7 +253,7 @@ def main():
     print(f"{w} ratio: {med[w]['jaxembed ' + dtypes[0]] / med[w]['peer']:.3f}")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
