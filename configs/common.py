@@ -56,4 +56,5 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval.wordsim = False
   c.eval.polarity = False
   c.eval.newsgroup = False
+  c.eval.ood = ()
   return c

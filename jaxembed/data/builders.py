@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxembed.data import packaged, wordnet
+from jaxembed.data import docstrings, foldoc, manpages, packaged, wordnet
 from jaxembed.data.packaged import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist
 from jaxembed.data.readers import read_beir, read_pairs
 from jaxembed.errors import DataError
@@ -165,6 +166,16 @@ def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject",
   return local_pairs(rows, fingerprint=_fingerprint(path, extra=extra), tfds_dir=tfds_dir)
 
 
+def foldoc_pairs(*, foldoc_dir: str, tfds_dir: str) -> LocalPairs:
+  """(term, first sentence) and (first sentence, rest) pairs of FOLDOC's computing
+  dictionary (Debian's dict-foldoc; `jaxembed.data.foldoc`)."""
+  foldoc.check_foldoc_dir(foldoc_dir)
+  rows = foldoc.make_pairs(foldoc.read_entries(foldoc_dir))
+  names = [os.path.join(foldoc_dir, n) for n in ("foldoc.index", "foldoc.dict.dz")]
+  return local_pairs(rows, fingerprint=_fingerprint(
+      *names, extra=f"foldoc:{foldoc.DOC_WORDS}"), tfds_dir=tfds_dir)
+
+
 def beir_pairs(*, folder: str, split: str, tfds_dir: str,
                on_error: str = "reject") -> LocalPairs:
   """(query, relevant document) pairs of a BEIR folder's qrels/<split>.tsv."""
@@ -246,6 +257,61 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, images, labels):
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image[..., None], "label": int(label)}
+
+
+OOD_SETS = ("manpages", "docstrings")
+
+
+class OodRetrieval(tfds.core.GeneratorBasedBuilder):
+  """Out-of-domain retrieval sets (short summary -> longer text) from real text no
+  training mixture contains: 'manpages' (NAME summary -> DESCRIPTION of the Linux
+  man-pages, Debian's manpages and manpages-dev) and 'docstrings' (first line -> the
+  rest, Python's standard library). Evaluation only: one 'test' split."""
+
+  name = "ood_retrieval"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "manpages (sections 2-7) and stdlib docstrings."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in OOD_SETS]
+
+  def __init__(self, *, source_dir: str = "", **kwargs):
+    self._source_dir = source_dir
+    super().__init__(file_format="array_record", **kwargs)
+    self._original_state = dict(kwargs, source_dir=source_dir)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Out-of-domain summary -> text retrieval pairs.",
+        features=tfds.features.FeaturesDict(
+            {k: tfds.features.Text() for k in ("anchor", "positive", "page")}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    if self.builder_config.name == "manpages":
+      rows = manpages.read_pages(self._source_dir or manpages.DEFAULT_DIR)
+    else:
+      rows = docstrings.read_docstrings(self._source_dir or None)
+    if not rows:
+      raise DataError(f"the out-of-domain set {self.builder_config.name!r} read no "
+                      f"pairs from {self._source_dir or 'its default folder'!r}")
+    return {"test": self._generate_examples(rows)}
+
+  def _generate_examples(self, rows):
+    for i, row in enumerate(rows):
+      yield i, row
+
+
+def ood_retrieval(name: str, *, tfds_dir: str, source_dir: str = "") -> OodRetrieval:
+  """The prepared out-of-domain set `name` (see `OodRetrieval`). The manual pages'
+  folder is checked first, so a missing package is named before anything is built;
+  the docstrings depend on the running Python, so its version names the dataset."""
+  if name not in OOD_SETS:
+    raise DataError(f"out-of-domain set {name!r}; valid: {list(OOD_SETS)}")
+  if name == "manpages":
+    manpages.check_man_dir(source_dir or manpages.DEFAULT_DIR)
+  data_dir = os.path.expanduser(tfds_dir)
+  if name == "docstrings":   # stdlib text differs between Python versions
+    data_dir = os.path.join(data_dir, f"py{sys.version_info[0]}{sys.version_info[1]}")
+  return _prepared(data_dir, OodRetrieval, config=name, source_dir=source_dir)
 
 
 def packaged_text(name: str, *, tfds_dir: str) -> PackagedText:

@@ -56,10 +56,11 @@ def make_inputs(config, model, tokenizer):
         sources, names=[c["name"] for c in components],
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
         **common)
-  return dataset, build_eval_tasks(config, wordnet_builder)
+  return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources)
 
 
-_SOURCES = ("wordnet", "file", "beir")
+_SOURCES = ("wordnet", "foldoc", "file", "beir")
+_NO_PATH = ("wordnet", "foldoc")
 _COMPONENT_KEYS = ("source", "path", "weight", "split")
 
 
@@ -84,7 +85,7 @@ def mixture_components(d) -> list[dict]:
                                 if field == "data.source" else [])
       raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
     path = spec.get("path", "")
-    if source != "wordnet" and not path:
+    if source not in _NO_PATH and not path:
       where = ({"file": "data.train_file", "beir": "data.beir_dir"}[source]
                if field == "data.source" else f"{field}['path']")
       raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
@@ -94,7 +95,7 @@ def mixture_components(d) -> list[dict]:
       weight = float("nan")
     if not weight > 0 or not math.isfinite(weight):
       raise ConfigError(f"{field}: weight={spec.get('weight')!r} must be a positive number")
-    out.append({"name": field if source == "wordnet" else f"{field} ({path})",
+    out.append({"name": field if source in _NO_PATH else f"{field} ({path})",
                 "source": source, "path": os.path.expanduser(path),
                 "split": spec.get("split", d.beir_split), "weight": weight})
   return out
@@ -121,6 +122,9 @@ def train_source(d, component: dict, wordnet_builder):
   """The array_record data source of one training dataset."""
   if component["source"] == "wordnet":
     return wordnet_builder.as_data_source("train")
+  if component["source"] == "foldoc":
+    return builders.foldoc_pairs(foldoc_dir=d.foldoc_dir,
+                                 tfds_dir=d.tfds_dir).as_data_source("train")
   if component["source"] == "file":
     builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
                                   on_error=d.on_error, columns=d.columns)
@@ -130,9 +134,30 @@ def train_source(d, component: dict, wordnet_builder):
   return builder.as_data_source("train")
 
 
-def build_eval_tasks(config, wordnet_builder) -> list:
-  """The evaluation suite: packaged data (WordNet held-out retrieval, Lee, SimLex) and
-  the user's own (a BEIR folder, STS files), all scored on the same grid."""
+def training_texts(sources) -> set[str]:
+  """Every anchor and positive text of the training sources."""
+  texts = set()
+  for source in sources:
+    for row in pipeline.as_numpy_records(source):
+      texts.update(v for k, v in row.items() if k in ("anchor", "positive"))
+  return texts
+
+
+def ood_pairs(name: str, config, exclude: set[str] = frozenset()) -> list[dict]:
+  """The out-of-domain set `name`'s (summary, text) pairs, less any pair with a text in
+  `exclude` (the run's training texts: a three-word manual-page summary can be a
+  WordNet lemma), so the set stays out of domain whatever the run trains on."""
+  e = config.eval
+  builder = builders.ood_retrieval(name, tfds_dir=config.data.tfds_dir,
+                                   source_dir=e.man_dir if name == "manpages" else "")
+  rows = pipeline.as_numpy_records(builder.as_data_source("test"))
+  return [r for r in rows if r["anchor"] not in exclude and r["positive"] not in exclude]
+
+
+def build_eval_tasks(config, wordnet_builder, training_sources=()) -> list:
+  """The evaluation suite: packaged data (WordNet held-out retrieval, Lee, SimLex), the
+  out-of-domain sets kept apart from `training_sources`, and the user's own (a BEIR
+  folder, STS files), all scored on the same grid."""
   e = config.eval
   tasks = []
   if e.wordnet_queries:
@@ -153,6 +178,10 @@ def build_eval_tasks(config, wordnet_builder) -> list:
       texts, labels = [r["text"] for r in rows], [int(r["label"]) for r in rows]
       tasks.append(ClassificationTask.from_labelled(name, texts, labels))
       tasks.append(ClusteringTask.from_labelled(f"{name}_clusters", texts, labels))
+  trained = training_texts(training_sources) if e.ood else set()
+  for name in e.ood:
+    rows = ood_pairs(name, config, trained)
+    tasks.append(RetrievalTask.from_pairs(name, rows, e.ood_queries or None))
   if e.beir_dir:
     queries, corpus, qrels = readers.read_beir(os.path.expanduser(e.beir_dir), e.beir_split,
                                                on_error=config.data.on_error,
@@ -166,5 +195,5 @@ def build_eval_tasks(config, wordnet_builder) -> list:
   if not tasks:
     raise ConfigError("eval: no evaluation task is enabled (eval.wordnet_queries, "
                       "eval.lee, eval.simlex, eval.wordsim, eval.polarity, "
-                      "eval.newsgroup, eval.beir_dir, eval.sts_files)")
+                      "eval.newsgroup, eval.ood, eval.beir_dir, eval.sts_files)")
   return tasks
