@@ -55,3 +55,50 @@ def multi_exit_self_distillation(q_layers, d_layers, exits: Sequence[int], *,
     loss += distill_weight * sum(v for k, v in parts.items()
                                  if k.startswith("distill_")) / (len(exits) - 1)
   return loss, parts
+
+
+def relational_kd(student, teacher, *, scale: float = 20.0, temperature: float = 1.0):
+  """Distillation of the teacher's similarity structure over a set of texts: for each
+  text, KL(teacher || student) between the softmax over its scaled cosine similarities
+  to every other text of the set (itself excluded). student [n, d_s] and teacher
+  [n, d_t] may differ in width (a truncated sub-model learns from the full teacher)."""
+  s, t = l2_normalize(student), l2_normalize(jax.lax.stop_gradient(teacher))
+  n = s.shape[0]
+  off = ~jnp.eye(n, dtype=bool)
+  neg = jnp.finfo(jnp.float32).min
+  s_logits = jnp.where(off, scale * (s @ s.T).astype(jnp.float32), neg)
+  t_logits = jnp.where(off, scale * (t @ t.T).astype(jnp.float32), neg)
+  return kl_scores(s_logits, t_logits, temperature=temperature)
+
+
+def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
+                         full_layer: int, scale: float = 20.0, temperature: float = 1.0,
+                         weight: float = 1.0, anchor_weight: float = 0.0):
+  """A frozen teacher's knowledge kept in every Matryoshka cell: `weight` x the mean of
+  `relational_kd` over the (layer, dim) cells, weighted as the cells are, plus
+  `anchor_weight` x (1 - cosine) between the full model's last layer and the teacher's
+  embedding of each text (the full cell anchored to the teacher).
+
+  texts_by_layer: [n, layers, width] student vectors of the batch's texts; teacher:
+  [n, d_t]. Returns (loss, {"distill/<cell>": kl, "distill": their weighted mean,
+  ["anchor": 1 - cos]}).
+  """
+  total_w = sum(c.weight for c in cells)
+  parts = {}
+  loss = 0.0
+  if weight:
+    for cell in cells:
+      x = texts_by_layer[:, layer_index[cell.layer], :cell.dim]
+      parts[f"distill/{cell.name}"] = relational_kd(x, teacher, scale=scale,
+                                                    temperature=temperature)
+    parts["distill"] = sum(c.weight / total_w * parts[f"distill/{c.name}"] for c in cells)
+    loss = weight * parts["distill"]
+  if anchor_weight:
+    full = l2_normalize(texts_by_layer[:, layer_index[full_layer]])
+    t = l2_normalize(jax.lax.stop_gradient(teacher))
+    if full.shape[-1] != t.shape[-1]:
+      raise ValueError(f"the anchor needs the student's width {full.shape[-1]} to equal "
+                       f"the teacher's {t.shape[-1]}")
+    parts["anchor"] = jnp.mean(1.0 - jnp.sum(full * t, axis=-1))
+    loss = loss + anchor_weight * parts["anchor"]
+  return loss, parts

@@ -22,7 +22,7 @@ import numpy as np
 from jaxembed.errors import ConfigError
 from jaxembed.losses.contrastive import (DIRECTIONS, contrastive_loss, mix_hard_negatives,
                                          sigmoid_loss)
-from jaxembed.losses.distillation import multi_exit_self_distillation
+from jaxembed.losses.distillation import multi_exit_self_distillation, teacher_distillation
 from jaxembed.losses.matryoshka import build_cells, matryoshka_loss, two_d_matryoshka_loss
 
 
@@ -100,17 +100,63 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   ctx = BuildContext(cells=cells, layer_index={l: l - 1 for l in range(1, num_layers + 1)},
                      num_layers=num_layers, hidden=hidden, mesh=mesh)
   fn = objective.build(cfg, ctx)
+  kd = distill_settings(cfg)
 
-  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None):
+  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None):
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
-    loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"))
+    loss, aux = 0.0, {}
+    if kd is None or kd.pair_weight:
+      loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"))
+    if kd is not None:
+      if teacher is None:
+        raise ValueError("loss.distill is set but the step passed no teacher embeddings")
+      pairs = loss
+      student, target = _texts_of_batch(q, d, negatives), _texts_of_batch(*teacher)
+      kd_loss, parts = teacher_distillation(
+          student, target, cells=cells, layer_index=ctx.layer_index,
+          full_layer=num_layers, scale=kd.scale, temperature=kd.temperature,
+          weight=kd.weight, anchor_weight=kd.anchor_weight)
+      loss = kd.pair_weight * pairs + kd_loss
+      aux = dict(aux, **_named(parts), **({"loss/pairs": pairs} if kd.pair_weight else {}))
     if scale is not None:
       aux = dict(aux, scale=scale)
     if "bias" in lp:
       aux = dict(aux, bias=lp["bias"])
     return loss, aux
   return loss_fn
+
+
+def distill_settings(cfg):
+  """loss.distill when it asks for a teacher (weight or anchor_weight > 0), else None;
+  its numbers checked."""
+  kd = cfg.get("distill")
+  if kd is None:
+    return None
+  for name in ("weight", "anchor_weight", "pair_weight", "scale", "temperature"):
+    value = kd[name]
+    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+      raise ConfigError(f"loss.distill.{name}={value!r} must be a finite number >= 0")
+  if kd.scale == 0 or kd.temperature == 0:
+    raise ConfigError("loss.distill.scale and loss.distill.temperature must be > 0")
+  if not (kd.weight or kd.anchor_weight):
+    if kd.pair_weight != 1.0:
+      raise ConfigError(f"loss.distill.pair_weight={kd.pair_weight} without a teacher "
+                        "(loss.distill.weight and anchor_weight are 0) would scale the "
+                        "whole loss; set the learning rate instead")
+    return None
+  if not (kd.pair_weight or kd.weight or kd.anchor_weight):
+    raise ConfigError("loss.distill: every weight is 0, nothing would be trained")
+  return kd
+
+
+def _texts_of_batch(q, d, negatives=None):
+  """Every text of a batch, anchors then positives then negatives: [n, ...] from
+  q, d [batch, ...] and negatives [batch, k, ...]."""
+  parts = [q, d]
+  if negatives is not None:
+    parts.append(negatives.reshape((-1,) + negatives.shape[2:]))
+  return jnp.concatenate(parts, axis=0)
 
 
 def _named(parts: dict, prefix: str = "loss/"):

@@ -8,6 +8,7 @@ so a bad run leaves nothing behind that would break the next one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import jax
@@ -19,11 +20,12 @@ from jaxembed import sharding as shd
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.losses import build_cells
-from jaxembed.losses.registry import init_loss_params, make_loss
+from jaxembed.losses.registry import distill_settings, init_loss_params, make_loss
 from jaxembed.models import ModelSpec, build, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.train import inputs
 from jaxembed.train.optim import make_optimizer
+from jaxembed.train.state import initial_params
 from jaxembed.workdir import Workdir
 
 
@@ -50,6 +52,34 @@ class Run:
   def text_config(self):
     return self.model.text_config
 
+  @property
+  def distill(self) -> bool:
+    """Whether the objective learns from the frozen pretrained model (loss.distill)."""
+    return distill_settings(self.config.loss) is not None
+
+  def teacher_params(self):
+    """The frozen teacher: the pretrained weights, freshly loaded (on a resume too),
+    laid out like the student's."""
+    return {k: v for k, v in initial_params(self).items() if k != "loss"}
+
+
+def check_distill_config(config, model) -> None:
+  """loss.distill's teacher is the pretrained model as loaded: it needs pretrained
+  weights and a model that is nothing but them (no randomly initialised pooler or
+  tower, which would make a random teacher)."""
+  if distill_settings(config.loss) is None:
+    return
+  if config.model.init != "pretrained":
+    logging.warning("loss.distill with model.init=%r: the teacher is the model's random "
+                    "initial weights (useful for tests only)", config.model.init)
+  extra = sorted(set(abstract_boxed_params(model)) - {"encoder"})
+  if config.model.encoder == "two_tower" or extra:
+    raise ConfigError(
+        f"loss.distill: the teacher would include randomly initialised parameters "
+        f"({extra or 'two_tower'}); use a parameter-free model.pooling (cls, mean, "
+        f"weighted_mean, max, last_token), not model.pooling={config.model.pooling!r}"
+        f" with model.encoder={config.model.encoder!r}")
+
 
 def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
   steps, batch = config.train.steps, config.train.batch_size
@@ -60,7 +90,8 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
     raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
   for field, minimum in (("train.log_every", 1), ("train.checkpoint_every", 1),
                          ("train.keep_checkpoints", 1), ("data.seq_len", 2),
-                         ("eval.batch_size", 1), ("eval.max_length", 2)):
+                         ("eval.batch_size", 1), ("eval.max_length", 2),
+                         ("eval.ood_queries", 0)):
     section, name = field.split(".")
     value = config[section][name]
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -93,6 +124,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
   mesh = shd.make_mesh(dict(config.mesh), devices)
   check_train_config(config, model, mesh)
+  check_distill_config(config, model)
   rules = shd.rules_from_config(config.sharding.rules)
   loss_fn = make_loss(config.loss, num_layers=model.output_layers,
                       hidden=model.output_width, mesh=mesh)

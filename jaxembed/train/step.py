@@ -24,7 +24,15 @@ def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
                      method="encode_pairs")
 
 
-def train_step(state: TrainState, batch, *, model: nn.Module,
+def teacher_embeddings(model: nn.Module, teacher_params, batch):
+  """The frozen teacher's vectors of a batch's texts: its last layer, full width,
+  deterministic, constant: (anchors [batch, width], positives[, negatives
+  [batch, k, width]])."""
+  out = encode_pairs(model, teacher_params, batch, None, deterministic=True)
+  return tuple(jax.lax.stop_gradient(x[..., -1, :]) for x in out)
+
+
+def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0,
                check_finite: bool = True):
@@ -36,7 +44,8 @@ def train_step(state: TrainState, batch, *, model: nn.Module,
   grad_cache_minibatch > 0 encodes the batch in mini-batches of that many pairs
   (GradCache), bounding activation memory by the mini-batch. check_finite: the
   step reports metrics['finite'] = False when its loss or gradient norm is not
-  finite.
+  finite. teacher_params: a frozen teacher of the same model (loss.distill), whose
+  vectors of the batch reach loss_fn as `teacher`.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -44,8 +53,12 @@ def train_step(state: TrainState, batch, *, model: nn.Module,
     return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
 
   encode_rng, loss_rng = jax.random.split(rng)
+  extra = {}
+  if teacher_params is not None:
+    extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
+
   def objective(embeddings, params):
-    return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"))
+    return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"), **extra)
 
   if grad_cache_minibatch:
     (loss, aux), grads = grad_cache_value_and_grad(
@@ -66,14 +79,37 @@ def train_step(state: TrainState, batch, *, model: nn.Module,
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def compile_train_step(run, shardings: TrainState, check_finite: bool = True) -> shd.MeshJit:
+class TeacherStep:
+  """A jitted step(state, batch, teacher_params) called as step(state, batch): the
+  teacher's parameters are an argument (laid out like the student's), not constants
+  baked into the compiled program."""
+
+  def __init__(self, jitted: shd.MeshJit, teacher_params):
+    self.jitted, self.teacher_params = jitted, teacher_params
+    self.mesh, self.rules = jitted.mesh, jitted.rules
+
+  def __call__(self, state, batch):
+    return self.jitted(state, batch, self.teacher_params)
+
+  def lower(self, state, batch):
+    return self.jitted.lower(state, batch, self.teacher_params)
+
+
+def compile_train_step(run, shardings: TrainState, check_finite: bool = True):
   """The train step jitted once with explicit shardings and the state donated; it
-  carries the run's mesh and logical rules."""
+  carries the run's mesh and logical rules. With loss.distill, the pretrained weights
+  (`run.teacher_params()`) go with it as the frozen teacher."""
   step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
                            deterministic=not run.config.train.dropout,
                            grad_cache_minibatch=run.config.train.grad_cache_minibatch,
                            check_finite=check_finite)
-  return shd.mesh_jit(step, run.mesh, run.rules,
-                      in_shardings=(shardings, shd.batch_sharding(run.mesh)),
-                      out_shardings=(shardings, shd.replicated(run.mesh)),
-                      donate_argnums=0)
+  batch_sh, rep = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
+  if not run.distill:
+    return shd.mesh_jit(step, run.mesh, run.rules, in_shardings=(shardings, batch_sh),
+                        out_shardings=(shardings, rep), donate_argnums=0)
+  teacher = run.teacher_params()
+  teacher_sh = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  jitted = shd.mesh_jit(step, run.mesh, run.rules,
+                        in_shardings=(shardings, batch_sh, teacher_sh),
+                        out_shardings=(shardings, rep), donate_argnums=0)
+  return TeacherStep(jitted, teacher)

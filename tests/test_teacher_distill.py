@@ -1,0 +1,145 @@
+"""Distillation of the frozen pretrained model into every Matryoshka cell
+(loss.distill): the loss against a float64 NumPy loop, its wiring through the train
+step (the teacher is the pretrained model's last layer, full width, and stays frozen),
+and the config checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxembed import sharding as shd, train
+from jaxembed.errors import ConfigError
+from jaxembed.losses import build_cells
+from jaxembed.losses.distillation import relational_kd, teacher_distillation
+from jaxembed.losses.registry import make_loss
+from test_train_step import batch_with_negatives
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def relational_kd_reference(student, teacher, scale, temperature):
+  """KL(teacher || student) per text over every other text, a float64 loop."""
+  s, t = _unit(np.float64(student)), _unit(np.float64(teacher))
+  n = len(s)
+  total = 0.0
+  for i in range(n):
+    others = [j for j in range(n) if j != i]
+    ls = np.array([scale * s[i] @ s[j] for j in others]) / temperature
+    lt = np.array([scale * t[i] @ t[j] for j in others]) / temperature
+    p = np.exp(lt - lt.max()); p /= p.sum()
+    log_q = ls - ls.max() - np.log(np.exp(ls - ls.max()).sum())
+    total += np.sum(p * (np.log(p) - log_q))
+  return total / n * temperature ** 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_relational_kd_matches_a_float64_loop(temperature):
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(10, 6)), rng.normal(size=(10, 16))
+  got = relational_kd(jnp.float32(student), jnp.float32(teacher), scale=20.0,
+                      temperature=temperature)
+  want = relational_kd_reference(student, teacher, 20.0, temperature)
+  np.testing.assert_allclose(float(got), want, rtol=1e-4)
+  # the teacher's own structure costs nothing; any other is penalised
+  assert float(relational_kd(jnp.float32(teacher), jnp.float32(teacher))) < 1e-6
+  assert want > 0.01
+
+
+def test_teacher_distillation_weights_cells_and_anchors_the_full_model():
+  rng = np.random.default_rng(1)
+  n, layers, width = 8, 3, 12
+  student = rng.normal(size=(n, layers, width))
+  teacher = rng.normal(size=(n, width))
+  cells = build_cells("grid", num_layers=layers, hidden=width, layers=(1, 3),
+                      dims=(4, 12), layer_weighting="linear")
+  loss, parts = teacher_distillation(
+      jnp.float32(student), jnp.float32(teacher), cells=cells,
+      layer_index={1: 0, 2: 1, 3: 2}, full_layer=3, weight=0.5, anchor_weight=2.0)
+  weights = {c.name: c.weight for c in cells}
+  per_cell = {c.name: relational_kd_reference(student[:, c.layer - 1, :c.dim], teacher,
+                                              20.0, 1.0) for c in cells}
+  kd = sum(weights[k] * v for k, v in per_cell.items()) / sum(weights.values())
+  cos = np.sum(_unit(student[:, 2]) * _unit(teacher), axis=-1)
+  anchor = np.mean(1 - cos)
+  for name, value in per_cell.items():
+    np.testing.assert_allclose(float(parts[f"distill/{name}"]), value, rtol=1e-4)
+  np.testing.assert_allclose(float(parts["anchor"]), anchor, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), 0.5 * kd + 2.0 * anchor, rtol=1e-4)
+
+
+def test_the_loss_adds_the_teacher_terms_to_the_pair_objective(smoke_config):
+  config = smoke_config()
+  rng = np.random.default_rng(2)
+  q, d = (jnp.float32(rng.normal(size=(6, 2, 32))) for _ in range(2))
+  negs = jnp.float32(rng.normal(size=(6, 2, 2, 32)))
+  teacher = tuple(jnp.float32(rng.normal(size=s)) for s in ((6, 32), (6, 32), (6, 2, 32)))
+  plain = make_loss(config.loss, num_layers=2, hidden=32)
+  pairs, _ = plain(q, d, negs)
+  config.loss.distill.update(weight=0.7, anchor_weight=0.3, pair_weight=0.5)
+  with_teacher = make_loss(config.loss, num_layers=2, hidden=32)
+  loss, aux = with_teacher(q, d, negs, teacher=teacher)
+  texts = jnp.concatenate([q, d, negs.reshape(12, 2, 32)])
+  cells = build_cells("grid", num_layers=2, hidden=32, layers=(1, 2), dims=(8, 16, 32))
+  kd, _ = teacher_distillation(texts, jnp.concatenate(
+      [teacher[0], teacher[1], teacher[2].reshape(12, 32)]), cells=cells,
+      layer_index={1: 0, 2: 1}, full_layer=2, weight=0.7, anchor_weight=0.3)
+  np.testing.assert_allclose(float(loss), 0.5 * float(pairs) + float(kd), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["loss/pairs"]), float(pairs), rtol=1e-6)
+  assert {"loss/distill", "loss/anchor", "loss/distill/L1_D8"} <= set(aux)
+  with pytest.raises(ValueError, match="no teacher"):
+    with_teacher(q, d, negs)
+  config.loss.distill.pair_weight = 0.0            # distillation alone
+  alone, aux = make_loss(config.loss, num_layers=2, hidden=32)(q, d, negs, teacher=teacher)
+  np.testing.assert_allclose(float(alone), float(kd), rtol=1e-5)
+  assert "loss/pairs" not in aux
+
+
+def test_the_step_distils_from_the_frozen_initial_model(smoke_config):
+  """At step 0 with dropout off the student is the teacher: the full cell's KL and the
+  anchor are 0 while smaller cells' are not; after steps the teacher is unchanged and
+  the student has moved away from it."""
+  config = smoke_config(**{"train.dropout": False})
+  config.loss.distill.update(weight=1.0, anchor_weight=1.0)
+  run = train.setup(config, "/nonexistent-unused", devices=jax.devices()[:2])
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  step_fn = train.compile_train_step(run, shardings)
+  initial = jax.tree.map(np.asarray, shd.local_value(state.params))
+  metrics = []
+  for seed in range(3):
+    batch = shd.host_batch_to_global(run.mesh, batch_with_negatives(run, seed=seed))
+    state, m = step_fn(state, batch)
+    metrics.append({k: float(v) for k, v in shd.local_value(m).items()})
+  first = metrics[0]
+  assert first["loss/anchor"] < 1e-6 and first["loss/distill/L2_D32"] < 1e-6
+  assert first["loss/distill/L1_D8"] > 1e-3
+  assert metrics[-1]["loss/anchor"] > 1e-6         # the student moved, the teacher not
+  teacher = jax.tree.map(np.asarray, shd.local_value(step_fn.teacher_params))
+  jax.tree.map(np.testing.assert_array_equal, teacher, initial)
+  np.testing.assert_allclose(
+      first["loss"], first["loss/pairs"] + first["loss/distill"] + first["loss/anchor"],
+      rtol=1e-5)
+
+
+def test_a_teacher_with_random_parts_is_refused(smoke_config):
+  config = smoke_config(**{"model.init": "pretrained", "model.pooling": "latent"})
+  config.model.bert_overrides = type(config.model.bert_overrides)()
+  config.loss.distill.weight = 1.0
+  with pytest.raises(ConfigError, match="loss.distill.*randomly initialised"):
+    train.setup(config, "/nonexistent-unused")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("weight", -1.0, "loss.distill.weight=-1.0"),
+    ("temperature", 0.0, "must be > 0"),
+    ("pair_weight", 0.5, "without a teacher")])
+def test_bad_distill_settings_are_named(smoke_config, field, value, match):
+  config = smoke_config()
+  if field != "pair_weight":
+    config.loss.distill.weight = 1.0
+  config.loss.distill[field] = value
+  with pytest.raises(ConfigError, match=match):
+    train.setup(config, "/nonexistent-unused")
