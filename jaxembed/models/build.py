@@ -70,6 +70,11 @@ def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
     bad = sorted(set(overrides) - valid)
     if bad:
       raise ConfigError(f"model.bert_overrides: unknown fields {bad}; valid: {sorted(valid)}")
+    dtype = config.model.get("dtype", "")
+    if dtype not in ("", "float32", "bfloat16"):
+      raise ConfigError(f"model.dtype={dtype!r}; valid values: '', 'float32', 'bfloat16'")
+    if dtype and "dtype" not in overrides:
+      overrides["dtype"] = dtype
     if not config.train.dropout:
       overrides.update(hidden_dropout=0.0, attention_dropout=0.0)
     cfg = BertConfig(**{**dataclasses.asdict(folder.bert), **overrides})
@@ -122,8 +127,11 @@ def model_from_spec(spec: ModelSpec) -> Embedder:
 
 def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
   """The saved-model description of a run's model (what `jaxembed.load` reads back
-  from its workdir)."""
+  from its workdir). The encoder is saved to compute in float32: model.dtype is a
+  training setting (`EmbeddingModel.with_dtype` picks bfloat16 for inference)."""
   text = model.text_config
+  if getattr(text, "dtype", "float32") != "float32":
+    text = dataclasses.replace(text, dtype="float32")
   return ModelSpec(
       encoder=text, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
       pool_latents=config.model.pool_latents,

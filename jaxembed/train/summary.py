@@ -2,14 +2,24 @@
 
 Only process 0 writes. Training scalars go under `train/`, every evaluated grid cell
 under `eval/<task>/<metric>/L<layer>_d<dim>`, so TensorBoard draws one curve per
-(layer, dim) sub-model across the run's periodic evaluations.
+(layer, dim) sub-model across the run's periodic evaluations. TensorBoard allows
+[A-Za-z0-9_./-] in names: others become '_' here ('ndcg@10' -> 'ndcg_10', as
+TensorBoard would rename it, without a log line per scalar).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import jax
+
+_ILLEGAL = re.compile(r"[^A-Za-z0-9_./\-]")
+
+
+def tag(name: str) -> str:
+  """A TensorBoard-legal scalar name."""
+  return _ILLEGAL.sub("_", name)
 
 
 class MetricWriter:
@@ -29,7 +39,7 @@ class MetricWriter:
     if self._writer is None:
       return
     for name, value in values.items():
-      self._writer.add_scalar(prefix + name, float(value), global_step=int(step))
+      self._writer.add_scalar(tag(prefix + name), float(value), global_step=int(step))
 
   def grid(self, step: int, rows: list[dict]) -> None:
     """One scalar per (metric, layer, dim) cell of an evaluated grid."""
