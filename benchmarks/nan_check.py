@@ -27,9 +27,11 @@ from jaxembed import sharding as shd, train  # noqa: E402
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--config", default=None, help="config argument, e.g. smoke")
+  parser.add_argument("--config", default="recipe=pairs",
+                      help="config argument, e.g. smoke")
   args = parser.parse_args()
   config = minilm_wordnet_2d.get_config(args.config)
+  config.model.dtype, config.eval.ood = "", ()     # float32, as measured in README.md
   run = train.setup(config, "/nonexistent-unused")
   _, shardings = train.abstract_state(run)
   arms = {}

@@ -43,11 +43,12 @@ BATCH, TOKENS = 32, 64
 
 
 def config(dtype, dropout=True, grid=True):
-  c = minilm_wordnet_2d.get_config()
+  c = minilm_wordnet_2d.get_config("recipe=pairs")  # the pair loss alone
   c.data.seq_len = TOKENS
   c.train.batch_size = BATCH
   c.train.dropout = dropout
   c.model.bert_overrides.dtype = dtype
+  c.eval.ood = ()
   if not grid:
     c.loss.matryoshka.mode = "none"
   return c

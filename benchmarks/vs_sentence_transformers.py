@@ -158,9 +158,10 @@ class Jaxembed:
     from jaxembed import load, sharding as shd, train
     self.jax, self.shd = jax, shd
     ids, self.texts, self.pieces = workload(folder)
-    c = minilm_wordnet_2d.get_config()
+    c = minilm_wordnet_2d.get_config("recipe=pairs")  # the pair loss alone
     c.data.seq_len = TRAIN_TOKENS
     c.model.bert_overrides.dtype = dtype
+  c.eval.ood = ()
     c.eval.wordnet_queries = 0
     self.run_ = train.setup(c, "/nonexistent-unused")
     _, shardings = train.abstract_state(self.run_)
