@@ -179,6 +179,6 @@ def test_mixture_trains_through_the_cli_with_workers(tmp_path, tfds_dir):
   bad = run_train(common + [f"--workdir={tmp_path / 'bad'}",
                             "--config.data.mixture=({'source': 'wordnett'},)"])
   assert bad.returncode == 2
-  assert "data.mixture[0]: source='wordnett'; valid values: ['wordnet', 'file', 'beir']" \
-      in bad.stderr
+  assert ("data.mixture[0]: source='wordnett'; valid values: "
+          "['wordnet', 'foldoc', 'file', 'beir']") in bad.stderr
   assert "Traceback" not in bad.stderr
