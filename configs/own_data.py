@@ -44,6 +44,7 @@ def get_config(arg=None):
   c.eval.wordnet_queries = 0
   c.eval.lee = c.eval.simlex = c.eval.wordsim = False
   c.eval.polarity = c.eval.newsgroup = False
+  c.eval.ood = ()
   c.eval.sts_files = (args.sts,) if args.sts else ()
   c.eval.beir_dir = args.beir
   return c
