@@ -79,7 +79,7 @@ def _cell(rows, layer, dim, key):
 
 def table(results: dict, recipes, seeds) -> str:
   """Markdown: one table per column, rows = cells, columns = before and each recipe
-  (mean +- std over seeds, x100)."""
+  (mean +- sample std over the seeds run, x100; a lone seed's value alone)."""
   lines = []
   before = results.get("before")
   for key, title in COLUMNS:
@@ -95,8 +95,8 @@ def table(results: dict, recipes, seeds) -> str:
         vals = [_cell(results["runs"][f"{recipe}_s{s}"], layer, dim, key)
                 for s in seeds if f"{recipe}_s{s}" in results["runs"]]
         vals = 100 * np.array([v for v in vals if v is not None])
-        cols.append("-" if not len(vals) else
-                    f"{vals.mean():.1f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.1f}")
+        cols.append("-" if not len(vals) else f"{vals.mean():.1f}" if len(vals) == 1
+                    else f"{vals.mean():.1f} ± {vals.std(ddof=1):.1f}")
       lines.append("| " + " | ".join(cols) + " |")
     lines.append("")
   return "\n".join(lines)

@@ -155,3 +155,17 @@ def test_no_training_mixture_meets_the_out_of_domain_sets(tfds_dir):
         assert len(kept) >= len(raw[name]) - 5      # only the rare clash is dropped
         checked += 1
   assert checked >= 4
+
+
+def test_the_ablation_table_is_made_from_the_json_alone():
+  from experiments import ood_ablation
+  def grid(value):
+    return [{"layer": l, "dim": d, "manpages/mrr@10": value + l / 100}
+            for l in range(1, 7) for d in (32, 64, 128, 256, 384)]
+  results = {"before": grid(0.1), "runs": {
+      "pairs_s0": grid(0.2), "pairs_s1": grid(0.4), "distill_s0": grid(0.3)}}
+  text = ood_ablation.table(results, ["pairs", "distill"], ["0", "1"])
+  # (1, 32): before 0.11; pairs 0.21 and 0.41 -> mean 31.0, sample std 14.1; distill
+  # has one seed: 31.0 alone
+  assert "| (1, 32) | 11.0 | 31.0 ± 14.1 | 31.0 |" in text
+  assert "docstrings" not in text            # columns the runs lack are left out
