@@ -85,7 +85,9 @@ def table(results: dict, recipes, seeds) -> str:
   for key, title in COLUMNS:
     if before is not None and _cell(before, 6, 384, key) is None:
       continue
-    lines += [f"**{title}** (x100; mean ± std over seeds {', '.join(seeds)})", "",
+    over = (f"seed {seeds[0]}" if len(seeds) == 1
+            else f"mean ± std over seeds {', '.join(seeds)}")
+    lines += [f"**{title}** (x100; {over})", "",
               "| (layer, dim) | pretrained | " + " | ".join(recipes) + " |",
               "|---" * (len(recipes) + 2) + "|"]
     for layer, dim in CELLS:
