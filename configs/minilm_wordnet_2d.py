@@ -12,7 +12,7 @@ teacher (10 x (1 - cosine)); two thirds of the batches are WordNet pairs, one th
 FOLDOC computing-dictionary pairs. Evaluates the grid before and after on held-out
 WordNet retrieval, out-of-domain retrieval (manual pages, Python docstrings: never
 trained on), Lee, SimLex-999, WordSim-353, and classification/clustering sets.
-About 10 minutes on 2 CPU cores; see README.md and experiments/RESULTS.md.
+About 11.5 minutes on 2 CPU cores; see README.md and experiments/RESULTS.md.
 
 Arguments (comma-separated after the file name):
   smoke                  tiny random model, seconds (tests)
