@@ -47,6 +47,10 @@ def _metrics(workdir: str):
 def run_all(out: str, recipes, seeds, extra) -> dict:
   os.makedirs(out, exist_ok=True)
   results = {"before": None, "runs": {}, "wall_s": {}}
+  previous = os.path.join(out, "results.json")
+  if os.path.exists(previous):          # keep the wall times of earlier invocations
+    with open(previous) as f:
+      results["wall_s"] = json.load(f).get("wall_s", {})
   for recipe in recipes:
     for seed in seeds:
       name = f"{recipe}_s{seed}"
@@ -63,10 +67,15 @@ def run_all(out: str, recipes, seeds, extra) -> dict:
         t0 = time.time()
         subprocess.run(args, check=True)
         results["wall_s"][name] = time.time() - t0
-        done = _metrics(workdir)
-      results["runs"][name] = done["after"]
-      if done.get("before"):
-        results["before"] = done["before"]
+  # Every finished run in `out`, also those of earlier invocations with other
+  # --recipes / --seeds, and "before" from whichever run evaluated it.
+  for name in sorted(os.listdir(out)):
+    done = _metrics(os.path.join(out, name))
+    if done is None:
+      continue
+    results["runs"][name] = done["after"]
+    if done.get("before"):
+      results["before"] = done["before"]
   return results
 
 

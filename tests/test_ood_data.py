@@ -169,3 +169,19 @@ def test_the_ablation_table_is_made_from_the_json_alone():
   # has one seed: 31.0 alone
   assert "| (1, 32) | 11.0 | 31.0 ± 14.1 | 31.0 |" in text
   assert "docstrings" not in text            # columns the runs lack are left out
+
+
+def test_the_ablation_collects_every_finished_run(tmp_path):
+  """Runs of earlier invocations (other recipes or seeds) are kept, with "before" from
+  whichever run evaluated it and the recorded wall times; nothing is retrained."""
+  import json
+  from experiments import ood_ablation
+  row = [{"layer": 6, "dim": 384, "manpages/mrr@10": 0.5}]
+  for name, before in (("pairs_s0", row), ("distill_s0", None), ("distill_s1", None)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "metrics.json").write_text(json.dumps(
+        {"before": before, "after": row}))
+  (tmp_path / "results.json").write_text(json.dumps({"wall_s": {"pairs_s0": 490.0}}))
+  results = ood_ablation.run_all(str(tmp_path), ["distill"], ["0", "1"], [])
+  assert sorted(results["runs"]) == ["distill_s0", "distill_s1", "pairs_s0"]
+  assert results["before"] == row and results["wall_s"] == {"pairs_s0": 490.0}
