@@ -29,9 +29,6 @@ _NAMED = {"em": "-", "en": "-", "aq": "'", "dq": '"', "lq": '"', "rq": '"',
           "<-": "<-", "!=": "!=", "bv": "|", "lh": "", "rh": "", "ga": "`",
           "pl": "+", "mi": "-", "eq": "=", "sl": "/", "rs": "\\", "at": "@", "sh": "#"}
 _ALTERNATING = {"BR", "RB", "IR", "RI", "BI", "IB"}
-_BREAKS = {"PP", "P", "LP", "TP", "IP", "HP", "RS", "RE", "SS", "TQ", "EX", "EE",
-           "nf", "fi", "in", "sp", "br", "ad", "na", "ne", "ft", "ps", "ce", "TS",
-           "TE", "UR", "UE", "MT", "ME", "PD", "ti", "hy", "nh", "ll", "ta", "de"}
 
 
 def check_man_dir(path: str, field: str = "eval.man_dir") -> None:
@@ -66,26 +63,22 @@ def roff_to_sections(source: str) -> dict[str, str]:
   for raw in source.replace("\\\n", "").splitlines():
     if raw.startswith(('.\\"', "'\\\"", '\\"')):
       continue
-    if raw.startswith((".", "'")):
-      name, _, rest = raw[1:].strip().partition(" ")
-      if name in ("SH",):
-        current = " ".join(_args(rest)).upper()
-        sections.setdefault(current, [])
-        continue
-      if current is None:
-        continue
-      if name in ("B", "I", "SM", "SB"):
-        line = " ".join(_args(rest))
-      elif name in _ALTERNATING:
-        line = "".join(_args(rest))
-      elif name in ("UR", "MT"):
-        line = ""
-      else:
-        line = ""
-    else:
-      if current is None:
-        continue
+    is_request = raw.startswith((".", "'"))
+    name, _, rest = raw[1:].strip().partition(" ") if is_request else ("", "", "")
+    if name == "SH":
+      current = " ".join(_args(rest)).upper()
+      sections.setdefault(current, [])
+      continue
+    if current is None:
+      continue
+    if not is_request:
       line = raw
+    elif name in ("B", "I", "SM", "SB"):
+      line = " ".join(_args(rest))
+    elif name in _ALTERNATING:
+      line = "".join(_args(rest))
+    else:
+      line = ""          # every other request (paragraphs, fills, links) is a break
     sections[current].append(_escapes(line))
   return {k: re.sub(r"\s+", " ", " ".join(v)).strip() for k, v in sections.items()}
 
