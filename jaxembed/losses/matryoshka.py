@@ -13,6 +13,7 @@ Every cell reads the pooled vector of its layer from one encoder pass
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -197,7 +198,8 @@ def _masked_logits(q, c, dim, scale):
 def two_d_matryoshka_loss(q_layers, d_layers, rng, *, dims: Sequence[int], scale=20.0,
                           last_layer_weight: float = 1.0,
                           prior_layers_weight: float = 1.0, kl_weight: float = 1.0,
-                          kl_temperature: float = 0.3):
+                          kl_temperature: float = 0.3, neg_layers=None,
+                          symmetric: bool = False):
   """2DMSE (Li et al. 2024, "2D Matryoshka Sentence Embeddings"): each step samples a
   shallower layer i in 1..n-1 and a dim m from `dims`, and sums InfoNCE at
   (n, full), (n, m) [x last_layer_weight] and (i, full), (i, m) [x prior_layers_weight],
@@ -205,20 +207,30 @@ def two_d_matryoshka_loss(q_layers, d_layers, rng, *, dims: Sequence[int], scale
   temperature kl_temperature (the last layer detached). The defaults are those of
   sentence-transformers' Matryoshka2dLoss (weights 1, temperature 0.3). Layers are
   positions on axis 1 of q_layers (the last one is the full model).
+  neg_layers [batch, k, n_layers, hidden]: hard negatives, candidates for every query
+  beside the batch's positives in all four terms and in the KL's distributions (as in
+  sentence-transformers, whose Matryoshka2dLoss wraps a ranking loss over all the
+  batch's candidates). symmetric=True adds the document->query direction to each
+  InfoNCE term (see `info_nce_from_logits`).
   Returns (loss, {"layer": i (1-based), "dim": m, ...parts}).
   """
   n, hidden = q_layers.shape[1], q_layers.shape[-1]
   k_layer, k_dim = jax.random.split(rng)
   i = jax.random.randint(k_layer, (), 0, n - 1)            # index of a shallower layer
   m = jnp.asarray(dims)[jax.random.randint(k_dim, (), 0, len(dims))]
-  last_q, last_d = q_layers[:, -1], d_layers[:, -1]
-  shallow_q = jnp.take(q_layers, i, axis=1)
-  shallow_d = jnp.take(d_layers, i, axis=1)
+  def cands(layer_index):
+    d = jnp.take(d_layers, layer_index, axis=1)
+    if neg_layers is None:
+      return d
+    return candidates(d, jnp.take(neg_layers, layer_index, axis=2))
+  last_q, last_d = q_layers[:, -1], cands(n - 1)
+  shallow_q, shallow_d = jnp.take(q_layers, i, axis=1), cands(i)
+  nce = functools.partial(info_nce_from_logits, symmetric=symmetric)
   parts = {
-      "last_full": info_nce_from_logits(_masked_logits(last_q, last_d, hidden, scale)),
-      "last_dim": info_nce_from_logits(_masked_logits(last_q, last_d, m, scale)),
-      "prior_full": info_nce_from_logits(_masked_logits(shallow_q, shallow_d, hidden, scale)),
-      "prior_dim": info_nce_from_logits(_masked_logits(shallow_q, shallow_d, m, scale)),
+      "last_full": nce(_masked_logits(last_q, last_d, hidden, scale)),
+      "last_dim": nce(_masked_logits(last_q, last_d, m, scale)),
+      "prior_full": nce(_masked_logits(shallow_q, shallow_d, hidden, scale)),
+      "prior_dim": nce(_masked_logits(shallow_q, shallow_d, m, scale)),
   }
   teacher = jax.lax.stop_gradient(_masked_logits(last_q, last_d, hidden, scale))
   student = _masked_logits(shallow_q, shallow_d, hidden, scale)

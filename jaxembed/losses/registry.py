@@ -249,17 +249,17 @@ def _sigmoid(cfg, ctx: BuildContext):
 @register("2dmse")
 def _two_d_mse(cfg, ctx: BuildContext):
   """2D Matryoshka Sentence Embeddings: a random shallow layer and dim per step, plus
-  KL to the last layer."""
+  KL to the last layer; hard negatives and loss.symmetric as for info_nce."""
   m = cfg.matryoshka
   bad = [x for x in m.dims if not 1 <= x <= ctx.hidden]
   if bad:
     raise ConfigError(f"loss.matryoshka.dims: {bad} not in the model; valid: 1..{ctx.hidden}")
 
   def fn(q, d, negatives=None, *, rng, scale=None, bias=None):
-    del negatives, scale, bias
+    del scale, bias
     loss, parts = two_d_matryoshka_loss(
         q, d, rng, dims=tuple(m.dims), scale=cfg.scale, kl_weight=cfg.kl_weight,
-        kl_temperature=cfg.kl_temperature)
+        kl_temperature=cfg.kl_temperature, neg_layers=negatives, symmetric=cfg.symmetric)
     return loss, _named(parts)
   return fn
 
