@@ -8,7 +8,9 @@ for every recipe R and seed S into <out>/<R>_s<S> (a finished run is kept, an
 interrupted one resumes), evaluates "before" (the pretrained model, the same for every
 arm) once, then writes <out>/results.json (every cell's metrics per run) and
 <out>/table.md (mean +- std over seeds, made from results.json alone:
-`--table_only` remakes it without training).
+`--table_only` remakes it without training). Runs recorded in an existing
+<out>/results.json are kept and not redone, so seeds can be added later, e.g. after
+copying experiments/results/ood_ablation/results.json into <out>.
 """
 
 from __future__ import annotations
@@ -48,15 +50,20 @@ def run_all(out: str, recipes, seeds, extra) -> dict:
   os.makedirs(out, exist_ok=True)
   results = {"before": None, "runs": {}, "wall_s": {}}
   previous = os.path.join(out, "results.json")
-  if os.path.exists(previous):          # keep the wall times of earlier invocations
+  if os.path.exists(previous):
+    # Earlier invocations' results are kept, also of runs whose folders are gone (a
+    # results.json copied from the repository): those runs are not redone.
     with open(previous) as f:
-      results["wall_s"] = json.load(f).get("wall_s", {})
+      old = json.load(f)
+    results.update({k: old.get(k) or results[k] for k in results})
   for recipe in recipes:
     for seed in seeds:
       name = f"{recipe}_s{seed}"
       workdir = os.path.join(out, name)
       done = _metrics(workdir)
-      if done is None:
+      if done is None and name in results["runs"] and not os.path.exists(workdir):
+        print(f"{name}: kept from {previous}", flush=True)
+      elif done is None:
         first = results["before"] is None and not any(
             (_metrics(os.path.join(out, n)) or {}).get("before") for n in os.listdir(out)
             if os.path.isdir(os.path.join(out, n)))
