@@ -59,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # wordnet: pairs from WordNet; file: pairs/triplets/k negatives from train_file
   # (.jsonl, .csv, .tsv; e.g. written by experiments.mine); beir: (query, relevant
-  # document) pairs of beir_dir's qrels/<beir_split>.tsv.
+  # document) pairs of beir_dir's qrels/<beir_split>.tsv; scored_file: graded pairs
+  # (sentence1, sentence2, score; the STS format of eval.sts_files) from train_file,
+  # for loss.name cosent | angle.
   c.data.source = "wordnet"                          # (fashion_mnist: image_text towers)
   c.data.train_file = ""
   # The file's column names for ours when they differ, e.g. 'anchor=question,
@@ -89,7 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.query_instruction = ""
 
   c.loss = ml_collections.ConfigDict()
-  # info_nce | contrastive | sigmoid | 2dmse | self_distillation (jaxembed/losses/registry)
+  # info_nce | contrastive | sigmoid | 2dmse | self_distillation, and on graded pairs
+  # cosent | angle (jaxembed/losses/registry)
   c.loss.name = "info_nce"
   c.loss.scale = 20.0                                # 1 / temperature
   c.loss.learnable_temperature = False               # learn log(scale) (and SigLIP's bias)
@@ -105,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.mix_hardest = 4                             #   mixed from this many hardest
   c.loss.sigmoid_scale = 10.0                        # sigmoid: t (SigLIP init)
   c.loss.sigmoid_bias = -10.0                        # sigmoid: b (SigLIP init)
+  # angle: weights of its cosine (CoSENT) and angle terms; both at tau = loss.scale
+  c.loss.angle = ml_collections.ConfigDict(dict(cosine_weight=1.0, angle_weight=1.0))
   # Distillation of the frozen pretrained model (model.path's weights and pooling, last
   # layer, full width: the teacher) into every Matryoshka cell: per cell, KL between
   # the teacher's and the cell's softmax over scaled cosine similarities among the

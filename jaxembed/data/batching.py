@@ -170,6 +170,8 @@ def collate(records: list[dict], num_negatives: int) -> dict:
          "positive": [r["positive"] for r in records]}
   if num_negatives:
     out["negatives"] = [[r["negatives"][j] for r in records] for j in range(num_negatives)]
+  if records and "score" in records[0]:
+    out["score"] = [r["score"] for r in records]
   return out
 
 

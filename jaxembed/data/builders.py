@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from jaxembed.data import docstrings, foldoc, manpages, packaged, wordnet
 from jaxembed.data.packaged import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist
-from jaxembed.data.readers import read_beir, read_pairs
+from jaxembed.data.readers import read_beir, read_pairs, read_scored_pairs
 from jaxembed.errors import DataError
 
 _TEXT_FEATURES = ("anchor", "positive", "synset", "kind")
@@ -143,6 +143,21 @@ class LocalPairs(tfds.core.GeneratorBasedBuilder):
       yield i, row
 
 
+class LocalScoredPairs(LocalPairs):
+  """Graded pairs (anchor, positive, score) from a local STS-format file, for the
+  ranking objectives (CoSENT, AnglE)."""
+
+  name = "local_scored_pairs"
+  RELEASE_NOTES = {"1.0.0": "anchor, positive, score from a local file."}
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Graded pairs from a local file.",
+        features=tfds.features.FeaturesDict({
+            "anchor": tfds.features.Text(), "positive": tfds.features.Text(),
+            "score": tfds.features.Scalar(dtype=np.float32)}))
+
+
 def _fingerprint(*paths: str, extra: str = "") -> str:
   parts = [extra]
   for path in paths:
@@ -164,6 +179,19 @@ def pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject",
   rows, _ = read_pairs(path, on_error=on_error, columns=columns)
   extra = on_error + (f":{columns}" if columns else "")
   return local_pairs(rows, fingerprint=_fingerprint(path, extra=extra), tfds_dir=tfds_dir)
+
+
+def scored_pairs_file(*, path: str, tfds_dir: str, on_error: str = "reject",
+                      field: str = "data.train_file") -> LocalScoredPairs:
+  """Graded pairs from a CSV / TSV / JSONL file with sentence1, sentence2 and score
+  (the STS format `readers.read_scored_pairs` reads)."""
+  rows, _ = read_scored_pairs(path, on_error=on_error, field=field)
+  if len({score for _, _, score in rows}) < 2:
+    raise DataError(f"{field}={path!r}: every pair has the score {rows[0][2]}; the "
+                    "ranking losses (cosent, angle) learn from grades that differ")
+  rows = [{"anchor": a, "positive": b, "score": np.float32(score)} for a, b, score in rows]
+  return _prepared(os.path.expanduser(tfds_dir), LocalScoredPairs, rows=rows,
+                   fingerprint=_fingerprint(path, extra=f"scored:{on_error}"))
 
 
 def foldoc_pairs(*, foldoc_dir: str, tfds_dir: str) -> LocalPairs:

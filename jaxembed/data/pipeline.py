@@ -19,7 +19,8 @@ from jaxembed.errors import DataError
 
 
 class TokenizePairs:
-  """Batch of records -> {'anchor': ids/mask, 'positive': ids/mask}, fixed length."""
+  """Batch of records -> {'anchor': ids/mask, 'positive': ids/mask[, 'negatives'][,
+  'score': [batch] float32 grades]}, fixed length."""
 
   def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction: str = ""):
     self.tokenizer = tokenizer
@@ -41,6 +42,8 @@ class TokenizePairs:
                                   pad_to=self.seq_len)
       b, k = len(columns[0]), len(columns)
       out["negatives"] = {key: v.reshape(b, k, self.seq_len) for key, v in enc.items()}
+    if "score" in batch:    # graded pairs (data.source='scored_file')
+      out["score"] = np.asarray(batch["score"], np.float32)
     return out
 
 

@@ -24,6 +24,7 @@ from jaxembed.losses.contrastive import (DIRECTIONS, contrastive_loss, mix_hard_
                                          sigmoid_loss)
 from jaxembed.losses.distillation import multi_exit_self_distillation, teacher_distillation
 from jaxembed.losses.matryoshka import build_cells, matryoshka_loss, two_d_matryoshka_loss
+from jaxembed.losses.scored import angle_objective, cosent_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Objective:
   build: Callable             # (cfg, BuildContext) -> fn(q, d, negs, *, rng, scale, bias)
   learnable: bool             # may learn its temperature (and bias)
   init_params: Callable | None = None   # cfg -> {'log_scale', ...} when learnable
+  scored: bool = False        # ranks graded pairs: fn(..., grades=[batch] scores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,18 +48,24 @@ class BuildContext:
 _REGISTRY: dict[str, Objective] = {}
 
 
-def register(name: str, *, learnable: bool = False, init_params=None):
+def register(name: str, *, learnable: bool = False, init_params=None, scored: bool = False):
   def wrap(build):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")
     _REGISTRY[name] = Objective(name, build, learnable,
-                                init_params or (_scale_params if learnable else None))
+                                init_params or (_scale_params if learnable else None),
+                                scored)
     return build
   return wrap
 
 
 def names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
+
+
+def scored_names() -> tuple[str, ...]:
+  """The objectives that train on graded pairs (data.source='scored_file')."""
+  return tuple(n for n, o in _REGISTRY.items() if o.scored)
 
 
 def _scale_params(cfg) -> dict:
@@ -102,12 +110,19 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   fn = objective.build(cfg, ctx)
   kd = distill_settings(cfg)
 
-  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None):
+  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None,
+              grades=None):
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
+    graded = {}
+    if objective.scored:
+      if grades is None:
+        raise ValueError(f"loss.name={cfg.name!r} ranks graded pairs, and the batch has "
+                         "no scores: train on data.source='scored_file'")
+      graded = {"grades": grades}
     if kd is None or kd.pair_weight:
-      loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"))
+      loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"), **graded)
     if kd is not None:
       if teacher is None:
         raise ValueError("loss.distill is set but the step passed no teacher embeddings")
@@ -262,6 +277,39 @@ def _two_d_mse(cfg, ctx: BuildContext):
         kl_temperature=cfg.kl_temperature, neg_layers=negatives, symmetric=cfg.symmetric)
     return loss, _named(parts)
   return fn
+
+
+def _scored(cfg, ctx: BuildContext, score_fn):
+  """A graded-pair ranking loss per Matryoshka cell (weighted mean over the cells)."""
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None, grades):
+    del bias
+    if negatives is not None:
+      raise ValueError(f"loss.name={cfg.name!r} ranks graded pairs; the batch has hard "
+                       "negatives, which it has no use for")
+    tau = cfg.scale if scale is None else scale
+    return _per_cell(q, d, None, rng=rng, ctx=ctx, scale=tau, bias=None,
+                     one_cell=lambda u, v, n, key, scale, bias: score_fn(u, v, grades, scale))
+  return fn
+
+
+@register("cosent", scored=True)
+def _cosent(cfg, ctx: BuildContext):
+  """CoSENT (Su 2022) on graded pairs (data.source='scored_file'): every pair of pairs
+  whose grades differ ranked by loss.scale * cosine, per Matryoshka cell."""
+  return _scored(cfg, ctx, lambda u, v, g, tau: cosent_loss(u, v, g, tau=tau))
+
+
+@register("angle", scored=True)
+def _angle(cfg, ctx: BuildContext):
+  """AnglE (Li & Li 2024) on graded pairs: loss.angle.cosine_weight x CoSENT +
+  loss.angle.angle_weight x the same ranking on the angle-difference score, both at
+  tau = loss.scale, per Matryoshka cell."""
+  a = cfg.angle
+  for name in ("cosine_weight", "angle_weight"):
+    if not a[name] >= 0:
+      raise ConfigError(f"loss.angle.{name}={a[name]!r} must be >= 0")
+  return _scored(cfg, ctx, lambda u, v, g, tau: angle_objective(
+      u, v, g, cosine_weight=a.cosine_weight, angle_weight=a.angle_weight, tau=tau))
 
 
 @register("self_distillation")

@@ -60,7 +60,7 @@ def make_inputs(config, model, tokenizer):
   return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources)
 
 
-_SOURCES = ("wordnet", "foldoc", "file", "beir")
+_SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")
 _NO_PATH = ("wordnet", "foldoc")
 _COMPONENT_KEYS = ("source", "path", "weight", "split")
 
@@ -69,7 +69,8 @@ def mixture_components(d) -> list[dict]:
   """data.mixture as checked dicts {name, source, path, split, weight}; without a
   mixture, the one dataset named by data.source."""
   if not d.mixture:
-    path = {"wordnet": "", "file": d.train_file, "beir": d.beir_dir}.get(d.source, "")
+    path = {"file": d.train_file, "scored_file": d.train_file,
+            "beir": d.beir_dir}.get(d.source, "")
     specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
     fields = ["data.source"]
   else:
@@ -85,9 +86,13 @@ def mixture_components(d) -> list[dict]:
       valid = list(_SOURCES) + (["fashion_mnist (image_text two-tower)"]
                                 if field == "data.source" else [])
       raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
+    if source == "scored_file" and field != "data.source":
+      raise ConfigError(f"{field}: graded pairs (source='scored_file') train alone, not in "
+                        "a mixture: set data.source='scored_file' and data.train_file")
     path = spec.get("path", "")
     if source not in _NO_PATH and not path:
-      where = ({"file": "data.train_file", "beir": "data.beir_dir"}[source]
+      where = ({"file": "data.train_file", "scored_file": "data.train_file",
+                "beir": "data.beir_dir"}[source]
                if field == "data.source" else f"{field}['path']")
       raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
     try:
@@ -110,7 +115,7 @@ def data_fingerprint(config) -> dict:
     return {}
   paths = []
   for c in mixture_components(d):
-    if c["source"] == "file":
+    if c["source"] in ("file", "scored_file"):
       paths.append(c["path"])
     elif c["source"] == "beir":
       paths += [os.path.join(c["path"], "qrels", f"{c['split']}.tsv"),
@@ -129,6 +134,9 @@ def train_source(d, component: dict, wordnet_builder):
   if component["source"] == "file":
     builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
                                   on_error=d.on_error, columns=d.columns)
+  elif component["source"] == "scored_file":
+    builder = builders.scored_pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
+                                         on_error=d.on_error)
   else:
     builder = builders.beir_pairs(folder=component["path"], split=component["split"],
                                   tfds_dir=d.tfds_dir, on_error=d.on_error)

@@ -20,6 +20,7 @@ from jaxembed import sharding as shd
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.losses import build_cells
+from jaxembed.losses import registry
 from jaxembed.losses.registry import distill_settings, init_loss_params, make_loss
 from jaxembed.models import ModelSpec, build, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
@@ -102,6 +103,7 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
     raise ConfigError(f"train.batch_size={batch} must divide by the data-parallel "
                       f"size dcn_data*data*fsdp={n_batch_shards} and by the "
                       f"{jax.process_count()} processes")
+  check_scored(config)
   mini = config.train.grad_cache_minibatch
   if mini and (batch % mini or mini % n_batch_shards):
     raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
@@ -109,6 +111,21 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
   if mini and not model.supports_grad_cache:
     raise ConfigError(f"train.grad_cache_minibatch is not supported with "
                       f"model.encoder={config.model.encoder!r}; set it to 0")
+
+
+def check_scored(config) -> None:
+  """Graded pairs and the ranking objectives go together: a scored file's grades would
+  be ignored by a pair loss, and a ranking loss has nothing to rank without them."""
+  scored_loss = config.loss.name in registry.scored_names()
+  scored_data = config.data.source == "scored_file" and not config.data.mixture
+  if scored_loss and not scored_data:
+    raise ConfigError(f"loss.name={config.loss.name!r} ranks graded pairs: set "
+                      "data.source='scored_file' and data.train_file to a file with "
+                      "sentence1, sentence2, score (no data.mixture)")
+  if scored_data and not scored_loss:
+    raise ConfigError(f"data.source='scored_file' gives graded pairs; loss.name="
+                      f"{config.loss.name!r} would ignore the grades: use one of "
+                      f"{list(registry.scored_names())}")
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:

@@ -45,7 +45,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
   (GradCache), bounding activation memory by the mini-batch. check_finite: the
   step reports metrics['finite'] = False when its loss or gradient norm is not
   finite. teacher_params: a frozen teacher of the same model (loss.distill), whose
-  vectors of the batch reach loss_fn as `teacher`.
+  vectors of the batch reach loss_fn as `teacher`. A batch with 'score' (graded
+  pairs) passes it to loss_fn as `grades`.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -54,6 +55,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
 
   encode_rng, loss_rng = jax.random.split(rng)
   extra = {}
+  if "score" in batch:      # graded pairs, for the ranking objectives
+    extra["grades"] = batch["score"]
   if teacher_params is not None:
     extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
 
