@@ -24,6 +24,8 @@ CASES = [(path, arg) for path in CONFIG_FILES
                          ids=[f"{os.path.basename(p)}:{a}" for p, a in CASES])
 def test_config_builds(path, arg):
   module = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}")
+  if getattr(module, "KIND", "") == "classification":
+    return _classifier_config_builds(module, arg)
   assert module.__doc__ and "python -m experiments.train" in module.__doc__
   config = module.get_config(arg)
   defaults.check_fields(config)
@@ -49,3 +51,17 @@ def test_misspelt_field_in_a_config_file_is_refused():
   config.train.stpes = 3
   with pytest.raises(ConfigError, match=r"unknown config field 'train.stpes'.*'steps'"):
     defaults.check_fields(config)
+
+
+def _classifier_config_builds(module, arg):
+  """A supervised reproduction config (e.g. MRL's): every arm's classifier builds."""
+  from jaxembed.train import classify
+  name = module.__name__.split(".")[-1]
+  assert module.__doc__ and f"python -m experiments.{name}" in module.__doc__
+  config = module.get_config(arg)
+  assert config.arms
+  for arm in config.arms:
+    model = classify.make_classifier(config, arm)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               *model.example_inputs()))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) > 0

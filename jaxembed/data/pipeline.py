@@ -243,3 +243,42 @@ def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_si
   ds = batching.PlannedBatches([source], plan, batch_size, process_index, process_count,
                                collate_fn=ImageCaptions(tokenizer, seq_len, class_names))
   return _to_iter(ds, num_threads, workers)
+
+
+class _ImagesAndLabels:
+  """A batch of {'image' uint8 [b, H, W, C], 'label'} -> {'pixels' float32 in [0, 1],
+  'label' int32}."""
+
+  def __call__(self, batch):
+    return {"pixels": np.asarray(batch["image"], np.float32) / 255.0,
+            "label": np.asarray(batch["label"], np.int32)}
+
+
+def labelled_image_dataset(source, *, batch_size: int, seed: int, process_index: int = 0,
+                           process_count: int = 1, max_examples: int | None = None,
+                           num_threads: int = 2, workers: int = 0) -> grain.IterDataset:
+  """An endless, per-epoch reshuffled stream of labelled image batches for this host
+  (supervised classification); the global batch is split over hosts as in
+  `pair_dataset`."""
+  ds = grain.MapDataset.source(source)
+  if max_examples is not None:
+    ds = ds[:max_examples]
+  if len(ds) < batch_size:
+    raise DataError(f"{len(ds)} labelled images, fewer than one batch of {batch_size}")
+  _check_host_split(batch_size, process_count)
+  ds = HostShard(ds.shuffle(seed=seed).repeat(None), batch_size, process_index,
+                 process_count)
+  ds = ds.batch(batch_size // process_count, drop_remainder=True).map(_ImagesAndLabels())
+  return _to_iter(ds, num_threads, workers)
+
+
+def labelled_images(source, limit: int | None = None, chunk: int = 4096):
+  """(pixels float32 [n, H, W, C] in [0, 1], labels int32 [n]) of a whole split, in
+  order: the features a probe is fitted on."""
+  n = len(source) if limit is None else min(limit, len(source))
+  parts = [_ImagesAndLabels()({
+      k: np.stack([r[k] for r in rows]) for k in ("image", "label")})
+      for rows in (source.__getitems__(list(range(s, min(s + chunk, n))))
+                   for s in range(0, n, chunk))]
+  return (np.concatenate([p["pixels"] for p in parts]),
+          np.concatenate([p["label"] for p in parts]))
