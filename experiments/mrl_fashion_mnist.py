@@ -119,7 +119,8 @@ def table(results: dict) -> str:
   config, seeds = results["config"], results["seeds"]
   dims = config["dims"]
   lines = []
-  for metric, title in (("linear", "Linear probe"), ("1nn", "1-NN (cosine)")):
+  for metric, title in (("head", "Trained heads' (no head for truncation and PCA)"),
+                        ("linear", "Linear probe"), ("1nn", "1-NN (cosine)")):
     lines += [f"**{title} top-1 accuracy, %** (test split; mean ± std over seeds "
               f"{', '.join(map(str, seeds))})", "",
               "| dim | " + " | ".join(t for _, t in ROWS) + " | MRL − FF |",
