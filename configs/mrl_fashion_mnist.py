@@ -33,7 +33,7 @@ def get_config(arg=None):
   # MRL and MRL-E, and one FF model per dim.
   c.arms = ("mrl", "mrl_e") + tuple(f"ff{m}" for m in c.dims)
   c.train = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=128, learning_rate=2e-3, warmup_steps=100,
+      steps=500, batch_size=128, learning_rate=2e-3, warmup_steps=50,
       weight_decay=1e-4))
   c.data = ml_collections.ConfigDict()
   c.data.tfds_dir = "~/.cache/jaxembed/tfds"
