@@ -99,7 +99,7 @@ ROWS = (("mrl", "MRL"), ("mrl_e", "MRL-E"), ("ff", "FF (one model per dim)"),
         ("truncated", "FF-max truncated"), ("pca", "FF-max + PCA"))
 
 
-def _values(results, arm, metric, m, seeds, dims):
+def _values(results, arm, metric, m, seeds):
   out = []
   for s in seeds:
     name = f"ff{m}_s{s}" if arm == "ff" else f"{arm}_s{s}"
@@ -126,8 +126,8 @@ def table(results: dict) -> str:
               "| dim | " + " | ".join(t for _, t in ROWS) + " | MRL − FF |",
               "|---" * (len(ROWS) + 2) + "|"]
     for m in dims:
-      cols = [_fmt(_values(results, arm, metric, m, seeds, dims)) for arm, _ in ROWS]
-      mrl, ff = (_values(results, a, metric, m, seeds, dims) for a in ("mrl", "ff"))
+      cols = [_fmt(_values(results, arm, metric, m, seeds)) for arm, _ in ROWS]
+      mrl, ff = (_values(results, a, metric, m, seeds) for a in ("mrl", "ff"))
       gap = mrl - ff if len(mrl) == len(ff) and len(mrl) else np.array([])
       lines.append(f"| {m} | " + " | ".join(cols) + f" | {_fmt(gap)} |")
     lines.append("")
