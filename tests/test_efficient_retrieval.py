@@ -60,6 +60,23 @@ def test_binary_and_hamming_against_loops():
                                 slow_topk(q @ c.T, 5))
 
 
+@pytest.mark.parametrize("dim, n", [(21, 50), (8, 400), (384, 3000)])
+def test_binary_search_with_faiss_gives_the_same_top_k(dim, n):
+  """faiss' IndexBinaryFlat path returns the numpy path's top k, in the same order, also
+  where Hamming ties are everywhere (8 bits) and at a width that is not whole bytes."""
+  import faiss  # noqa: F401  (a test dependency: the comparison must run)
+  rng = np.random.default_rng(dim)
+  q, c = rng.standard_normal((30, dim)), rng.standard_normal((n, dim))
+  k = min(100, n)
+  want = quantize.binary_search(q, c, k, backend="numpy")
+  np.testing.assert_array_equal(quantize.binary_search(q, c, k, backend="faiss"), want)
+  np.testing.assert_array_equal(quantize.binary_search(q, c, k), want)   # auto
+  ham = quantize.hamming(quantize.pack_binary(q), quantize.pack_binary(c))
+  np.testing.assert_array_equal(want, slow_topk(-ham, k))
+  with pytest.raises(ValueError, match="backend='annoy'"):
+    quantize.binary_search(q, c, k, backend="annoy")
+
+
 def test_int8_calibration_and_search():
   rng = np.random.default_rng(2)
   c = rng.standard_normal((200, 16)).astype(np.float32)

@@ -47,11 +47,53 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
   return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
-  """Top k by Hamming distance of sign bits (lower is better)."""
+BACKENDS = ("auto", "numpy", "faiss")
+
+
+def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int, *,
+                  backend: str = "auto") -> np.ndarray:
+  """Top k by Hamming distance of sign bits (lower is better; ties to the lower index).
+
+  backend: 'numpy' (blocked popcounts), 'faiss' (faiss.IndexBinaryFlat, the `faiss`
+  extra: its search finds the k-th distance, a range search then takes every item at
+  or below it, so ties at the boundary go to the lower index exactly as in 'numpy'),
+  or 'auto' (faiss when it is installed). Both return the same indices in the same
+  order."""
+  if backend not in BACKENDS:
+    raise ValueError(f"backend={backend!r}; valid: {list(BACKENDS)}")
   qb, db = pack_binary(queries), pack_binary(corpus)
+  k = min(k, len(db))
+  if backend != "numpy":
+    try:
+      import faiss
+    except ImportError:
+      if backend == "faiss":
+        raise ImportError("backend='faiss' needs faiss: pip install 'jaxembed[faiss]'")
+      faiss = None
+    if faiss is not None:
+      return _faiss_binary_search(faiss, qb, db, k)
   return np.concatenate([_top(-hamming(qb[s:s + _BLOCK], db), k)
                          for s in range(0, len(qb), _BLOCK)])
+
+
+def _faiss_binary_search(faiss, qb, db, k: int) -> np.ndarray:
+  """faiss.IndexBinaryFlat wants whole bytes: codes are padded with zero bits, which
+  leaves every Hamming distance unchanged."""
+  index = faiss.IndexBinaryFlat(8 * qb.shape[1])
+  index.add(np.ascontiguousarray(db))
+  dist, _ = index.search(np.ascontiguousarray(qb), k)
+  # Every item within each query's k-th distance (one range search per distinct k-th
+  # distance: faiss takes one radius per call, and returns distances < radius), then
+  # (distance, index) order: the boundary's ties resolved as the stable sort does.
+  kth = dist[:, -1].astype(np.int64)
+  out = np.empty((len(qb), k), np.int64)
+  for radius in np.unique(kth):
+    rows = np.flatnonzero(kth == radius)
+    lims, rd, ri = index.range_search(np.ascontiguousarray(qb[rows]), int(radius) + 1)
+    for n, r in enumerate(rows):
+      d, i = rd[lims[n]:lims[n + 1]], ri[lims[n]:lims[n + 1]]
+      out[r] = i[np.lexsort((i, d))][:k]
+  return out
 
 
 def int8_search(queries: np.ndarray, corpus: np.ndarray, k: int,
