@@ -83,8 +83,9 @@ def mixture_components(d) -> list[dict]:
       raise ConfigError(f"{field}: unknown keys {bad}; valid: {list(_COMPONENT_KEYS)}")
     source = spec.get("source")
     if source not in _SOURCES:
-      valid = list(_SOURCES) + (["fashion_mnist (image_text two-tower)"]
-                                if field == "data.source" else [])
+      # Graded pairs (scored_file) train alone, so a mixture entry can't name them.
+      valid = ([s for s in _SOURCES if s != "scored_file"] if field != "data.source"
+               else list(_SOURCES) + ["fashion_mnist (image_text two-tower)"])
       raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
     if source == "scored_file" and field != "data.source":
       raise ConfigError(f"{field}: graded pairs (source='scored_file') train alone, not in "
