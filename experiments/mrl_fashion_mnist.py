@@ -25,7 +25,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxembed.data import builders, pipeline
-from jaxembed.evals.classification import fit_logistic, knn_predict, logistic_predict
+from jaxembed.evals.classification import (fit_logistic, knn_predict, logistic_predict,
+                                           pca_reduce)
 from jaxembed.train import classify
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mrl_fashion_mnist.py")
@@ -46,13 +47,6 @@ def probe_scores(train_z, train_y, test_z, test_y, dims, c: float) -> dict:
     out["linear"][str(m)] = float(np.mean(logistic_predict(model, (te - mu) / sd) == test_y))
     out["1nn"][str(m)] = float(np.mean(knn_predict(tr, train_y, te, k=1) == test_y))
   return out
-
-
-def pca(train_z, test_z, m: int):
-  """Both sets projected on the top m principal directions of train_z."""
-  mu = train_z.mean(0)
-  _, _, vt = np.linalg.svd(np.float64(train_z - mu), full_matrices=False)
-  return (train_z - mu) @ vt[:m].T, (test_z - mu) @ vt[:m].T
 
 
 def run_seed(config, seed: int, results: dict, save) -> None:
@@ -86,7 +80,7 @@ def run_seed(config, seed: int, results: dict, save) -> None:
                                                            dims, p.c)
       reduced = {"linear": {}, "1nn": {}}
       for m in dims:
-        a, b = pca(tr_z, te_z, m)
+        a, b = pca_reduce(tr_z, te_z, m)
         for k, v in probe_scores(a, probe_y, b, test_y, (m,), p.c).items():
           reduced[k].update(v)
       results["runs"][f"pca_s{seed}"] = reduced

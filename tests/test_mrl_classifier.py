@@ -72,8 +72,7 @@ def test_training_lowers_the_mrl_loss_and_heads_score_as_numpy_does(fashion):
 
 def test_pca_matches_scikit_learn():
   from sklearn.decomposition import PCA
-  sys.path.insert(0, REPO)
-  from experiments.mrl_fashion_mnist import pca
+  from jaxembed.evals.classification import pca_reduce as pca
   rng = np.random.default_rng(0)
   a = rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12))
   b = rng.normal(size=(50, 12))

@@ -29,6 +29,14 @@ BUILD_ALL = textwrap.dedent("""
       module = importlib.import_module(f"configs.{name}")
       for arg in (None, "smoke", *getattr(module, "VARIANTS", ())):
         config = module.get_config(arg)
+        if getattr(module, "KIND", "") == "classification":   # e.g. the MRL reproduction
+          import jax
+          from jaxembed.train import classify
+          for arm in config.arms:
+            m = classify.make_classifier(config, arm)
+            assert jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), *m.example_inputs()))
+          built += 1
+          continue
         defaults.check_fields(config)
         folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
         model = build_model(config, text_encoder_config(config, folder))

@@ -127,3 +127,12 @@ def v_measure(labels_true, labels_pred, beta: float = 1.0) -> float:
   if homogeneity + completeness == 0:
     return 0.0
   return (1 + beta) * homogeneity * completeness / (beta * homogeneity + completeness)
+
+
+def pca_reduce(train_x, test_x, m: int):
+  """Both sets projected on the top m principal directions of train_x (centred with
+  train_x's mean): a post-hoc reduction baseline for Matryoshka representations."""
+  train_x = np.asarray(train_x, np.float64)
+  mu = train_x.mean(0)
+  _, _, vt = np.linalg.svd(train_x - mu, full_matrices=False)
+  return (train_x - mu) @ vt[:m].T, (np.asarray(test_x, np.float64) - mu) @ vt[:m].T
