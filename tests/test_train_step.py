@@ -82,7 +82,8 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"loss.name": "triplet"}, r"loss.name='triplet'; valid values: \['info_nce', "
-                               r"'contrastive', 'sigmoid', '2dmse', 'self_distillation'\]"),
+                               r"'contrastive', 'sigmoid', '2dmse', 'cosent', 'angle', "
+                               r"'self_distillation'\]"),
     ({"loss.matryoshka.weights": (1.0, 2.0)}, r"weights has 2 entries for 6 cells"),
     ({"loss.matryoshka.dims": (8, 48)}, r"loss.matryoshka.dims: dim 48 is out of range "
                                         r"for the hidden size 32 \(valid: 1..32\)"),
