@@ -114,9 +114,10 @@ def test_missing_fashion_mnist_is_named(tmp_path):
 
 @pytest.mark.parametrize("k", [1, 3, 5, 40])
 def test_nearest_neighbours_order_as_a_stable_sort_does(k):
-  """kNN's top-k without sorting whole rows: the same indices, in the same order, as a
-  stable argsort of -similarity, ties (many, after rounding) included."""
-  from jaxembed.evals.classification import _nearest
+  """The top k that kNN (and retrieval, quantised search) use, without sorting whole
+  rows: the same indices, in the same order, as a stable argsort of -similarity, ties
+  (many, after rounding) included."""
+  from jaxembed.evals.retrieval import top_k
   sims = np.round(np.random.default_rng(k).normal(size=(60, 40)), 1)
   want = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-  np.testing.assert_array_equal(_nearest(sims, k), want)
+  np.testing.assert_array_equal(top_k(sims, k), want)

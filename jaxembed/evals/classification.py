@@ -15,30 +15,18 @@ from __future__ import annotations
 import numpy as np
 import scipy.optimize
 
+from jaxembed.evals.retrieval import top_k
+
 
 def _unit(x):
   x = np.asarray(x, np.float64)
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _nearest(sims, k: int) -> np.ndarray:
-  """Indices of the k largest per row, most similar first, ties to the lower index
-  (as a stable argsort of -sims); without sorting whole rows."""
-  if k == 1:
-    return np.argmax(sims, axis=1)[:, None]
-  k = min(k, sims.shape[1])
-  kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]      # the k-th largest per row
-  out = np.empty((len(sims), k), np.int64)
-  for r, (row, bound) in enumerate(zip(sims, kth)):
-    idx = np.flatnonzero(row >= bound)                      # every tie at the boundary
-    out[r] = idx[np.lexsort((idx, -row[idx]))][:k]
-  return out
-
-
 def knn_predict(train_x, train_y, test_x, k: int = 5, chunk: int = 2048) -> np.ndarray:
   train_y = np.asarray(train_y)
   train_u, test_u = _unit(train_x), _unit(test_x)
-  nearest = np.concatenate([_nearest(test_u[s:s + chunk] @ train_u.T, k)
+  nearest = np.concatenate([top_k(test_u[s:s + chunk] @ train_u.T, k)
                             for s in range(0, len(test_u), chunk)])
   out = []
   for row in nearest:

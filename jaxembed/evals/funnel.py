@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxembed.evals.retrieval import top_k
 from jaxembed.evals.search import exact_search
 
 
@@ -52,9 +53,8 @@ def funnel_search(queries: np.ndarray, corpus: np.ndarray, stages: Sequence[Stag
     d = prefix(corpus, stage.dim)
     scores = np.einsum("qd,qkd->qk", q, d[cand])
     flops += 2.0 * cand.shape[1] * stage.dim
-    # stable sort on -score: among equal scores the earlier (better-ranked) candidate
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :stage.keep]
-    cand = np.take_along_axis(cand, order, axis=1)
+    # among equal scores the earlier (better-ranked) candidate first
+    cand = np.take_along_axis(cand, top_k(scores, stage.keep), axis=1)
   return cand, flops
 
 

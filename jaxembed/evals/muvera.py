@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxembed.evals.retrieval import top_k
+
 
 @dataclasses.dataclass(frozen=True)
 class FDEConfig:
@@ -124,7 +126,7 @@ def search(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], cfg: FDECo
   """FDE inner-product search for `candidates` documents, reranked by exact MaxSim."""
   d_fde = encode(docs, cfg, is_query=False) if doc_fdes is None else doc_fdes
   q_fde = encode(queries, cfg, is_query=True)
-  cand = np.argsort(-(q_fde @ d_fde.T), axis=1, kind="stable")[:, :candidates]
+  cand = top_k(q_fde @ d_fde.T, candidates)
   out = []
   for q, c in zip(queries, cand):
     scores = maxsim(q, [docs[j] for j in c])

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxembed.evals.retrieval import top_k
+
 _BLOCK = 256   # queries scored at a time: memory is block x corpus, never Q x corpus
 
 
@@ -42,11 +44,6 @@ class Int8Calibration:
     return (np.clip(np.rint(steps), 0, 255) - 128).astype(np.int8)
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-  """Best k per row, best first; ties -> lower column (stable sort)."""
-  return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
 BACKENDS = ("auto", "numpy", "faiss")
 
 
@@ -72,7 +69,7 @@ def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int, *,
       faiss = None
     if faiss is not None:
       return _faiss_binary_search(faiss, qb, db, k)
-  return np.concatenate([_top(-hamming(qb[s:s + _BLOCK], db), k)
+  return np.concatenate([top_k(-hamming(qb[s:s + _BLOCK], db), k)
                          for s in range(0, len(qb), _BLOCK)])
 
 
@@ -101,7 +98,7 @@ def int8_search(queries: np.ndarray, corpus: np.ndarray, k: int,
   """Top k by the int32 dot product of int8 codes."""
   qi = calibration.quantize(queries).astype(np.int32)
   di = calibration.quantize(corpus).astype(np.int32)
-  return np.concatenate([_top(qi[s:s + _BLOCK] @ di.T, k)
+  return np.concatenate([top_k(qi[s:s + _BLOCK] @ di.T, k)
                          for s in range(0, len(qi), _BLOCK)])
 
 
@@ -109,8 +106,7 @@ def rescore(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray,
             k: int) -> np.ndarray:
   """The candidates reranked by float inner product; the best k, best first."""
   scores = np.einsum("qd,qkd->qk", queries, corpus[candidates])
-  order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-  return np.take_along_axis(candidates, order, axis=1)
+  return np.take_along_axis(candidates, top_k(scores, k), axis=1)
 
 
 def bytes_per_vector(kind: str, dim: int) -> int:

@@ -12,10 +12,17 @@ import numpy as np
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-  """Indices of the k best documents per query, best first, ties -> lower index."""
+  """Indices of the k best documents per query, best first, ties -> lower index: the
+  first k of a stable argsort of -scores, found without sorting whole rows."""
   k = min(k, scores.shape[1])
-  # A stable sort on -score keeps the lower index first among equal scores.
-  return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  if k == 1:
+    return np.argmax(scores, axis=1)[:, None]      # the first maximum: the lower index
+  kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]      # the k-th best per row
+  out = np.empty((len(scores), k), np.int64)
+  for r, (row, bound) in enumerate(zip(scores, kth)):
+    idx = np.flatnonzero(row >= bound)                        # every tie at the boundary
+    out[r] = idx[np.lexsort((idx, -row[idx]))][:k]
+  return out
 
 
 def ndcg_at_k(ranked_rel: np.ndarray, all_rel: list[np.ndarray], k: int) -> np.ndarray:
