@@ -219,10 +219,8 @@ def two_d_matryoshka_loss(q_layers, d_layers, rng, *, dims: Sequence[int], scale
   i = jax.random.randint(k_layer, (), 0, n - 1)            # index of a shallower layer
   m = jnp.asarray(dims)[jax.random.randint(k_dim, (), 0, len(dims))]
   def cands(layer_index):
-    d = jnp.take(d_layers, layer_index, axis=1)
-    if neg_layers is None:
-      return d
-    return candidates(d, jnp.take(neg_layers, layer_index, axis=2))
+    return candidates(jnp.take(d_layers, layer_index, axis=1), None if neg_layers is None
+                      else jnp.take(neg_layers, layer_index, axis=2))
   last_q, last_d = q_layers[:, -1], cands(n - 1)
   shallow_q, shallow_d = jnp.take(q_layers, i, axis=1), cands(i)
   nce = functools.partial(info_nce_from_logits, symmetric=symmetric)
