@@ -62,6 +62,8 @@ def make_inputs(config, model, tokenizer):
 
 _SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")
 _NO_PATH = ("wordnet", "foldoc")
+# The data.* field that holds the path of a source named by data.source.
+_PATH_FIELD = {"file": "train_file", "scored_file": "train_file", "beir": "beir_dir"}
 _COMPONENT_KEYS = ("source", "path", "weight", "split")
 
 
@@ -69,8 +71,7 @@ def mixture_components(d) -> list[dict]:
   """data.mixture as checked dicts {name, source, path, split, weight}; without a
   mixture, the one dataset named by data.source."""
   if not d.mixture:
-    path = {"file": d.train_file, "scored_file": d.train_file,
-            "beir": d.beir_dir}.get(d.source, "")
+    path = d[_PATH_FIELD[d.source]] if d.source in _PATH_FIELD else ""
     specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
     fields = ["data.source"]
   else:
@@ -92,9 +93,8 @@ def mixture_components(d) -> list[dict]:
                         "a mixture: set data.source='scored_file' and data.train_file")
     path = spec.get("path", "")
     if source not in _NO_PATH and not path:
-      where = ({"file": "data.train_file", "scored_file": "data.train_file",
-                "beir": "data.beir_dir"}[source]
-               if field == "data.source" else f"{field}['path']")
+      where = (f"data.{_PATH_FIELD[source]}" if field == "data.source"
+               else f"{field}['path']")
       raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
     try:
       weight = float(spec.get("weight", 1.0))
