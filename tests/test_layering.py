@@ -26,7 +26,7 @@ LAYERS = (
     ("models",),
     ("losses", "data", "sharding", "checkpoint", "workdir"),
     ("evals",),
-    ("api", "export", "mining", "__init__"),
+    ("api", "export", "mining", "mteb_adapter", "__init__"),
     ("train",),
 )
 
