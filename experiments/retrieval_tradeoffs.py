@@ -56,13 +56,13 @@ def funnel_table(q, c, task, hidden):
   for plan in plans:
     found, flops = funnel.funnel_search(q, c, plan)
     rows.append({"stages": [(s.dim, s.keep) for s in plan],
-                 "ndcg@10": _ndcg(found, task), "flops_per_query": flops,
+                 "ndcg_at_10": _ndcg(found, task), "flops_per_query": flops,
                  "index_bytes": funnel.index_bytes(len(c), plan)})
   md = _table(["stages (dim→keep)", "shortlist dim", "rerank dim", "nDCG@10",
                "MFLOPs/query", "index MB"],
               [[" → ".join(f"{d}→{k}" for d, k in r["stages"]), r["stages"][0][0],
                 r["stages"][-1][0] if len(r["stages"]) > 1 else "–",
-                f"{100 * r['ndcg@10']:.1f}", f"{r['flops_per_query'] / 1e6:.3f}",
+                f"{100 * r['ndcg_at_10']:.1f}", f"{r['flops_per_query'] / 1e6:.3f}",
                 f"{r['index_bytes'] / 1e6:.2f}"] for r in rows])
   return rows, md
 
@@ -82,13 +82,13 @@ def quantised_table(q, c, task):
     rows.append((kind, 0, cand[:, :10]))
     for n in (40, 100, 200):
       rows.append((kind, n, quantize.rescore(q, c, cand[:, :n], 10)))
-  out = [{"kind": kind, "rescore": n, "recall@10": quantize.recall_at_k(f, exact, 10),
-          "ndcg@10": _ndcg(f, task), "bytes_per_vector": quantize.bytes_per_vector(kind, dim)}
+  out = [{"kind": kind, "rescore": n, "recall_at_10": quantize.recall_at_k(f, exact, 10),
+          "ndcg_at_10": _ndcg(f, task), "bytes_per_vector": quantize.bytes_per_vector(kind, dim)}
          for kind, n, f in rows]
   md = _table(["index", "rescored (float)", "recall@10 vs float", "nDCG@10",
                "bytes/vector"],
-              [[r["kind"], r["rescore"] or "–", f"{r['recall@10']:.3f}",
-                f"{100 * r['ndcg@10']:.1f}", r["bytes_per_vector"]] for r in out])
+              [[r["kind"], r["rescore"] or "–", f"{r['recall_at_10']:.3f}",
+                f"{100 * r['ndcg_at_10']:.1f}", r["bytes_per_vector"]] for r in out])
   return out, md
 
 
@@ -102,15 +102,15 @@ def muvera_table(model, task, layer, candidates):
   cfg = muvera.FDEConfig(dim=qt[0].shape[1], num_repetitions=20, num_simhash=4,
                          projection_dim=16, seed=0)
   d_fde = muvera.encode(dt, cfg, is_query=False)
-  rows = [{"candidates": "exact MaxSim", "recall@10": 1.0, "ndcg@10": _ndcg(exact, task),
+  rows = [{"candidates": "exact MaxSim", "recall_at_10": 1.0, "ndcg_at_10": _ndcg(exact, task),
            "fde_dim": None}]
   for n in candidates:
     found = muvera.search(qt, dt, cfg, k=10, candidates=n, doc_fdes=d_fde)
-    rows.append({"candidates": n, "recall@10": quantize.recall_at_k(found, exact, 10),
-                 "ndcg@10": _ndcg(found, task), "fde_dim": cfg.output_dim})
+    rows.append({"candidates": n, "recall_at_10": quantize.recall_at_k(found, exact, 10),
+                 "ndcg_at_10": _ndcg(found, task), "fde_dim": cfg.output_dim})
   md = _table(["FDE candidates reranked", "recall@10 vs exact MaxSim", "nDCG@10",
                "FDE dim"],
-              [[r["candidates"], f"{r['recall@10']:.3f}", f"{100 * r['ndcg@10']:.1f}",
+              [[r["candidates"], f"{r['recall_at_10']:.3f}", f"{100 * r['ndcg_at_10']:.1f}",
                 r["fde_dim"] or "–"] for r in rows])
   return rows, cfg, md
 

@@ -193,10 +193,10 @@ def test_tradeoff_report_runs_on_held_out_wordnet(tmp_path, tfds_dir):
   assert funnel_rows[((32, 100), (384, 10))]["flops_per_query"] == 2 * (
       n * 32 + min(n, 100) * 384)
   quant = {(r["kind"], r["rescore"]): r for r in report["quantised"]}
-  assert quant[("float32", 0)]["recall@10"] == 1.0
+  assert quant[("float32", 0)]["recall_at_10"] == 1.0
   assert quant[("binary", 0)]["bytes_per_vector"] == 48
-  assert quant[("binary", 200)]["recall@10"] >= quant[("binary", 0)]["recall@10"]
+  assert quant[("binary", 200)]["recall_at_10"] >= quant[("binary", 0)]["recall_at_10"]
   mv = report["muvera"]
   assert [r["candidates"] for r in mv] == ["exact MaxSim", 5, 40]
-  assert mv[2]["recall@10"] >= mv[1]["recall@10"]
+  assert mv[2]["recall_at_10"] >= mv[1]["recall_at_10"]
   assert "| 32→100 → 384→10 |" in done.stdout

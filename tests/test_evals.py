@@ -23,8 +23,8 @@ def slow_metrics(scores, rel, k):
     mrrs.append(0.0 if first is None else 1.0 / (first + 1))
     n_rel = sum(1 for r in rel[q] if r > 0)
     recalls.append(sum(1 for d in docs if rel[q, d] > 0) / n_rel if n_rel else 0.0)
-  return {f"ndcg@{k}": np.mean(ndcgs), f"mrr@{k}": np.mean(mrrs),
-          f"recall@{k}": np.mean(recalls)}
+  return {f"ndcg_at_{k}": np.mean(ndcgs), f"mrr_at_{k}": np.mean(mrrs),
+          f"recall_at_{k}": np.mean(recalls)}
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])
@@ -57,7 +57,7 @@ def test_retrieval_task_from_pairs():
   # Perfect vectors: each query equals the mean of its documents.
   vecs = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]], float)
   m = task.score(vecs)
-  assert m["ndcg@10"] == pytest.approx(1.0) and m["mrr@10"] == pytest.approx(1.0)
+  assert m["ndcg_at_10"] == pytest.approx(1.0) and m["mrr_at_10"] == pytest.approx(1.0)
 
 
 def test_ndcg_with_fewer_retrieved_than_relevant():

@@ -116,7 +116,7 @@ def test_text_text_two_tower_trains_sharded(smoke_config, shared):
   assert np.isfinite(losses).all()
   assert ("anchor_tower" in state.params) == (not shared)
   rows = train.evaluate(run, state.params, "test")
-  assert len(rows) == 3 and "wordnet/ndcg@10" in rows[0]
+  assert len(rows) == 3 and "wordnet/ndcg_at_10" in rows[0]
 
 
 def test_bert_scan_remat_trains_sharded(smoke_config):

@@ -101,5 +101,5 @@ def test_beir_folder_and_sts_file_train_and_evaluate_through_config(tmp_path, tf
   assert done.returncode == 0, done.stderr[-3000:]
   with open(workdir / "metrics.json") as f:
     after = json.load(f)["after"]
-  assert {"beir/ndcg@10", "beir/mrr@10", "my_sts/spearman"} <= set(after[0])
+  assert {"beir/ndcg_at_10", "beir/mrr_at_10", "my_sts/spearman"} <= set(after[0])
   assert len(after) == 6  # every (layer, dim) cell of the smoke grid

@@ -54,9 +54,9 @@ def dense_retrieval_metrics(scores: np.ndarray, relevance: np.ndarray,
   all_rel = [row[row > 0] for row in relevance]
   n_rel = np.array([len(r) for r in all_rel])
   recall = np.where(n_rel > 0, (ranked > 0).sum(1) / np.maximum(n_rel, 1), 0.0)
-  return {f"ndcg@{k}": float(ndcg_at_k(ranked, all_rel, k).mean()),
-          f"mrr@{k}": float(mrr_at_k(ranked, k).mean()),
-          f"recall@{k}": float(recall.mean())}
+  return {f"ndcg_at_{k}": float(ndcg_at_k(ranked, all_rel, k).mean()),
+          f"mrr_at_{k}": float(mrr_at_k(ranked, k).mean()),
+          f"recall_at_{k}": float(recall.mean())}
 
 
 # ------------------------------------------------------------ trec_eval-style, by dict

@@ -93,7 +93,7 @@ class RetrievalTask:
     q = vecs[:len(self.queries)]
     d = vecs[len(self.queries):]
     m = dense_retrieval_metrics(q @ d.T, self.relevance, self.k)
-    return {f"ndcg@{self.k}": m[f"ndcg@{self.k}"], f"mrr@{self.k}": m[f"mrr@{self.k}"]}
+    return {f"ndcg_at_{self.k}": m[f"ndcg_at_{self.k}"], f"mrr_at_{self.k}": m[f"mrr_at_{self.k}"]}
 
 
 def stratified_halves(labels, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,9 +2,11 @@
 
 Only process 0 writes. Training scalars go under `train/`, every evaluated grid cell
 under `eval/<task>/<metric>/L<layer>_d<dim>`, so TensorBoard draws one curve per
-(layer, dim) sub-model across the run's periodic evaluations. TensorBoard allows
-[A-Za-z0-9_./-] in names: others become '_' here ('ndcg@10' -> 'ndcg_10', as
-TensorBoard would rename it, without a log line per scalar).
+(layer, dim) sub-model across the run's periodic evaluations. The names are those of
+the JSON logs: jaxembed's metric names use only what TensorBoard allows
+([A-Za-z0-9_./-]: 'ndcg_at_10', as MTEB names it), so TensorBoard renames nothing. A
+name with another character (a user's task name) becomes '_' there, as TensorBoard
+would rename it, without a log line per scalar.
 """
 
 from __future__ import annotations
