@@ -6,7 +6,8 @@ r"""Exports a trained model, optionally truncated to one (layer, dim) sub-model.
 BERT-family models with a parameter-free pooling become a sentence-transformers
 folder (`SentenceTransformer("exported/l4_d128")` loads it as-is); decoder LLMs and
 trainable poolers become a Flax folder that `jaxembed.load` reads (--format=flax forces
-it for any model).
+it for any model). The folder's README.md is a model card: the query prompt, the
+exported cell's evaluation scores before and after training, and the run's config.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ def main(argv):
   del argv
   import jaxembed
   from jaxembed.errors import JaxembedError
-  from jaxembed.export import export
+  from jaxembed.export import export, workdir_card
   try:
     model = jaxembed.load(FLAGS.workdir)
-    out = export(model, FLAGS.out, layer=FLAGS.layer, dim=FLAGS.dim, format=FLAGS.format)
+    out = export(model, FLAGS.out, layer=FLAGS.layer, dim=FLAGS.dim, format=FLAGS.format,
+                 card=workdir_card(FLAGS.workdir))
   except JaxembedError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -31,6 +31,8 @@ from jaxembed.models import weights
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.hf import flax_to_hf
+from jaxembed.version import __version__
+from jaxembed.workdir import Workdir
 
 ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
               "max": "pooling_mode_max_tokens", "last_token": "pooling_mode_lasttoken",
@@ -92,7 +94,7 @@ def _tokenizer_config(model: EmbeddingModel, tokenizer_json: dict) -> dict:
 
 
 def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
-                                 dim=None) -> str:
+                                 dim=None, card: dict | None = None) -> str:
   reason = sentence_transformers_reason(model)
   if reason:
     raise ConfigError(f"cannot export as sentence-transformers: {reason}; use "
@@ -115,7 +117,10 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
               _tokenizer_config(model, json.loads(tok.to_str())))
   _write_json(os.path.join(out, "sentence_bert_config.json"),
               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": False})
-  pooling = {"word_embedding_dimension": cfg.hidden_size, "include_prompt": True}
+  # jaxembed attends to a query instruction but does not pool it (nor the [CLS] before
+  # it): sentence-transformers' include_prompt=false drops the same prefix.
+  prompts = model.prompts
+  pooling = {"word_embedding_dimension": cfg.hidden_size, "include_prompt": not prompts}
   pooling.update({key: name == model.pooling for name, key in ST_POOLING.items()})
   _write_json(os.path.join(out, "1_Pooling", "config.json"), pooling)
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -136,13 +141,14 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
     os.makedirs(os.path.join(out, "3_Normalize"), exist_ok=True)
   _write_json(os.path.join(out, "modules.json"), modules)
   _write_json(os.path.join(out, "config_sentence_transformers.json"),
-              {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None})
-  _readme(out, f"sentence-transformers folder; layer {layer} of {model.num_layers}, "
-               f"dim {dim} of {model.hidden_size}, pooling {model.pooling}")
+              {"similarity_fn_name": "cosine", "prompts": prompts,
+               "default_prompt_name": None})
+  _readme(out, model, layer, dim, "sentence-transformers", card)
   return out
 
 
-def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None) -> str:
+def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None,
+                card: dict | None = None) -> str:
   layer, dim = _check(model, layer, dim)
   _prepare(out)
   with open(os.path.join(out, "params.msgpack"), "wb") as f:
@@ -152,26 +158,85 @@ def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None) -> str
                              max_seq_length=model.tokenizer.max_length,
                              padding_side=model.tokenizer.padding_side)
   model_spec.write(os.path.join(out, model_spec.FILENAME), spec)
-  _readme(out, f"jaxembed Flax folder (jaxembed.load); layer {layer} of "
-               f"{model.num_layers}, dim {dim} of {model.hidden_size}, pooling {model.pooling}")
+  _readme(out, model, layer, dim, "flax", card)
   return out
 
 
 def export(model: EmbeddingModel, out: str, *, layer=None, dim=None,
-           format: str = "auto") -> str:
+           format: str = "auto", card: dict | None = None) -> str:
   """format: auto (sentence-transformers when possible, else flax) |
-  sentence-transformers | flax."""
+  sentence-transformers | flax. `card` (`workdir_card(workdir)`: the run's config and
+  evaluation grid) goes into the folder's README.md, the model card."""
   if format not in FORMATS:
     raise ConfigError(f"--format={format!r}; valid values: {list(FORMATS)}")
   if format == "flax" or (format == "auto" and sentence_transformers_reason(model)):
-    return export_flax(model, out, layer=layer, dim=dim)
-  return export_sentence_transformers(model, out, layer=layer, dim=dim)
+    return export_flax(model, out, layer=layer, dim=dim, card=card)
+  return export_sentence_transformers(model, out, layer=layer, dim=dim, card=card)
 
 
 def jax_to_numpy(tree):
   return jax.tree.map(np.asarray, tree)
 
 
-def _readme(out: str, what: str):
+def workdir_card(path: str) -> dict | None:
+  """What a model card says of a training run: its config and its evaluation grid
+  before and after training (None when `path` is not a workdir)."""
+  wd = Workdir(path)
+  if not (wd.exists(Workdir.CONFIG) and wd.exists(Workdir.CHECKPOINTS)):
+    return None                       # a model folder (its config.json is the HF one)
+  card = {"source": path, "config": wd.read_json(Workdir.CONFIG)}
+  if wd.exists(Workdir.METRICS):
+    card["grid"] = wd.read_json(Workdir.METRICS)
+  return card
+
+
+def _cell_table(grid: dict, layer: int, dim: int) -> str:
+  """The exported cell's scores, before and after training, as a Markdown table."""
+  def row_of(rows):
+    return next((r for r in rows or [] if r.get("layer") == layer and r.get("dim") == dim),
+                None)
+  before, after = row_of(grid.get("before")), row_of(grid.get("after"))
+  if after is None:
+    return ("This (layer, dim) cell was not in the run's evaluation grid "
+            "(`eval.layers` x `eval.dims`).\n")
+  lines = ["| metric | before training | after training |", "|---|---|---|"]
+  for name, value in after.items():
+    if name in ("layer", "dim"):
+      continue
+    old = "–" if before is None or name not in before else f"{100 * before[name]:.1f}"
+    lines.append(f"| {name} | {old} | {100 * value:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _readme(out: str, model: EmbeddingModel, layer: int, dim: int, kind: str,
+            card: dict | None):
+  """The folder's README.md: a model card (what the folder is, how to load it, its
+  prompts, the cell's scores and the training config when known)."""
+  prompts = model.prompts
+  parts = [f"# jaxembed model: layer {layer} of {model.num_layers}, dim {dim} of "
+           f"{model.hidden_size}\n",
+           f"Exported by jaxembed {__version__} from `{card['source']}`." if card else
+           f"Exported by jaxembed {__version__}.",
+           f"Pooling `{model.pooling}`, vectors "
+           f"{'L2-normalised' if model.default_normalize else 'not normalised'}, cosine "
+           f"similarity, at most {model.tokenizer.max_length} tokens.\n", "## Use\n"]
+  if kind == "sentence-transformers":
+    parts.append("```python\nfrom sentence_transformers import SentenceTransformer\n"
+                 f"model = SentenceTransformer({out!r})\n"
+                 + ("queries = model.encode(texts, prompt_name='query')\n" if prompts else "")
+                 + "vectors = model.encode(texts)\n```\n")
+  else:
+    parts.append(f"```python\nimport jaxembed\nmodel = jaxembed.load({out!r})\n"
+                 + ("queries = model.encode_query(texts)\n" if prompts else "")
+                 + "vectors = model.encode(texts)\n```\n")
+  if prompts:
+    parts.append("## Prompts\n\nQueries were trained with the instruction "
+                 f"{prompts['query']!r} (prompt name `query`), attended to but not "
+                 "pooled; documents take none.\n")
+  if card and card.get("grid"):
+    parts += ["## Evaluation (jaxembed's grid, x100)\n", _cell_table(card["grid"], layer, dim)]
+  if card:
+    parts += ["## Training config\n", "```json\n" + json.dumps(card["config"], indent=1)
+              + "\n```\n"]
   with open(os.path.join(out, "README.md"), "w") as f:
-    f.write(f"# Exported by jaxembed\n\n{what}.\n")
+    f.write("\n".join(parts))

@@ -93,3 +93,23 @@ def test_empty_split_is_named(builder):
     tok = Tokenizer(read_model_folder(MINILM).tokenizer, 16)
     pipeline.pair_dataset(builder.as_data_source("train"), tokenizer=tok, batch_size=8,
                           seq_len=16, seed=0, max_examples=0)
+
+
+@pytest.mark.parametrize("instruction", ["Represent the question: ", "query: ",
+                                         "Find passages about"])
+def test_pool_mask_drops_the_prompt_prefix_as_sentence_transformers_does(instruction):
+  """The pooled tokens leave out [CLS] and the instruction: as many leading tokens as
+  the instruction tokenised alone has, minus its trailing [SEP] (sentence-transformers'
+  prompt length); every other token, [SEP] and the text's own, is pooled."""
+  import tokenizers
+  tok = Tokenizer(read_model_folder(MINILM).tokenizer, 64)
+  raw = tokenizers.Tokenizer.from_file(read_model_folder(MINILM).tokenizer)
+  raw.no_padding()
+  prompt_length = len(raw.encode(instruction).ids) - 1
+  texts = ["a dog runs in the park", "x", "", "naïve café " * 3]
+  out = tok.encode(texts, instruction=instruction)
+  for row, (mask, pool) in enumerate(zip(out["attention_mask"], out["pool_mask"])):
+    n = int(mask.sum())
+    assert (pool[:prompt_length] == 0).all(), texts[row]
+    assert (pool[prompt_length:n] == 1).all(), texts[row]
+    assert (pool[n:] == 0).all()

@@ -70,6 +70,16 @@ def test_sentence_transformers_folder_round_trip(trained, tmp_path):
   got = jaxembed.load(str(out)).encode(TEXTS)
   assert got.shape == (len(TEXTS), 128)
   assert cosines(got, want).min() >= 0.99999
+  # The model card: the exported cell's scores before/after (from metrics.json) and
+  # the run's config.
+  card = (out / "README.md").read_text()
+  metrics = json.loads((trained / "metrics.json").read_text())
+  after = next(r for r in metrics["after"] if (r["layer"], r["dim"]) == (4, 128))
+  for name, value in after.items():
+    if name not in ("layer", "dim"):
+      assert f"| {name} | – | {100 * value:.1f} |" in card, name
+  config = json.loads(card.split("```json\n")[1].split("\n```")[0])
+  assert config == json.loads((trained / "config.json").read_text())
 
   python = st_python()
   if python is None:
@@ -245,3 +255,44 @@ def test_bidirectional_decoder_is_not_exported_as_hugging_face(tmp_path):
   assert os.path.isfile(os.path.join(out, "params.msgpack"))
   np.testing.assert_allclose(jaxembed.load(out).encode(TEXTS), model.encode(TEXTS),
                              atol=1e-6)
+
+
+def test_query_prompt_exported_and_pooled_as_jaxembed_does(tmp_path):
+  """A model trained with a query instruction exports it as the 'query' prompt with
+  include_prompt false; sentence-transformers then gives jaxembed's vectors for queries
+  (prompt_name='query') and documents."""
+  import dataclasses
+  from conftest import MINILM
+  from jaxembed.export import export as export_folder
+  base = jaxembed.load(MINILM)
+  model = jaxembed.api.EmbeddingModel(
+      dataclasses.replace(base.spec, query_instruction="Represent the question: "),
+      base.params, base.tokenizer)
+  out = export_folder(model, str(tmp_path / "prompted"), layer=3, dim=64)
+  st_config = json.loads((tmp_path / "prompted" / "config_sentence_transformers.json")
+                         .read_text())
+  assert st_config["prompts"] == {"query": "Represent the question: "}
+  assert json.loads((tmp_path / "prompted" / "1_Pooling" / "config.json").read_text())[
+      "include_prompt"] is False
+  card = (tmp_path / "prompted" / "README.md").read_text()
+  assert "prompt_name='query'" in card and "'Represent the question: '" in card
+  queries = model.encode_query(TEXTS, layer=3, dim=64)
+  docs = model.encode(TEXTS, layer=3, dim=64)
+  assert cosines(queries, docs).min() < 0.999      # the prompt changes the vectors
+
+  python = st_python()
+  if python is None:
+    pytest.skip("sentence-transformers is not installed (set JAXEMBED_ST_PYTHON)")
+  script = ("import json, sys, numpy as np\n"
+            "from sentence_transformers import SentenceTransformer\n"
+            "m = SentenceTransformer(sys.argv[1], device='cpu')\n"
+            "t = json.loads(sys.argv[2])\n"
+            "np.savez(sys.argv[3], q=m.encode(t, prompt_name='query'), d=m.encode(t))\n")
+  npz = tmp_path / "st.npz"
+  ran = subprocess.run([python, "-c", script, out, json.dumps(TEXTS), str(npz)],
+                       capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert ran.returncode == 0, ran.stderr[-3000:]
+  peer = np.load(npz)
+  assert cosines(peer["q"], queries).min() >= 0.99999
+  assert cosines(peer["d"], docs).min() >= 0.99999

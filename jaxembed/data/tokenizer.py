@@ -48,7 +48,10 @@ class Tokenizer:
     of `pad_multiple` (few distinct shapes, so few compilations at inference).
     With an `instruction`, each text is encoded as instruction + text and a
     `pool_mask` is added: the attention mask without the instruction's tokens (found
-    by their character offsets), which take part in attention but not in pooling.
+    by their character offsets) and the special tokens before them ([CLS], BOS), which
+    take part in attention but not in pooling: the prefix sentence-transformers leaves
+    out of pooling with `include_prompt: false`, so an exported model with its prompt
+    gives the same vectors there.
     """
     encodings = self._tok.encode_batch([instruction + str(t) for t in texts])
     longest = max((len(e.ids) for e in encodings), default=1)
@@ -63,11 +66,26 @@ class Tokenizer:
       ids[i, cols] = e.ids[:n]
       mask[i, cols] = 1
       if pool is not None:
-        is_instruction = [(not special) and start < len(instruction)
-                          for (start, _), special in zip(e.offsets[:n],
-                                                         e.special_tokens_mask[:n])]
-        pool[i, cols] = 1 - np.asarray(is_instruction, np.int32)
+        keep = np.ones(n, np.int32)
+        keep[:_prefix_length(e, n, len(instruction))] = 0
+        pool[i, cols] = keep
     out = {"input_ids": ids, "attention_mask": mask}
     if pool is not None:
       out["pool_mask"] = pool
     return out
+
+
+def _prefix_length(encoding, n: int, instruction_chars: int) -> int:
+  """How many of the first `n` tokens are the prompt prefix: leading special tokens
+  and the instruction's own tokens (a special token after them, such as [SEP] of an
+  empty text, is not prefix)."""
+  seen_instruction = False
+  for k, ((start, _), special) in enumerate(zip(encoding.offsets[:n],
+                                                encoding.special_tokens_mask[:n])):
+    if special and seen_instruction:
+      return k
+    if not special:
+      if start >= instruction_chars:
+        return k
+      seen_instruction = True
+  return n
