@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors.numpy
+import tqdm
 
 from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
@@ -106,14 +107,15 @@ class BatchEncoder:
   def __call__(self, texts: Sequence[str], *, batch_size: int = 64,
                progress: str | None = None, instruction: str = "") -> np.ndarray:
     """An `instruction` is prepended to each text, attended to but not pooled.
-    `progress`: a label; batches done are then reported on stderr."""
+    `progress`: a label; a progress bar (tqdm, on stderr) then counts the texts."""
     texts = _texts(texts)
     batch_size = _count(batch_size, "batch_size", low=1)
     out = np.zeros((len(texts), self.layers, self.width), np.float32)
     # Longest first, so batches hold similar lengths and padding is small.
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    n_batches = -(-len(texts) // batch_size)
-    for b, start in enumerate(range(0, len(texts), batch_size)):
+    bar = tqdm.tqdm(total=len(texts), desc=progress, unit="text", disable=not progress,
+                    file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    for start in range(0, len(texts), batch_size):
       idx = order[start:start + batch_size]
       enc = self.tokenizer.encode([texts[i] for i in idx], instruction=instruction)
       enc.setdefault("pool_mask", enc["attention_mask"])
@@ -123,8 +125,8 @@ class BatchEncoder:
       vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"],
                            enc["pool_mask"])
       out[idx] = vecs[:rows]
-      if progress and ((b + 1) % max(1, n_batches // 20) == 0 or b + 1 == n_batches):
-        print(f"{progress}: {b + 1}/{n_batches} batches", file=sys.stderr, flush=True)
+      bar.update(rows)
+    bar.close()
     return out
 
 
@@ -221,7 +223,7 @@ class EmbeddingModel:
     """Embeds `sentences` with the sub-model truncated to `layer` (1-based, default
     the last) and the first `dim` coordinates (default all). Returns float32
     [n, dim]; a single string gives one vector [dim]. Only the first `layer` blocks
-    run (early exit). `progress`: a label; batches done are then reported on stderr.
+    run (early exit). `progress`: a label; a progress bar then counts the texts.
 
     sentence-transformers' arguments mean what they mean there:
     `normalize_embeddings` (= normalize), `truncate_dim` (= dim), `prompt_name` (a

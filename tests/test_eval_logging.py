@@ -44,6 +44,10 @@ def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
       assert events[-1].value == pytest.approx(value, abs=1e-6), name
   assert "ndcg_at_10" in " ".join(cell)
   assert "is illegal" not in done.stderr
+  # Compilation is kept out of the rate and the ETA (the first step is timed apart);
+  # the evaluation's encoding shows a progress bar.
+  assert "(compilation included); the rate and ETA count from here" in done.stderr
+  assert "eval (after):" in done.stderr
   train = [json.loads(l) for l in (workdir / "train_log.jsonl").read_text().splitlines()]
   losses = acc.Scalars("train/loss")
   assert [e.step for e in losses] == [r["step"] for r in train]

@@ -222,7 +222,15 @@ class Loop:
       self.state, metrics = self.step_fn(self.state, batch)
       self.pending.append(metrics["finite"])
       step += 1
-      if step % config.train.log_every == 0 or step == total:
+      logged = step % config.train.log_every == 0 or step == total
+      if step == start + 1 and not logged:
+        # The first step compiles: the rate and the ETA count from its end, so the
+        # first ETA is not inflated by compilation.
+        jax.block_until_ready(metrics["loss"])
+        logging.info("first step done in %.1f s (compilation included); the rate and "
+                     "ETA count from here", time.time() - t_last)
+        t_last, n_last = time.time(), step
+      if logged:
         self.log(step, metrics, t_last, n_last)
         t_last, n_last = time.time(), step
       if step % config.train.checkpoint_every == 0 or step == total:
