@@ -65,6 +65,20 @@ def test_bad_mesh_fails_before_compiling(sizes, match):
     shd.make_mesh(sizes)
 
 
+@pytest.mark.parametrize("sizes", [dict(data=8), dict(data=4, fsdp=2),
+                                   dict(dcn_data=2, data=2, tensor=2),
+                                   dict(fsdp=2, tensor=4)])
+def test_mesh_from_jax_make_mesh_keeps_device_order_and_auto_axes(sizes):
+  """On CPU devices (one slice) `jax.make_mesh` lays devices out in order, exactly as
+  the plain reshape of the device list did before; the axes stay Auto."""
+  from jax.sharding import AxisType
+  mesh = shd.make_mesh(sizes)
+  assert mesh.axis_names == shd.AXES
+  want = np.asarray(jax.devices()).reshape([sizes.get(a, 1) for a in shd.AXES])
+  assert mesh.devices.shape == want.shape and (mesh.devices == want).all()
+  assert set(mesh.axis_types) == {AxisType.Auto}
+
+
 def test_minus_one_takes_the_rest():
   mesh = shd.make_mesh(dict(data=-1, fsdp=2, tensor=1))
   assert dict(mesh.shape) == {"dcn_data": 1, "data": 4, "fsdp": 2, "tensor": 1}

@@ -6,9 +6,8 @@ import math
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh
 
 from jaxembed.errors import ConfigError
 
@@ -46,16 +45,23 @@ def make_mesh(sizes: Mapping[str, int], devices: Sequence | None = None) -> Mesh
   """Devices laid out as dcn_data x data x fsdp x tensor.
 
   Across TPU slices (devices carry `slice_index`) the dcn_data axis runs over slices
-  and the rest within each slice; otherwise devices are taken in order (process
-  order, so dcn_data then also splits over hosts).
+  and the rest within each slice (`create_hybrid_device_mesh`); within one slice
+  `jax.make_mesh` orders the devices by the physical topology (a ring on a TPU's
+  torus; on CPUs and GPUs, process order, so dcn_data then also splits over hosts).
+  The axes are Auto (shardings propagate from the jitted functions' arguments), as
+  they were before `jax.make_mesh` defaulted to Explicit.
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
   dims = [shape[a] for a in AXES]
   n_slices = len({getattr(d, "slice_index", 0) for d in devices})
-  if shape["dcn_data"] > 1 and n_slices == shape["dcn_data"]:
+  if n_slices > 1 and shape["dcn_data"] != n_slices:
+    raise ConfigError(f"mesh.dcn_data={shape['dcn_data']}, but the devices span "
+                      f"{n_slices} slices; set mesh.dcn_data={n_slices} (data "
+                      "parallelism over the slow network between slices)")
+  if n_slices > 1:
     grid = mesh_utils.create_hybrid_device_mesh(
         [1, *dims[1:]], [shape["dcn_data"], 1, 1, 1], devices)
-  else:
-    grid = np.asarray(devices).reshape(dims)
-  return Mesh(grid, AXES)
+    return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+  return jax.make_mesh(dims, AXES, axis_types=(AxisType.Auto,) * len(AXES),
+                       devices=devices)
