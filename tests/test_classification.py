@@ -60,6 +60,40 @@ def test_kmeans_finds_separated_clusters_like_sklearn():
   assert C.v_measure(truth, ours) == 1.0 == sklearn.metrics.v_measure_score(truth, ref)
 
 
+def slow_kmeans(x, k, seed=0, restarts=5, iters=100):
+  """k-means written out with an [n, k, d] difference array (the form the library used
+  before computing distances through a matrix product)."""
+  x = np.asarray(x, np.float64)
+  rng = np.random.default_rng(seed)
+  best, best_inertia = None, np.inf
+  for _ in range(restarts):
+    centers = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+      d2 = np.min(((x[:, None] - np.array(centers)[None]) ** 2).sum(-1), axis=1)
+      p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1 / len(x))
+      centers.append(x[rng.choice(len(x), p=p)])
+    centers = np.array(centers)
+    for _ in range(iters):
+      assign = np.argmin(((x[:, None] - centers[None]) ** 2).sum(-1), axis=1)
+      new = np.array([x[assign == j].mean(0) if np.any(assign == j) else centers[j]
+                      for j in range(k)])
+      if np.allclose(new, centers):
+        break
+      centers = new
+    inertia = ((x - centers[assign]) ** 2).sum()
+    if inertia < best_inertia:
+      best, best_inertia = assign, inertia
+  return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_equals_the_slow_loop_on_overlapping_clusters(seed):
+  rng = np.random.default_rng(10 + seed)
+  centers = rng.standard_normal((6, 16))
+  x = centers[rng.integers(0, 6, 300)] + rng.standard_normal((300, 16))
+  np.testing.assert_array_equal(C.kmeans(x, 6, seed=seed), slow_kmeans(x, 6, seed=seed))
+
+
 def test_tasks_score_embeddings():
   rng = np.random.default_rng(4)
   labels = np.repeat([0, 1], 30)

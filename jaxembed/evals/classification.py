@@ -66,22 +66,31 @@ def logistic_predict(model, x) -> np.ndarray:
   return classes[np.argmax(np.asarray(x, np.float64) @ w + b, axis=1)]
 
 
+def _sq_distances(x, sq_x, centers):
+  """[n, k] squared distances, through one matrix product (not an [n, k, d] array)."""
+  return np.maximum(sq_x[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None], 0)
+
+
 def kmeans(x, k: int, *, seed: int = 0, restarts: int = 5, iters: int = 100) -> np.ndarray:
   """Cluster ids; k-means++ seeding, Lloyd iterations, best of `restarts` by inertia."""
   x = np.asarray(x, np.float64)
+  sq_x = (x * x).sum(1)
   rng = np.random.default_rng(seed)
   best, best_inertia = None, np.inf
   for _ in range(restarts):
     centers = [x[rng.integers(len(x))]]
+    d2 = _sq_distances(x, sq_x, centers[0][None])[:, 0]
     for _ in range(1, k):
-      d2 = np.min(((x[:, None] - np.array(centers)[None]) ** 2).sum(-1), axis=1)
       p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1 / len(x))
       centers.append(x[rng.choice(len(x), p=p)])
+      d2 = np.minimum(d2, _sq_distances(x, sq_x, centers[-1][None])[:, 0])
     centers = np.array(centers)
     for _ in range(iters):
-      assign = np.argmin(((x[:, None] - centers[None]) ** 2).sum(-1), axis=1)
-      new = np.array([x[assign == j].mean(0) if np.any(assign == j) else centers[j]
-                      for j in range(k)])
+      assign = np.argmin(_sq_distances(x, sq_x, centers), axis=1)
+      counts = np.bincount(assign, minlength=k)
+      sums = np.zeros_like(centers)
+      np.add.at(sums, assign, x)
+      new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
       if np.allclose(new, centers):
         break
       centers = new
