@@ -4,6 +4,7 @@ which jaxembed made a result."""
 import json
 import os
 import subprocess
+import sys
 import tomllib
 from importlib import metadata
 
@@ -58,3 +59,60 @@ def test_warmup_longer_than_the_run_is_clamped_with_a_warning(caplog):
   np.testing.assert_allclose([float(schedule(i)) for i in range(5)],
                              [float(want(i)) for i in range(5)])
   np.testing.assert_allclose(float(schedule(2)), cfg.learning_rate * 2 / 4, rtol=1e-6)
+
+
+WITHOUT_EXTRAS = r"""
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {"gensim", "matplotlib", "onnx", "mteb", "faiss", "sklearn", "torch",
+           "sentence_transformers", "transformers", "tensorboard"}
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    return None
+
+sys.meta_path.insert(0, NotInstalled())
+import jaxembed
+from jaxembed.errors import DataError, ModelLoadError
+for m in pkgutil.walk_packages(jaxembed.__path__, "jaxembed."):
+  importlib.import_module(m.name)
+print("encoded", jaxembed.load(sys.argv[1]).encode(["a dog runs"], layer=2).shape)
+from jaxembed.data import packaged
+try:
+  packaged.load_simlex()
+except DataError as e:
+  print("simlex:", e)
+from jaxembed.evals import grid
+try:
+  grid.heatmap_png(None, [{"layer": 1, "dim": 8, "x/y": 0.5}])
+except ImportError:
+  print("heatmap: ImportError")
+try:
+  jaxembed.load("model.onnx", tokenizer=sys.argv[1] + "/tokenizer.json")
+except ModelLoadError as e:
+  print("onnx:", e)
+"""
+
+
+def test_core_works_without_the_optional_extras(tmp_path):
+  """Every module imports and a model loads and encodes without gensim, matplotlib,
+  onnx, mteb, faiss, scikit-learn or torch; what needs them says which extra to
+  install."""
+  from conftest import MINILM
+  from jaxembed.models import read_model_folder
+  folder = os.path.dirname(read_model_folder(MINILM).tokenizer)
+  (tmp_path / "model.onnx").write_bytes(b"not read")
+  done = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, folder], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": REPO})
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "encoded (1, 384)" in done.stdout
+  assert "simlex: gensim is not installed" in done.stdout and "jaxembed[eval]" in done.stdout
+  assert "heatmap: ImportError" in done.stdout
+  assert "onnx: reading ONNX weights needs the onnx package: pip install 'jaxembed[onnx]'" \
+      in done.stdout
+  meta = metadata.metadata("jaxembed")
+  required = [r for r in (meta.get_all("Requires-Dist") or []) if "extra ==" not in r]
+  assert not [r for r in required if r.split("=")[0].split(">")[0].strip().lower()
+              in ("gensim", "matplotlib", "onnx")], required

@@ -30,10 +30,15 @@ CAPTION_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}
 
 
 def gensim_test_data_dir() -> str:
-  spec = importlib.util.find_spec("gensim")
+  try:
+    spec = importlib.util.find_spec("gensim")
+  except ImportError:
+    spec = None
   if spec is None or not spec.submodule_search_locations:
-    raise DataError("gensim is not installed; its test data holds the Lee and "
-                    "SimLex-999 sets: `pip install gensim==4.4.0`")
+    raise DataError("gensim is not installed; its test data holds the evaluation's "
+                    "Lee, SimLex-999, WordSim-353, polarity and newsgroup sets: "
+                    "pip install 'jaxembed[eval]' (or turn those off: eval.lee, "
+                    "eval.simlex, eval.wordsim, eval.polarity, eval.newsgroup)")
   path = os.path.join(list(spec.submodule_search_locations)[0], "test", "test_data")
   if not os.path.isdir(path):
     raise DataError(f"{path} is missing from the gensim install; reinstall gensim")

@@ -24,7 +24,7 @@ def read_onnx_bert(path: str, num_heads: int | None = None):
     from onnx import numpy_helper
   except ImportError as e:
     raise ModelLoadError("reading ONNX weights needs the onnx package: "
-                         "`pip install onnx`") from e
+                         "pip install 'jaxembed[onnx]'") from e
   try:
     graph = onnx.load(path).graph
   except Exception as e:

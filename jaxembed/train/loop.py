@@ -247,9 +247,13 @@ class Loop:
     if jax.process_index() == 0:
       self.wd.write(Workdir.METRICS, json.dumps({"before": before, "after": after},
                                                 indent=1))
-      self.wd.write(Workdir.HEATMAP, grid_eval.heatmap_png(before, after))
       print(grid_eval.format_table(before, after), flush=True)
-      logging.info("wrote %s and %s", self.wd / Workdir.METRICS, self.wd / Workdir.HEATMAP)
+      try:
+        self.wd.write(Workdir.HEATMAP, grid_eval.heatmap_png(before, after))
+        logging.info("wrote %s and %s", self.wd / Workdir.METRICS, self.wd / Workdir.HEATMAP)
+      except ImportError:
+        logging.warning("wrote %s; no %s: the heatmap needs matplotlib (pip install "
+                        "'jaxembed[eval]')", self.wd / Workdir.METRICS, Workdir.HEATMAP)
     return Result(step=step, completed=True, before=before, after=after)
 
 
