@@ -14,7 +14,7 @@
   tensorboard/         TensorBoard event files: train/* and eval/<metric>/L<l>_d<d>
   metrics_before.json  the grid before training (kept, so a resume doesn't redo it)
   metrics.json         {"before": [...], "after": [...]}
-  grid.png             heatmap of the grid
+  heatmaps/<metric>.png  the grid after training and its change, one figure a metric
 
 Paths go through etils.epath, so a workdir may be local or on a bucket shared by the
 hosts of a pod (gs://...; needs gcsfs). Only process 0 writes files here; Orbax
@@ -74,7 +74,7 @@ class Workdir:
   TENSORBOARD = "tensorboard"
   METRICS_BEFORE = "metrics_before.json"
   METRICS = "metrics.json"
-  HEATMAP = "grid.png"
+  HEATMAPS = "heatmaps"
 
   FINGERPRINT = "data_fingerprint.json"
   VERSION = "version.json"            # jaxembed version and git commit of the run

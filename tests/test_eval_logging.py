@@ -48,6 +48,13 @@ def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
   # the evaluation's encoding shows a progress bar.
   assert "(compilation included); the rate and ETA count from here" in done.stderr
   assert "eval (after):" in done.stderr
+  # One heatmap per metric, in the workdir and in TensorBoard; the config as text.
+  metrics = sorted({k for k in cell if k not in ("layer", "dim")})
+  pngs = sorted(p.name for p in (workdir / "heatmaps").iterdir())
+  assert pngs == sorted(m.replace("/", "_") + ".png" for m in metrics)
+  assert sorted(acc.Tags()["images"]) == sorted(f"grid/{m}" for m in metrics)
+  text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+  assert json.loads(text.strip("`\n")) == json.loads((workdir / "config.json").read_text())
   train = [json.loads(l) for l in (workdir / "train_log.jsonl").read_text().splitlines()]
   losses = acc.Scalars("train/loss")
   assert [e.step for e in losses] == [r["step"] for r in train]

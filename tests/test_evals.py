@@ -66,3 +66,27 @@ def test_ndcg_with_fewer_retrieved_than_relevant():
   got = ndcg_at_k(np.array([[1, 0]]), [np.array([1, 1, 1])], 10)
   ideal = 1 + 1 / np.log2(3) + 1 / np.log2(4)
   np.testing.assert_allclose(got, [1 / ideal])
+
+
+def test_heatmap_digits_contrast_with_their_cell():
+  """Digits are black on light cells and white on dark ones (WCAG luminance), for the
+  colour maps the heatmaps use, and each metric gets its own figure."""
+  import matplotlib
+  from jaxembed.evals.grid import heatmaps, text_color
+  viridis, rdbu = matplotlib.colormaps["viridis"], matplotlib.colormaps["RdBu"]
+  assert text_color(viridis(0.0)) == "w" and text_color(viridis(1.0)) == "k"
+  assert text_color(rdbu(0.0)) == "w" and text_color(rdbu(0.5)) == "k"
+  assert text_color(rdbu(1.0)) == "w"
+  for rgba in [viridis(x) for x in np.linspace(0, 1, 21)]:
+    # the chosen colour has the larger WCAG contrast ratio with the cell
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    lum = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    black, white = (lum + 0.05) / 0.05, 1.05 / (lum + 0.05)
+    assert text_color(rgba) == ("k" if black > white else "w")
+  rows = [{"layer": l, "dim": d, "a/x": l * d / 100, "b/y": 0.5}
+          for l in (1, 2, 3) for d in (8, 16)]
+  figs = heatmaps(rows, rows)
+  assert list(figs) == ["a/x", "b/y"]
+  png, rgb = figs["a/x"]
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and rgb.ndim == 3 and rgb.shape[2] == 3
+  assert rgb.shape[0] < 2 * rgb.shape[1]               # one metric: wider than tall

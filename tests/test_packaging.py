@@ -85,7 +85,7 @@ except DataError as e:
   print("simlex:", e)
 from jaxembed.evals import grid
 try:
-  grid.heatmap_png(None, [{"layer": 1, "dim": 8, "x/y": 0.5}])
+  grid.heatmaps(None, [{"layer": 1, "dim": 8, "x/y": 0.5}])
 except ImportError:
   print("heatmap: ImportError")
 try:

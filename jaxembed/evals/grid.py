@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from typing import Sequence
 
 import numpy as np
@@ -83,26 +84,44 @@ def format_table(before: list[dict] | None, after: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def heatmap_png(before: list[dict] | None, after: list[dict]) -> bytes:
-  """A PNG with, per metric, the grid after training and its change from before."""
+def text_color(rgba) -> str:
+  """Black or white, whichever contrasts more with a cell of colour `rgba` (WCAG
+  relative luminance: black on cells lighter than 0.179)."""
+  def linear(c):
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+  r, g, b = (linear(float(c)) for c in rgba[:3])
+  return "k" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "w"
+
+
+def heatmap_file_name(metric: str) -> str:
+  """'wordnet/ndcg_at_10' -> 'wordnet_ndcg_at_10.png'."""
+  return re.sub(r"[^A-Za-z0-9_.\-]", "_", metric) + ".png"
+
+
+def heatmaps(before: list[dict] | None, after: list[dict]) -> dict[str, tuple[bytes, np.ndarray]]:
+  """One figure per metric: the grid after training and (with `before`) its change, in
+  points, each cell's value written in black or white by the cell's colour. Returns
+  {metric: (PNG bytes, RGB array [H, W, 3] uint8)}."""
   import matplotlib  # optional dependency
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  metrics = metric_names(after)
-  cols = 2 if before else 1
-  fig, axes = plt.subplots(len(metrics), cols, figsize=(5.2 * cols, 3.2 * len(metrics)),
-                           squeeze=False)
-  for m, metric in enumerate(metrics):
+  out = {}
+  for metric in metric_names(after):
     layers, dims, a = grid_array(after, metric)
     a = 100 * a  # shown, like the printed table, in points
     panels = [("after (x100)", a, "viridis")]
     if before:
       panels.append(("after - before (points)", a - 100 * grid_array(before, metric)[2],
                      "RdBu"))
+    width = max(3.0, 0.62 * len(dims) + 1.6)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels),
+                                                      max(2.6, 0.42 * len(layers) + 1.4)),
+                             squeeze=False)
     for c, (title, values, cmap) in enumerate(panels):
-      ax = axes[m, c]
-      lim = np.nanmax(np.abs(values)) if cmap == "RdBu" else None
-      im = ax.imshow(values, cmap=cmap, vmin=-lim if lim else None, vmax=lim,
+      ax = axes[0, c]
+      finite = values[np.isfinite(values)]
+      lim = float(np.abs(finite).max()) if cmap == "RdBu" and finite.size else None
+      im = ax.imshow(values, cmap=cmap, vmin=-lim if lim else None, vmax=lim or None,
                      aspect="auto", origin="lower")
       ax.set_xticks(range(len(dims)), [str(d) for d in dims])
       ax.set_yticks(range(len(layers)), [str(l) for l in layers])
@@ -111,11 +130,15 @@ def heatmap_png(before: list[dict] | None, after: list[dict]) -> bytes:
       ax.set_title(f"{metric}: {title}", fontsize=9)
       for i in range(len(layers)):
         for j in range(len(dims)):
-          ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                  color="w" if cmap == "viridis" else "k")
+          if np.isfinite(values[i, j]):
+            ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                    color=text_color(im.cmap(im.norm(values[i, j]))))
       fig.colorbar(im, ax=ax)
-  fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
-  plt.close(fig)
-  return buf.getvalue()
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    out[metric] = (buf.getvalue(), rgb)
+  return out

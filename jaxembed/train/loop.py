@@ -249,11 +249,16 @@ class Loop:
                                                 indent=1))
       print(grid_eval.format_table(before, after), flush=True)
       try:
-        self.wd.write(Workdir.HEATMAP, grid_eval.heatmap_png(before, after))
-        logging.info("wrote %s and %s", self.wd / Workdir.METRICS, self.wd / Workdir.HEATMAP)
+        figures = grid_eval.heatmaps(before, after)
       except ImportError:
-        logging.warning("wrote %s; no %s: the heatmap needs matplotlib (pip install "
-                        "'jaxembed[eval]')", self.wd / Workdir.METRICS, Workdir.HEATMAP)
+        logging.warning("wrote %s; no %s/: the heatmaps need matplotlib (pip install "
+                        "'jaxembed[eval]')", self.wd / Workdir.METRICS, Workdir.HEATMAPS)
+      else:
+        for metric, (png, rgb) in figures.items():
+          self.wd.write(f"{Workdir.HEATMAPS}/{grid_eval.heatmap_file_name(metric)}", png)
+        self.writer.images(step, {f"grid/{m}": rgb for m, (_, rgb) in figures.items()})
+        logging.info("wrote %s and %d heatmaps in %s", self.wd / Workdir.METRICS,
+                     len(figures), self.wd / Workdir.HEATMAPS)
     return Result(step=step, completed=True, before=before, after=after)
 
 
@@ -293,6 +298,8 @@ def _locked(run: Run, config, wd: Workdir, stop: _StopSignal) -> Result:
   wd.truncate_log(int(shd.local_value(state.step)))
   step_fn = compile_train_step(run, shardings)
   writer = MetricWriter(str(wd / Workdir.TENSORBOARD), remote=wd.remote)
+  writer.text("config", "```\n" + config.to_json_best_effort(indent=1) + "\n```",
+              int(shd.local_value(state.step)))
   try:
     return Loop(run=run, state=state, step_fn=step_fn, ckpt=ckpt, data_iter=data_iter,
                 writer=writer, stop=stop).run_to_end()

@@ -43,6 +43,18 @@ class MetricWriter:
     for name, value in values.items():
       self._writer.add_scalar(tag(prefix + name), float(value), global_step=int(step))
 
+  def images(self, step: int, images: dict) -> None:
+    """RGB images ([H, W, 3] uint8), e.g. the grid's heatmaps."""
+    if self._writer is None:
+      return
+    for name, rgb in images.items():
+      self._writer.add_image(tag(name), rgb, global_step=int(step), dataformats="HWC")
+
+  def text(self, name: str, text: str, step: int = 0) -> None:
+    """Markdown text, e.g. the run's config (TensorBoard's Text tab)."""
+    if self._writer is not None:
+      self._writer.add_text(tag(name), text, global_step=int(step))
+
   def grid(self, step: int, rows: list[dict]) -> None:
     """One scalar per (metric, layer, dim) cell of an evaluated grid."""
     for row in rows:
