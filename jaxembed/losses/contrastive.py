@@ -40,6 +40,19 @@ def info_nce_from_logits(logits, *, symmetric: bool = False):
   return loss
 
 
+def multi_positive_info_nce(logits, relevance, weights=None):
+  """InfoNCE with several positives per query: the mean, over every relevant
+  (query, document) pair, of -log softmax(logits[query])[document] (the softmax over
+  all documents, other positives included, as LIMIT's free-embedding experiment
+  trains; Weller et al. 2025). logits [Q, D]; relevance [Q, D] 0/1. `weights` [Q]
+  (0 drops a query, e.g. padding) scales each query's pairs."""
+  rel = relevance.astype(logits.dtype)
+  if weights is not None:
+    rel = rel * weights.astype(logits.dtype)[:, None]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.sum(log_probs * rel) / jnp.maximum(jnp.sum(rel), 1.0)
+
+
 def info_nce(q, d, negatives=None, *, scale: float = 20.0, symmetric: bool = False):
   """InfoNCE / multiple-negatives ranking loss (van den Oord et al. 2018; Henderson
   et al. 2017) on cosine similarity: softmax over the batch of scale * cos(q_i, c_j),
