@@ -19,6 +19,8 @@ import json
 import logging
 import os
 
+import numpy as np
+
 from jaxembed.errors import ConfigError, DataError
 
 POLICIES = ("reject", "skip")
@@ -220,3 +222,28 @@ def read_beir(folder: str, split: str, *, on_error: str = "reject",
   for qid, did, score in qrel_rows:
     qrels.setdefault(qid, {})[did] = score
   return {q: queries[q] for q in qrels}, corpus, qrels
+
+
+def read_jsonl_retrieval(folder: str, *, field: str = "--data"):
+  """(queries [text], documents [text], relevance [Q, D] int32) of an MTEB-style
+  folder of JSON lines: corpus.jsonl (_id, title, text), queries.jsonl (_id, text)
+  and qrels.jsonl (query-id, corpus-id, score > 0 = relevant), in file order."""
+  def rows(name):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      raise DataError(f"{field}={folder!r}: no {name} (an MTEB-style folder holds "
+                      "corpus.jsonl, queries.jsonl and qrels.jsonl)")
+    with open(path, encoding="utf-8") as f:
+      return [json.loads(line) for line in f if line.strip()]
+  corpus, queries = rows("corpus.jsonl"), rows("queries.jsonl")
+  doc_index = {d["_id"]: i for i, d in enumerate(corpus)}
+  q_index = {q["_id"]: i for i, q in enumerate(queries)}
+  rel = np.zeros((len(queries), len(corpus)), np.int32)
+  for r in rows("qrels.jsonl"):
+    if r.get("query-id") not in q_index or r.get("corpus-id") not in doc_index:
+      raise DataError(f"{folder}/qrels.jsonl: query {r.get('query-id')!r} or document "
+                      f"{r.get('corpus-id')!r} is not in queries/corpus")
+    if float(r.get("score", 0)) > 0:
+      rel[q_index[r["query-id"]], doc_index[r["corpus-id"]]] = 1
+  docs = [" ".join(filter(None, [d.get("title", ""), d.get("text", "")])) for d in corpus]
+  return [q["text"] for q in queries], docs, rel
