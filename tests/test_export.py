@@ -58,6 +58,29 @@ def st_python():
     return None
 
 
+def st_encode(folder, tmp_path, query_prompt: bool = False) -> dict:
+  """sentence-transformers' vectors of TEXTS from an exported folder, in a child
+  process (skips when it is not installed): {'d': plain, 'q': prompt_name='query'}."""
+  python = st_python()
+  if python is None:
+    pytest.skip("sentence-transformers is not installed (set JAXEMBED_ST_PYTHON)")
+  script = ("import json, sys, numpy as np\n"
+            "from sentence_transformers import SentenceTransformer\n"
+            "m = SentenceTransformer(sys.argv[1], device='cpu')\n"
+            "t = json.loads(sys.argv[2])\n"
+            "out = {'d': m.encode(t, convert_to_numpy=True)}\n"
+            "if sys.argv[4] == '1':\n"
+            "  out['q'] = m.encode(t, prompt_name='query', convert_to_numpy=True)\n"
+            "np.savez(sys.argv[3], **out)\n")
+  npz = tmp_path / "st.npz"
+  ran = subprocess.run([python, "-c", script, str(folder), json.dumps(TEXTS), str(npz),
+                        "1" if query_prompt else "0"],
+                       capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert ran.returncode == 0, ran.stderr[-3000:]
+  return dict(np.load(npz))
+
+
 @pytest.mark.slow
 def test_sentence_transformers_folder_round_trip(trained, tmp_path):
   out = tmp_path / "l4_d128"
@@ -81,20 +104,7 @@ def test_sentence_transformers_folder_round_trip(trained, tmp_path):
   config = json.loads(card.split("```json\n")[1].split("\n```")[0])
   assert config == json.loads((trained / "config.json").read_text())
 
-  python = st_python()
-  if python is None:
-    pytest.skip("sentence-transformers is not installed (set JAXEMBED_ST_PYTHON)")
-  script = ("import json, sys, numpy as np\n"
-            "from sentence_transformers import SentenceTransformer\n"
-            "m = SentenceTransformer(sys.argv[1], device='cpu')\n"
-            "v = m.encode(json.loads(sys.argv[2]), convert_to_numpy=True)\n"
-            "np.save(sys.argv[3], v)\n")
-  npy = tmp_path / "st.npy"
-  ran = subprocess.run([python, "-c", script, str(out), json.dumps(TEXTS), str(npy)],
-                       capture_output=True, text=True, timeout=600,
-                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
-  assert ran.returncode == 0, ran.stderr[-3000:]
-  st = np.load(npy)
+  st = st_encode(out, tmp_path)["d"]
   assert st.shape == (len(TEXTS), 128)
   print("min cosine vs sentence-transformers:", cosines(st, want).min())
   assert cosines(st, want).min() >= 0.99999
@@ -280,19 +290,6 @@ def test_query_prompt_exported_and_pooled_as_jaxembed_does(tmp_path):
   docs = model.encode(TEXTS, layer=3, dim=64)
   assert cosines(queries, docs).min() < 0.999      # the prompt changes the vectors
 
-  python = st_python()
-  if python is None:
-    pytest.skip("sentence-transformers is not installed (set JAXEMBED_ST_PYTHON)")
-  script = ("import json, sys, numpy as np\n"
-            "from sentence_transformers import SentenceTransformer\n"
-            "m = SentenceTransformer(sys.argv[1], device='cpu')\n"
-            "t = json.loads(sys.argv[2])\n"
-            "np.savez(sys.argv[3], q=m.encode(t, prompt_name='query'), d=m.encode(t))\n")
-  npz = tmp_path / "st.npz"
-  ran = subprocess.run([python, "-c", script, out, json.dumps(TEXTS), str(npz)],
-                       capture_output=True, text=True, timeout=600,
-                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
-  assert ran.returncode == 0, ran.stderr[-3000:]
-  peer = np.load(npz)
+  peer = st_encode(out, tmp_path, query_prompt=True)
   assert cosines(peer["q"], queries).min() >= 0.99999
   assert cosines(peer["d"], docs).min() >= 0.99999
