@@ -20,6 +20,7 @@ def test_parse_line():
   assert s.lemmas == ("able", "galore")
   assert s.definition == "(usually followed by `to') having the necessary means or skill"
   assert s.examples == ("able to swim", "she was able to program her computer")
+  assert s.lex_file == 0                            # the lexicographer file: adj.all
   assert wordnet.parse_line("  1 This software and database is provided\n", "n") is None
 
 

@@ -31,6 +31,7 @@ class Synset:
   lemmas: tuple[str, ...]
   definition: str
   examples: tuple[str, ...]
+  lex_file: int = -1          # the lexicographer file (noun.animal, noun.artifact, ...)
 
 
 def check_wordnet_dir(path: str, field: str = "data.wordnet_dir") -> None:
@@ -58,7 +59,7 @@ def parse_line(line: str, pos: str) -> Synset | None:
   definition = gloss.split('"', 1)[0].strip().rstrip(";").strip()
   if not definition:
     return None
-  return Synset(f"{fields[0]}-{pos}", lemmas, definition, examples)
+  return Synset(f"{fields[0]}-{pos}", lemmas, definition, examples, int(fields[1]))
 
 
 def read_synsets(wordnet_dir: str) -> list[Synset]:
