@@ -15,13 +15,12 @@ devices (`--xla_force_host_platform_device_count` on a CPU; every chip on a pod)
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags, logging
 
+from experiments.results_io import ResultsFolder
 from jaxembed.train import free_embedding as fe
 
 _DIMS = flags.DEFINE_list("dims", ["4", "8", "12"], "embedding dimensions")
@@ -57,9 +56,8 @@ def table(results: dict) -> str:
 
 def main(argv):
   del argv
-  os.makedirs(_OUT.value, exist_ok=True)
-  path = os.path.join(_OUT.value, "results.json")
-  results = json.load(open(path)) if os.path.exists(path) else {}
+  folder = ResultsFolder(_OUT.value)
+  results = folder.load(required=_TABLE_ONLY.value)
   if not _TABLE_ONLY.value:
     for d in [int(x) for x in _DIMS.value]:
       search = fe.Search(d, log=logging.info)
@@ -72,15 +70,10 @@ def main(argv):
         n, trials = search.critical_n(seed, initial_n=initial)
         results[key] = {"d": d, "seed": seed, "critical_n": n, "initial_n": initial,
                         "seconds": round(time.time() - start, 1), "trials": trials}
-        with open(path + ".tmp", "w") as f:
-          json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
+        folder.save(results)
       ns = [results[f"d{d}_s{s}"]["critical_n"] for s in range(_SEEDS.value)]
       print(f"d={d} critical_n={float(np.median(ns)):g} seeds={ns}", flush=True)
-  md = table(results)
-  with open(os.path.join(_OUT.value, "table.md"), "w") as f:
-    f.write(md)
-  print(md)
+  folder.write_table(table(results))
 
 
 if __name__ == "__main__":

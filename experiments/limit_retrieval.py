@@ -13,13 +13,13 @@ remakes the table). The data is vendored in experiments/data/limit-small (CC-BY 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 from absl import app, flags
 
+from experiments.results_io import ResultsFolder
 from jaxembed.data.readers import read_jsonl_retrieval
 from jaxembed.evals.retrieval import dense_retrieval_metrics
 
@@ -98,19 +98,13 @@ def table(r: dict) -> str:
 
 def main(argv):
   del argv
-  os.makedirs(_OUT.value, exist_ok=True)
-  path = os.path.join(_OUT.value, "results.json")
+  folder = ResultsFolder(_OUT.value)
   if _TABLE_ONLY.value:
-    with open(path) as f:
-      results = json.load(f)
+    results = folder.load(required=True)
   else:
     results = run()
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1)
-  md = table(results)
-  with open(os.path.join(_OUT.value, "table.md"), "w") as f:
-    f.write(md)
-  print(md)
+    folder.save(results)
+  folder.write_table(table(results))
 
 
 if __name__ == "__main__":

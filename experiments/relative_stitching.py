@@ -24,14 +24,13 @@ with the training encoder's statistics. Writes <out>/results.json and <out>/tabl
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.results_io import ResultsFolder
 from jaxembed.evals.classification import fit_logistic, logistic_predict
 from jaxembed.evals.relative import relative
 
@@ -154,23 +153,19 @@ def table(results: dict) -> str:
 
 def main(argv):
   del argv
-  os.makedirs(_OUT.value, exist_ok=True)
-  path = os.path.join(_OUT.value, "results.json")
-  results = json.load(open(path)) if os.path.exists(path) else {}
+  folder = ResultsFolder(_OUT.value)
+  results = folder.load(required=_TABLE_ONLY.value)
   if not _TABLE_ONLY.value:
-    start = time.time()
     seeds = [int(s) for s in _SEEDS.value]
-    if "text" in _PARTS.value:
-      results["text"] = {str(s): text_part(s) for s in seeds}
-    if "image" in _PARTS.value:
-      results["image"] = image_part(_CONFIG.value, seeds)
-    results["seconds"] = round(time.time() - start, 1)
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1)
-  md = table(results)
-  with open(os.path.join(_OUT.value, "table.md"), "w") as f:
-    f.write(md)
-  print(md)
+    for part in _PARTS.value:
+      if part not in ("text", "image"):
+        raise SystemExit(f"error: --parts: {part!r}; valid: text, image")
+      start = time.time()
+      results[part] = ({str(s): text_part(s) for s in seeds} if part == "text"
+                       else image_part(_CONFIG.value, seeds))
+      results[f"seconds_{part}"] = round(time.time() - start, 1)
+      folder.save(results)
+  folder.write_table(table(results))
 
 
 if __name__ == "__main__":
