@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxembed.api import EmbeddingModel
 from jaxembed.errors import ConfigError
+from jaxembed.evals.sts import cosine_rows
 
 
 def _kind(prompt_type) -> str | None:
@@ -71,11 +72,8 @@ class MTEBEncoder:
     return EmbeddingModel.similarity(embeddings1, embeddings2)
 
   def similarity_pairwise(self, embeddings1, embeddings2) -> np.ndarray:
-    a = np.atleast_2d(np.asarray(embeddings1, np.float32))
-    b = np.atleast_2d(np.asarray(embeddings2, np.float32))
-    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=-1)
+    return cosine_rows(np.atleast_2d(np.asarray(embeddings1, np.float32)),
+                       np.atleast_2d(np.asarray(embeddings2, np.float32)))
 
   @property
   def mteb_model_meta(self):

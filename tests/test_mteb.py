@@ -104,3 +104,11 @@ def test_query_prompt_reaches_queries_only(model):
                              atol=1e-6)
   np.testing.assert_allclose(d, model.encode(texts, layer=3), atol=1e-6)
   assert not np.allclose(q, d, atol=1e-3)
+
+
+def test_pairwise_similarity_is_the_rows_cosine(model):
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+  want = [x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) for x, y in zip(a, b)]
+  enc = MTEBEncoder(model, layer=1, dim=8)
+  np.testing.assert_allclose(enc.similarity_pairwise(a, b), want, rtol=1e-5)
