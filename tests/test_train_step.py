@@ -69,6 +69,7 @@ def test_blockwise_with_kl_is_refused(smoke_config):
                      "loss.false_negative_margin": 0.1, "loss.focal_gamma": 1.0,
                      "loss.mix_negatives": 2, "loss.mix_hardest": 3}),
     ("sigmoid", {}),
+    ("multi_positive_info_nce", {"loss.symmetric": True}),
     ("2dmse", {"loss.kl_weight": 1.0, "loss.kl_temperature": 0.3}),
     ("self_distillation", {"loss.matryoshka.layers": (1, 2)}),
 ])
@@ -82,7 +83,8 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"loss.name": "triplet"}, r"loss.name='triplet'; valid values: \['info_nce', "
-                               r"'contrastive', 'sigmoid', '2dmse', 'cosent', 'angle', "
+                               r"'contrastive', 'sigmoid', 'multi_positive_info_nce', "
+                               r"'2dmse', 'cosent', 'angle', "
                                r"'self_distillation'\]"),
     ({"loss.matryoshka.weights": (1.0, 2.0)}, r"weights has 2 entries for 6 cells"),
     ({"loss.matryoshka.dims": (8, 48)}, r"loss.matryoshka.dims: dim 48 is out of range "

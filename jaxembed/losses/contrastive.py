@@ -63,14 +63,43 @@ def info_nce(q, d, negatives=None, *, scale: float = 20.0, symmetric: bool = Fal
   return info_nce_from_logits(logits, symmetric=symmetric)
 
 
-def sigmoid_loss(q, d, negatives=None, *, log_scale, bias):
+def group_relevance(groups, num_candidates: int):
+  """[B, C] 0/1 from groups [B]: candidate j < B is relevant to query i when
+  groups[j] == groups[i]; the candidates past B (hard negatives) never are. Distinct
+  groups give the identity (each query's own pair)."""
+  same = (groups[:, None] == groups[None, :]).astype(jnp.float32)
+  return jnp.pad(same, ((0, 0), (0, num_candidates - groups.shape[0])))
+
+
+def multi_positive_pairs(q, d, negatives=None, *, groups=None, scale: float = 20.0,
+                         symmetric: bool = False):
+  """Multi-positive InfoNCE on a batch of pairs: every d_j of the query's group is a
+  positive (`multi_positive_info_nce` over scale * cosine to every candidate, hard
+  negatives included as negatives). symmetric adds the d -> q direction (d_i's
+  positives: the q_j of its group) and averages. With groups None (or all distinct)
+  it is InfoNCE."""
+  qn = l2_normalize(q)
+  cands = candidates(l2_normalize(d), None if negatives is None else l2_normalize(negatives))
+  logits = scale * qn @ cands.T
+  b = q.shape[0]
+  rel = group_relevance(jnp.arange(b) if groups is None else groups, cands.shape[0])
+  loss = multi_positive_info_nce(logits, rel)
+  if symmetric:
+    loss = 0.5 * (loss + multi_positive_info_nce(logits[:, :b].T, rel[:, :b].T))
+  return loss
+
+
+def sigmoid_loss(q, d, negatives=None, *, log_scale, bias, groups=None):
   """SigLIP (Zhai et al. 2023): -1/B sum_ij log sigmoid(z_ij (t cos(q_i, c_j) + b)),
   z_ij = +1 for the positive pair and -1 otherwise; t = exp(log_scale). The paper
-  initialises log_scale = log 10 and bias = -10."""
+  initialises log_scale = log 10 and bias = -10. groups [B]: z_ij = +1 for every
+  in-batch pair of the query's group (hard negatives stay -1)."""
   cands = candidates(l2_normalize(d), None if negatives is None else l2_normalize(negatives))
   logits = jnp.exp(log_scale) * (l2_normalize(q) @ cands.T) + bias
   b = q.shape[0]
-  z = jnp.full_like(logits, -1.0).at[:, :b].add(2.0 * jnp.eye(b, dtype=logits.dtype))
+  if groups is None:
+    groups = jnp.arange(b)
+  z = 2.0 * group_relevance(groups, cands.shape[0]).astype(logits.dtype) - 1.0
   return -jnp.sum(jax.nn.log_sigmoid(z * logits)) / b
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxembed.errors import ConfigError
 from jaxembed.losses.contrastive import (DIRECTIONS, contrastive_loss, mix_hard_negatives,
-                                         sigmoid_loss)
+                                         multi_positive_pairs, sigmoid_loss)
 from jaxembed.losses.distillation import multi_exit_self_distillation, teacher_distillation
 from jaxembed.losses.matryoshka import build_cells, matryoshka_loss, two_d_matryoshka_loss
 from jaxembed.losses.scored import angle_objective, cosent_loss
@@ -34,6 +34,7 @@ class Objective:
   learnable: bool             # may learn its temperature (and bias)
   init_params: Callable | None = None   # cfg -> {'log_scale', ...} when learnable
   scored: bool = False        # ranks graded pairs: fn(..., grades=[batch] scores)
+  grouped: bool = False       # reads the batch's groups: fn(..., groups=[batch] ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +49,14 @@ class BuildContext:
 _REGISTRY: dict[str, Objective] = {}
 
 
-def register(name: str, *, learnable: bool = False, init_params=None, scored: bool = False):
+def register(name: str, *, learnable: bool = False, init_params=None, scored: bool = False,
+             grouped: bool = False):
   def wrap(build):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")
     _REGISTRY[name] = Objective(name, build, learnable,
                                 init_params or (_scale_params if learnable else None),
-                                scored)
+                                scored, grouped)
     return build
   return wrap
 
@@ -66,6 +68,12 @@ def names() -> tuple[str, ...]:
 def scored_names() -> tuple[str, ...]:
   """The objectives that train on graded pairs (data.source='scored_file')."""
   return tuple(n for n, o in _REGISTRY.items() if o.scored)
+
+
+def grouped_names() -> tuple[str, ...]:
+  """The objectives that take several positives per query from the batch's groups
+  (same-group pairs are positives of each other)."""
+  return tuple(n for n, o in _REGISTRY.items() if o.grouped)
 
 
 def _scale_params(cfg) -> dict:
@@ -111,7 +119,7 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   kd = distill_settings(cfg)
 
   def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None,
-              grades=None):
+              grades=None, groups=None):
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
@@ -121,6 +129,8 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
         raise ValueError(f"loss.name={cfg.name!r} ranks graded pairs, and the batch has "
                          "no scores: train on data.source='scored_file'")
       graded = {"grades": grades}
+    if objective.grouped and groups is not None:
+      graded = {"groups": groups}
     if kd is None or kd.pair_weight:
       loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"), **graded)
     if kd is not None:
@@ -246,16 +256,33 @@ def _sigmoid_params(cfg) -> dict:
           "bias": np.float32(cfg.sigmoid_bias)}
 
 
-@register("sigmoid", learnable=True, init_params=_sigmoid_params)
+@register("sigmoid", learnable=True, init_params=_sigmoid_params, grouped=True)
 def _sigmoid(cfg, ctx: BuildContext):
-  """SigLIP's pairwise sigmoid loss over the cells."""
-  def one_cell(q, d, n, key, scale=None, bias=None):
-    del key
-    log_t = jnp.log(cfg.sigmoid_scale) if scale is None else jnp.log(scale)
-    return sigmoid_loss(q, d, n, log_scale=log_t,
-                        bias=cfg.sigmoid_bias if bias is None else bias)
+  """SigLIP's pairwise sigmoid loss over the cells; a batch with groups labels every
+  same-group pair positive."""
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None, groups=None):
+    def one_cell(q, d, n, key, scale=None, bias=None):
+      del key
+      log_t = jnp.log(cfg.sigmoid_scale) if scale is None else jnp.log(scale)
+      return sigmoid_loss(q, d, n, log_scale=log_t,
+                          bias=cfg.sigmoid_bias if bias is None else bias, groups=groups)
+    return _per_cell(q, d, negatives, rng=rng, ctx=ctx, one_cell=one_cell, scale=scale,
+                     bias=bias)
+  return fn
 
-  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
+
+@register("multi_positive_info_nce", learnable=True, grouped=True)
+def _multi_positive(cfg, ctx: BuildContext):
+  """InfoNCE with several positives per query: every pair of the query's group (the
+  batch's 'group', e.g. a class) is a positive, the mean over positives of
+  -log softmax (as LIMIT trains; Weller et al. 2025); loss.symmetric adds d -> q. On
+  a batch without groups it is InfoNCE."""
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None, groups=None):
+    def one_cell(q, d, n, key, scale=None, bias=None):
+      del key, bias
+      return multi_positive_pairs(q, d, n, groups=groups,
+                                  scale=cfg.scale if scale is None else scale,
+                                  symmetric=cfg.symmetric)
     return _per_cell(q, d, negatives, rng=rng, ctx=ctx, one_cell=one_cell, scale=scale,
                      bias=bias)
   return fn

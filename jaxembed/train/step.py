@@ -46,7 +46,7 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
   step reports metrics['finite'] = False when its loss or gradient norm is not
   finite. teacher_params: a frozen teacher of the same model (loss.distill), whose
   vectors of the batch reach loss_fn as `teacher`. A batch with 'score' (graded
-  pairs) passes it to loss_fn as `grades`.
+  pairs) passes it to loss_fn as `grades`, one with 'group' as `groups`.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -57,6 +57,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
   extra = {}
   if "score" in batch:      # graded pairs, for the ranking objectives
     extra["grades"] = batch["score"]
+  if "group" in batch:      # same-group pairs are positives (grouped objectives)
+    extra["groups"] = batch["group"]
   if teacher_params is not None:
     extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
 
