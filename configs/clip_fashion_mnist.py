@@ -14,15 +14,24 @@ Arguments:
   loss=clip        symmetric InfoNCE with a learnable temperature (Radford et al. 2021)
   loss=siglip      sigmoid loss with learnable temperature and bias (Zhai et al. 2023)
   pooling=map      the image tower pools with a MAP head instead of [CLS]
+  positives=class  uniform batches of any size, classes repeating; every caption of an
+                   image's class is its positive (CLIP: symmetric multi-positive
+                   InfoNCE; SigLIP: z = +1 for every same-class pair)
+  text=small       a 2-layer, 128-wide text tower from scratch (MiniLM's vocabulary)
+                   instead of pretrained all-MiniLM-L6-v2: ~10x cheaper steps
+  batch=N          the batch size (at most 10 unless positives=class)
+  steps=N          training steps
 """
 
 from configs import common
 
-VARIANTS = ("loss=siglip", "smoke,loss=siglip", "smoke,pooling=map")
+VARIANTS = ("loss=siglip", "smoke,loss=siglip", "smoke,pooling=map",
+            "positives=class,batch=128", "loss=siglip,positives=class,batch=128")
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, loss="clip", pooling="cls")
+  args = common.parse_arg(arg, smoke=False, loss="clip", pooling="cls", positives="pair",
+                          text="minilm", batch=0, steps=0)
   c = common.base_config()
   c.model.encoder = "two_tower"
   c.model.two_tower.towers = "image_text"
@@ -38,6 +47,12 @@ def get_config(arg=None):
     c.loss.name = "sigmoid"
   else:
     raise ValueError(f"loss={args.loss!r}; valid: clip, siglip")
+  if args.positives == "class":
+    c.data.distinct_classes = False
+    if args.loss == "clip":
+      c.loss.name = "multi_positive_info_nce"
+  elif args.positives != "pair":
+    raise ValueError(f"positives={args.positives!r}; valid: pair, class")
   c.loss.learnable_temperature = True
   c.loss.scale = 10.0
   c.loss.matryoshka.mode = "mrl"
@@ -71,4 +86,14 @@ def get_config(arg=None):
     c.train.log_every = 5
     c.train.checkpoint_every = 10
     c.eval.images = 200
+  if args.text == "small" and not args.smoke:
+    c.model.init = "random"
+    c.model.bert_overrides = common.ml_collections.ConfigDict(dict(
+        num_layers=2, hidden_size=128, num_heads=4, intermediate_size=256))
+  elif args.text not in ("minilm", "small"):
+    raise ValueError(f"text={args.text!r}; valid: minilm, small")
+  if args.batch:
+    c.train.batch_size = args.batch
+  if args.steps:
+    c.train.steps = args.steps
   return c

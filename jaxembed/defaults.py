@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Replaces data.source when set.
   c.data.mixture = ()
   c.data.no_duplicates = False                       # no text twice in a batch
+  # fashion_mnist: no class twice in a batch (batch <= 10); False: uniform batches whose
+  # same-class pairs are positives of each other (multi_positive_info_nce, sigmoid).
+  c.data.distinct_classes = True
   c.data.workers = 0                                 # >0: read + tokenise in processes
   c.data.on_error = "reject"                         # bad records: reject | skip
   c.data.wordnet_dir = "/usr/share/wordnet"
@@ -91,8 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.query_instruction = ""
 
   c.loss = ml_collections.ConfigDict()
-  # info_nce | contrastive | sigmoid | 2dmse | self_distillation, and on graded pairs
-  # cosent | angle (jaxembed/losses/registry)
+  # info_nce | contrastive | sigmoid | multi_positive_info_nce | 2dmse |
+  # self_distillation, and on graded pairs cosent | angle (jaxembed/losses/registry)
   c.loss.name = "info_nce"
   c.loss.scale = 20.0                                # 1 / temperature
   c.loss.learnable_temperature = False               # learn log(scale) (and SigLIP's bias)

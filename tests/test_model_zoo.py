@@ -106,6 +106,39 @@ def test_image_text_two_tower_trains_sharded(tfds_dir, arg):
   assert all(0.0 <= r["fashion_mnist/zero_shot_acc"] <= 1.0 for r in rows)
 
 
+@pytest.mark.parametrize("arg", ["smoke,positives=class,batch=16",
+                                 "smoke,loss=siglip,positives=class,batch=16"])
+def test_image_text_batches_with_repeated_classes(tfds_dir, arg):
+  """positives=class: batches larger than the 10 classes, each carrying its labels as
+  groups, trained by the objectives that read them (the losses' values are tested
+  against loops in test_loss_family)."""
+  from configs import clip_fashion_mnist
+  config = clip_fashion_mnist.get_config(arg)
+  config.data.tfds_dir = tfds_dir
+  config.train.steps = 2
+  assert not config.data.distinct_classes
+  run, state, before, losses, batch = steps(config)
+  assert np.isfinite(losses).all()
+  assert batch["anchor"]["pixels"].shape == (16, 28, 28, 1)
+  groups = np.asarray(batch["group"])
+  assert groups.shape == (16,) and len(set(groups.tolist())) < 16     # classes repeat
+  assert changed(before["anchor_tower"], state.params["anchor_tower"])
+
+
+def test_repeated_classes_need_an_objective_that_reads_them(tfds_dir):
+  from configs import clip_fashion_mnist
+  config = clip_fashion_mnist.get_config("smoke,positives=class,batch=16")
+  config.loss.name = "info_nce"
+  with pytest.raises(ConfigError, match=r"data.distinct_classes=False .* "
+                                        r"\['sigmoid', 'multi_positive_info_nce'\]"):
+    train.setup(config, "/nonexistent-unused")
+  config = clip_fashion_mnist.get_config("smoke,batch=16")
+  config.data.tfds_dir = tfds_dir
+  with pytest.raises(Exception, match=r"batch_size=16: .* at most 10, or "
+                                      r"data.distinct_classes=False"):
+    steps(config)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_text_text_two_tower_trains_sharded(smoke_config, shared):
   config = smoke_config(**{"model.encoder": "two_tower", "model.two_tower.towers": "text_text",

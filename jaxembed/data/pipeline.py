@@ -204,8 +204,10 @@ def _decode(value):
 
 
 class ImageCaptions:
-  """Fashion-MNIST records -> {'anchor': {'pixels'}, 'positive': caption tokens}; the
-  caption of record i is template (i mod 5) filled with its class name."""
+  """Fashion-MNIST records -> {'anchor': {'pixels'}, 'positive': caption tokens,
+  'group': the class label}; the caption of record i is template (i mod 5) filled with
+  its class name. Pairs of one group are each other's positives for the objectives
+  that read groups (a class's captions are interchangeable)."""
 
   def __init__(self, tokenizer: Tokenizer, seq_len: int, class_names):
     self.tokenizer, self.seq_len = tokenizer, seq_len
@@ -218,26 +220,32 @@ class ImageCaptions:
     pixels = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0
     texts = [self.caption(int(r["label"]), i) for r, i in zip(records, rows)]
     return {"anchor": {"pixels": pixels},
-            "positive": self.tokenizer.encode(texts, pad_to=self.seq_len)}
+            "positive": self.tokenizer.encode(texts, pad_to=self.seq_len),
+            "group": np.asarray([int(r["label"]) for r in records], np.int32)}
 
 
 def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_size: int,
                           seq_len: int, seed: int, process_index: int = 0,
                           process_count: int = 1, max_examples: int | None = None,
-                          num_threads: int = 2, workers: int = 0) -> grain.IterDataset:
-  """(image, caption) batches for two-tower training, no class twice in a batch (its
-  caption would be a false negative): batches are planned with the label as the only
-  'text' of each record, so batch_size <= the number of classes."""
+                          num_threads: int = 2, workers: int = 0,
+                          distinct_classes: bool = True) -> grain.IterDataset:
+  """(image, caption) batches for two-tower training. distinct_classes: no class twice
+  in a batch (its caption would be a false negative for an objective that knows only
+  the pair's own caption): batches are planned with the label as the only 'text' of
+  each record, so batch_size <= the number of classes. Without it batches are
+  uniform draws, any size, and classes repeat: train them with an objective that reads
+  the batch's 'group' (loss.name='multi_positive_info_nce' or 'sigmoid')."""
   n = len(source) if max_examples is None else min(max_examples, len(source))
   labels = np.concatenate([[int(r["label"]) for r in source.__getitems__(
       list(range(s, min(s + 8192, n))))] for s in range(0, n, 8192)])
   classes = len(class_names)
-  if batch_size > classes:
+  if distinct_classes and batch_size > classes:
     raise DataError(f"train.batch_size={batch_size}: image-caption batches hold each of "
                     f"the {classes} classes at most once (a repeated caption is a false "
-                    f"negative); use a batch of at most {classes}")
+                    f"negative); use a batch of at most {classes}, or "
+                    "data.distinct_classes=False with an objective that reads classes")
   _check_host_split(batch_size, process_count)
-  keys = [batching.text_keys([str(int(l))]) for l in labels]
+  keys = [batching.text_keys([str(int(l))]) for l in labels] if distinct_classes else None
   plan = batching.BatchPlan([n], batch_size, seed, keys=[keys])
   plan.first_batch(0)
   ds = batching.PlannedBatches([source], plan, batch_size, process_index, process_count,

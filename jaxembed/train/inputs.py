@@ -35,7 +35,8 @@ def make_inputs(config, model, tokenizer):
         fm.as_data_source("train"), tokenizer=tokenizer, class_names=FASHION_MNIST_CLASSES,
         batch_size=batch, seq_len=d.seq_len, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        max_examples=d.max_train_examples, workers=d.workers)
+        max_examples=d.max_train_examples, workers=d.workers,
+        distinct_classes=d.distinct_classes)
     return dataset, [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
                                               FASHION_MNIST_CLASSES, config.eval.images)]
   components = mixture_components(d)

@@ -126,6 +126,11 @@ def check_scored(config) -> None:
     raise ConfigError(f"data.source='scored_file' gives graded pairs; loss.name="
                       f"{config.loss.name!r} would ignore the grades: use one of "
                       f"{list(registry.scored_names())}")
+  if config.data.source == "fashion_mnist" and not config.data.distinct_classes:
+    if config.loss.name not in registry.grouped_names():
+      raise ConfigError(f"data.distinct_classes=False puts a class's captions in a batch "
+                        f"more than once; loss.name={config.loss.name!r} would count them "
+                        f"as negatives: use one of {list(registry.grouped_names())}")
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
