@@ -138,6 +138,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-6
   c.optim.grad_clip = 1.0
+  # Regular expressions (re.search) over parameter paths such as
+  # 'encoder/layer_5/attention/query/kernel' or 'pooler/...': only matching parameters
+  # train (the objective's own, 'loss/...', always do); () trains everything. Frozen
+  # parameters get no gradient computation, no update and no optimizer state.
+  c.optim.trainable = ()
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 
+import jax
 import optax
 
 from jaxembed.errors import ConfigError
@@ -44,8 +46,41 @@ def make_schedule(cfg, total_steps: int):
       [optax.linear_schedule(0.0, cfg.learning_rate, warmup), after], [warmup])
 
 
-def make_optimizer(cfg, total_steps: int):
-  """Returns (optax transformation, schedule)."""
+def param_path(key_path) -> str:
+  """A jax key path -> 'encoder/layer_5/attention/query/kernel'."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in key_path)
+
+
+def trainable_mask(params, patterns):
+  """A tree of bools like `params`: True where the parameter trains. A parameter
+  trains when its path matches (re.search) one of `patterns`, or when it is the
+  objective's own (under 'loss/': a learnable temperature); no patterns: all train.
+  Every pattern must be a valid regex matching at least one path."""
+  patterns = tuple(patterns or ())
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths = [param_path(kp) for kp, _ in flat]
+  if not patterns:
+    return jax.tree_util.tree_unflatten(treedef, [True] * len(paths))
+  compiled = []
+  for pattern in patterns:
+    try:
+      compiled.append(re.compile(pattern))
+    except re.error as e:
+      raise ConfigError(f"optim.trainable: {pattern!r} is not a regular expression ({e})")
+  for pattern, rx in zip(patterns, compiled):
+    if not any(rx.search(p) for p in paths):
+      shown = sorted({"/".join(p.split("/")[:3]) for p in paths})
+      raise ConfigError(f"optim.trainable: {pattern!r} matches no parameter; paths look "
+                        f"like {shown[:12]}{' ...' if len(shown) > 12 else ''}")
+  keep = [p.startswith("loss/") or any(rx.search(p) for rx in compiled) for p in paths]
+  return jax.tree_util.tree_unflatten(treedef, keep)
+
+
+def make_optimizer(cfg, total_steps: int, trainable=None):
+  """Returns (optax transformation, schedule). trainable: a tree of bools like the
+  parameters (`trainable_mask`); the frozen ones get no update and no optimizer state
+  (gradient clipping and weight decay see only the trainable ones)."""
   schedule = make_schedule(cfg, total_steps)
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f"optim.name={cfg.name!r}; valid values: {list(OPTIMIZERS)}")
@@ -55,4 +90,8 @@ def make_optimizer(cfg, total_steps: int):
   else:
     opt = optax.sgd(schedule, momentum=cfg.b1)
   chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-  return optax.chain(*chain, opt), schedule
+  tx = optax.chain(*chain, opt)
+  if trainable is not None and not all(jax.tree.leaves(trainable)):
+    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx, schedule

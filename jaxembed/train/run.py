@@ -22,10 +22,10 @@ from jaxembed.errors import ConfigError
 from jaxembed.losses import build_cells
 from jaxembed.losses import registry
 from jaxembed.losses.registry import distill_settings, init_loss_params, make_loss
-from jaxembed.models import ModelSpec, build, read_model_folder
+from jaxembed.models import ModelSpec, abstract_params, build, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.train import inputs
-from jaxembed.train.optim import make_optimizer
+from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
 from jaxembed.workdir import Workdir
 
@@ -48,6 +48,7 @@ class Run:
   eval_tasks: list
   param_shardings: Any
   loss_params: dict          # the objective's own initial parameters ({} if none)
+  trainable: Any = None      # bools like the params (optim.trainable); None: all train
 
   @property
   def text_config(self):
@@ -155,7 +156,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   if loss_params:
     param_shardings = dict(param_shardings,
                            loss={k: shd.replicated(mesh) for k in loss_params})
-  tx, schedule = make_optimizer(config.optim, config.train.steps)
+  trainable = None
+  if config.optim.trainable:
+    trainable = trainable_mask(abstract_params(model, loss_params), config.optim.trainable)
+  tx, schedule = make_optimizer(config.optim, config.train.steps, trainable)
 
   if config.data.seq_len > text_config.max_position_embeddings:
     raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds the model's "
@@ -169,4 +173,4 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
              schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
-             param_shardings=param_shardings, loss_params=loss_params)
+             param_shardings=param_shardings, loss_params=loss_params, trainable=trainable)

@@ -26,10 +26,13 @@ class TrainState:
 
 
 def state_shardings(run, abstract_opt_state) -> TrainState:
+  """Optimizer state laid out like its parameters; a frozen parameter's state
+  (optim.trainable) is an empty MaskedNode and stays one."""
   rep = shd.replicated(run.mesh)
-  opt = optax.tree_map_params(run.tx, lambda _, s: s, abstract_opt_state,
-                              run.param_shardings,
-                              transform_non_params=lambda _: rep)
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  opt = optax.tree_map_params(run.tx, lambda x, s: x if masked(x) else s,
+                              abstract_opt_state, run.param_shardings,
+                              transform_non_params=lambda _: rep, is_leaf=masked)
   return TrainState(step=rep, params=run.param_shardings, opt_state=opt, rng=rep)
 
 

@@ -35,7 +35,7 @@ def teacher_embeddings(model: nn.Module, teacher_params, batch):
 def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0,
-               check_finite: bool = True):
+               check_finite: bool = True, trainable=None):
   """loss_fn(anchor_layers, positive_layers[, negative_layers], *, rng, loss_params)
   -> (loss, aux); loss_params is params["loss"] (a learnable temperature) or None.
 
@@ -47,10 +47,16 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
   finite. teacher_params: a frozen teacher of the same model (loss.distill), whose
   vectors of the batch reach loss_fn as `teacher`. A batch with 'score' (graded
   pairs) passes it to loss_fn as `grades`, one with 'group' as `groups`.
+  trainable: bools like the params (optim.trainable); the frozen ones enter the
+  forward pass behind stop_gradient, so no gradient is computed for them (nor, below
+  the lowest trainable layer, for activations), and their update is zero.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
   def encode(params, sub_batch, key):
+    if trainable is not None:
+      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
+                            trainable)
     return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
 
   encode_rng, loss_rng = jax.random.split(rng)
@@ -107,7 +113,7 @@ def compile_train_step(run, shardings: TrainState, check_finite: bool = True):
   step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
                            deterministic=not run.config.train.dropout,
                            grad_cache_minibatch=run.config.train.grad_cache_minibatch,
-                           check_finite=check_finite)
+                           check_finite=check_finite, trainable=run.trainable)
   batch_sh, rep = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
   if not run.distill:
     return shd.mesh_jit(step, run.mesh, run.rules, in_shardings=(shardings, batch_sh),
