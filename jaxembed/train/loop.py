@@ -188,6 +188,8 @@ class Loop:
     # The objective's parts (each Matryoshka cell's loss, 'loss/L<layer>_d<dim>'), as
     # of the logged step.
     record.update({k: float(v) for k, v in metrics.items() if k.startswith("loss/")})
+    # A learnable temperature (and SigLIP's bias), as the objective uses them.
+    record.update({k: float(metrics[k]) for k in ("scale", "bias") if k in metrics})
     self.wd.append_log(record)
     self.writer.scalars(step, {k: v for k, v in record.items() if k != "step"}, "train/")
     logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  eta %ds", step, total,
