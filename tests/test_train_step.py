@@ -130,5 +130,6 @@ def test_learnable_temperature_with_grad_cache(smoke_config):
 def test_learnable_temperature_refused_where_unsupported(smoke_config):
   config = smoke_config(**{"loss.name": "2dmse", "loss.learnable_temperature": True})
   with pytest.raises(ConfigError, match=r"needs loss.name in \['info_nce', 'contrastive', "
-                                        r"'sigmoid'\], not '2dmse'"):
+                                        r"'sigmoid', 'multi_positive_info_nce'\], "
+                                        r"not '2dmse'"):
     train.setup(config, "/nonexistent-unused")
