@@ -18,14 +18,15 @@ import scipy.optimize
 from jaxembed.evals.retrieval import top_k
 
 
-def _unit(x):
+def unit_rows(x) -> np.ndarray:
+  """Rows of x scaled to unit length, in float64 (zero rows stay zero)."""
   x = np.asarray(x, np.float64)
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def knn_predict(train_x, train_y, test_x, k: int = 5, chunk: int = 2048) -> np.ndarray:
   train_y = np.asarray(train_y)
-  train_u, test_u = _unit(train_x), _unit(test_x)
+  train_u, test_u = unit_rows(train_x), unit_rows(test_x)
   nearest = np.concatenate([top_k(test_u[s:s + chunk] @ train_u.T, k)
                             for s in range(0, len(test_u), chunk)])
   out = []

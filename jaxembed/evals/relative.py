@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxembed.evals.classification import unit_rows
+
 
 def relative(x, anchors) -> np.ndarray:
   """[n, a] cosines of each row of x [n, d] with each anchor [a, d]."""
-  x = np.asarray(x, np.float64)
-  anchors = np.asarray(anchors, np.float64)
-  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  anchors = anchors / np.maximum(np.linalg.norm(anchors, axis=1, keepdims=True), 1e-12)
-  return x @ anchors.T
-
-
-def _unit(x):
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  return unit_rows(x) @ unit_rows(anchors).T
 
 
 def cross_space_retrieval(source, target, queries, k: int = 10) -> dict:
@@ -33,7 +26,7 @@ def cross_space_retrieval(source, target, queries, k: int = 10) -> dict:
       and with target row i itself (B; row i included);
     cosine: cos(source row i, target row i).
   Means over `queries` (row indices)."""
-  src, tgt = _unit(source), _unit(target)
+  src, tgt = unit_rows(source), unit_rows(target)
   queries = np.asarray(queries)
   cross = src[queries] @ tgt.T                         # [q, n]
   own = tgt[queries] @ tgt.T
