@@ -236,8 +236,6 @@ def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_si
   uniform draws, any size, and classes repeat: train them with an objective that reads
   the batch's 'group' (loss.name='multi_positive_info_nce' or 'sigmoid')."""
   n = len(source) if max_examples is None else min(max_examples, len(source))
-  labels = np.concatenate([[int(r["label"]) for r in source.__getitems__(
-      list(range(s, min(s + 8192, n))))] for s in range(0, n, 8192)])
   classes = len(class_names)
   if distinct_classes and batch_size > classes:
     raise DataError(f"train.batch_size={batch_size}: image-caption batches hold each of "
@@ -245,7 +243,11 @@ def image_caption_dataset(source, *, tokenizer: Tokenizer, class_names, batch_si
                     f"negative); use a batch of at most {classes}, or "
                     "data.distinct_classes=False with an objective that reads classes")
   _check_host_split(batch_size, process_count)
-  keys = [batching.text_keys([str(int(l))]) for l in labels] if distinct_classes else None
+  keys = None
+  if distinct_classes:      # plan with each record's label as its only 'text'
+    labels = np.concatenate([[int(r["label"]) for r in source.__getitems__(
+        list(range(s, min(s + 8192, n))))] for s in range(0, n, 8192)])
+    keys = [batching.text_keys([str(int(l))]) for l in labels]
   plan = batching.BatchPlan([n], batch_size, seed, keys=[keys])
   plan.first_batch(0)
   ds = batching.PlannedBatches([source], plan, batch_size, process_index, process_count,

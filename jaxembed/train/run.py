@@ -105,6 +105,7 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
                       f"size dcn_data*data*fsdp={n_batch_shards} and by the "
                       f"{jax.process_count()} processes")
   check_scored(config)
+  check_grouped(config)
   mini = config.train.grad_cache_minibatch
   if mini and (batch % mini or mini % n_batch_shards):
     raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
@@ -127,6 +128,10 @@ def check_scored(config) -> None:
     raise ConfigError(f"data.source='scored_file' gives graded pairs; loss.name="
                       f"{config.loss.name!r} would ignore the grades: use one of "
                       f"{list(registry.scored_names())}")
+
+
+def check_grouped(config) -> None:
+  """Batches that repeat a class need an objective that reads the classes."""
   if config.data.source == "fashion_mnist" and not config.data.distinct_classes:
     if config.loss.name not in registry.grouped_names():
       raise ConfigError(f"data.distinct_classes=False puts a class's captions in a batch "
