@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from jaxembed import train
 from jaxembed.errors import ConfigError
-from jaxembed.train.soup import parse_ingredients, soup
+from jaxembed.train.merge import parse_ingredients, soup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/minilm_wordnet_2d.py")
 _INGREDIENTS = flags.DEFINE_list("ingredients", [], "<workdir or 'pretrained'>:<weight>")

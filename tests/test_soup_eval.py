@@ -1,4 +1,4 @@
-"""Weight averaging of runs (jaxembed.train.soup, used by experiments.soup_eval): the soup is the weighted sum of the
+"""Weight averaging of runs (jaxembed.train.merge, used by experiments.soup_eval): the soup is the weighted sum of the
 ingredients' parameters, checked against NumPy on restored checkpoints; bad
 ingredient lists are refused with the flag named."""
 
@@ -9,7 +9,7 @@ import pytest
 from jaxembed import sharding as shd, train
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
-from jaxembed.train.soup import parse_ingredients, soup
+from jaxembed.train.merge import parse_ingredients, soup
 
 
 def test_the_soup_is_the_weighted_sum_of_its_ingredients(smoke_config, tmp_path):

@@ -32,6 +32,19 @@ def teacher_embeddings(model: nn.Module, teacher_params, batch):
   return tuple(jax.lax.stop_gradient(x[..., -1, :]) for x in out)
 
 
+def loss_inputs(model: nn.Module, batch, teacher_params=None) -> dict:
+  """What loss_fn takes from a batch besides the vectors: graded pairs' `grades`,
+  grouped pairs' `groups`, and the frozen teacher's vectors (`teacher`)."""
+  extra = {}
+  if "score" in batch:      # graded pairs, for the ranking objectives
+    extra["grades"] = batch["score"]
+  if "group" in batch:      # same-group pairs are positives (grouped objectives)
+    extra["groups"] = batch["group"]
+  if teacher_params is not None:
+    extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
+  return extra
+
+
 def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0,
@@ -60,13 +73,7 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
     return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
 
   encode_rng, loss_rng = jax.random.split(rng)
-  extra = {}
-  if "score" in batch:      # graded pairs, for the ranking objectives
-    extra["grades"] = batch["score"]
-  if "group" in batch:      # same-group pairs are positives (grouped objectives)
-    extra["groups"] = batch["group"]
-  if teacher_params is not None:
-    extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
+  extra = loss_inputs(model, batch, teacher_params)
 
   def objective(embeddings, params):
     return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"), **extra)
