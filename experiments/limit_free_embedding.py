@@ -2,6 +2,9 @@ r"""LIMIT's free-embedding experiment (Weller et al. 2025): the critical n of ea
 embedding dimension d, against the paper's cubic fit.
 
   python -m experiments.limit_free_embedding --dims=4,8,12 --seeds=3
+  python -m experiments.limit_free_embedding \
+      --config=configs/limit_free_embedding.py:accelerator   # d = 32 ... 64
+
 
 For each d and seed (0, 1, ...), optimises free query and document vectors for every
 2-subset of n documents and finds the largest n whose every query gets exactly its
@@ -19,12 +22,17 @@ import time
 
 import numpy as np
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from experiments.results_io import ResultsFolder
 from jaxembed.train import free_embedding as fe
 
-_DIMS = flags.DEFINE_list("dims", ["4", "8", "12"], "embedding dimensions")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "seeds per dimension (0, 1, ...)")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/limit_free_embedding.py[:accelerator]: dims and seeds")
+_DIMS = flags.DEFINE_list("dims", ["4", "8", "12"],
+                          "embedding dimensions (overrides --config's)")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "seeds per dimension (0, 1, ...; overrides "
+                              "--config's)")
 _OUT = flags.DEFINE_string("out", "runs/limit_free_embedding",
                            "where results.json and table.md go")
 _START = flags.DEFINE_enum("start", "fit", ["fit", "d"],
@@ -59,9 +67,13 @@ def main(argv):
   folder = ResultsFolder(_OUT.value)
   results = folder.load(required=_TABLE_ONLY.value)
   if not _TABLE_ONLY.value:
-    for d in [int(x) for x in _DIMS.value]:
+    dims, seeds = [int(x) for x in _DIMS.value], _SEEDS.value
+    if _CONFIG.value is not None:
+      dims = dims if flags.FLAGS["dims"].present else list(_CONFIG.value.dims)
+      seeds = seeds if flags.FLAGS["seeds"].present else int(_CONFIG.value.seeds)
+    for d in dims:
       search = fe.Search(d, log=logging.info)
-      for seed in range(_SEEDS.value):
+      for seed in range(seeds):
         key = f"d{d}_s{seed}"
         if key in results:
           continue
@@ -71,7 +83,7 @@ def main(argv):
         results[key] = {"d": d, "seed": seed, "critical_n": n, "initial_n": initial,
                         "seconds": round(time.time() - start, 1), "trials": trials}
         folder.save(results)
-      ns = [results[f"d{d}_s{s}"]["critical_n"] for s in range(_SEEDS.value)]
+      ns = [results[f"d{d}_s{s}"]["critical_n"] for s in range(seeds)]
       print(f"d={d} critical_n={float(np.median(ns)):g} seeds={ns}", flush=True)
   folder.write_table(table(results))
 

@@ -26,6 +26,8 @@ def test_config_builds(path, arg):
   module = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}")
   if getattr(module, "KIND", "") == "classification":
     return _classifier_config_builds(module, arg)
+  if getattr(module, "KIND", "") == "free_embedding":
+    return _free_embedding_config_builds(module, arg)
   assert module.__doc__ and "python -m experiments.train" in module.__doc__
   config = module.get_config(arg)
   defaults.check_fields(config)
@@ -65,3 +67,23 @@ def _classifier_config_builds(module, arg):
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                *model.example_inputs()))
     assert sum(x.size for x in jax.tree.leaves(shapes)) > 0
+
+
+def _free_embedding_config_builds(module, arg):
+  """LIMIT's search config: every dimension's first trial (at the paper's fit, the
+  largest n the search starts from) lowers on all devices, from shapes alone."""
+  from math import comb
+  from jaxembed import sharding as shd
+  from jaxembed.train import free_embedding as fe
+  assert module.__doc__ and "python -m experiments.limit_free_embedding" in module.__doc__
+  config = module.get_config(arg)
+  assert config.seeds >= 1 and all(int(d) >= 1 for d in config.dims)
+  mesh = shd.make_mesh({"data": -1})
+  shards = shd.batch_shards(mesh)
+  for d in config.dims:
+    search = fe.Search(int(d), mesh=mesh)
+    n = max(3, round(fe.paper_fit(d)))
+    nq = comb(n, 2) + (-comb(n, 2) % shards)
+    text = search.lower(n).as_text()
+    # The relevance matrix at full size, the program partitioned over every device.
+    assert f"tensor<{nq}x{n}xf32>" in text and f"num_partitions = {shards}" in text

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import logging
 import time
 from typing import Callable
@@ -143,6 +144,17 @@ class Search:
     self.log(f"d={self.d} seed={seed} n={n}: {'solved' if solved else 'not solved'} "
              f"(accuracy {acc:.4f}, {int(iterations)} iterations, {out['seconds']} s)")
     return out
+
+  def lower(self, n: int):
+    """The trial at n documents lowered from shapes alone (nothing allocated): checks
+    that a size traces and shards before an accelerator is spent on it."""
+    nq = math.comb(n, self.s.k)
+    nq += -nq % shd.batch_shards(self.mesh)
+    f32 = jnp.float32
+    return self._trial.lower(jax.ShapeDtypeStruct((nq, self.d), f32),
+                             jax.ShapeDtypeStruct((n, self.d), f32),
+                             jax.ShapeDtypeStruct((nq, n), f32),
+                             jax.ShapeDtypeStruct((nq,), f32))
 
   def critical_n(self, seed: int, initial_n: int | None = None) -> tuple[int, list]:
     """The largest n solved: galloping from `initial_n` (up by 1, 2, 4, ... while
