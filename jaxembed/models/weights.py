@@ -52,9 +52,12 @@ def text_encoder_shapes(encoder: flax.linen.Module):
   return expected_shapes(encoder, ids, ids)
 
 
-def to_flax(tensors: dict[str, np.ndarray], table: list[WeightEntry],
-            shapes: dict[tuple[str, ...], tuple], source: str, describe: str = "") -> dict:
-  """HF tensors -> {'encoder': {...}} by `table`, checking names and shapes."""
+def to_flax(tensors, table: list[WeightEntry], shapes: dict[tuple[str, ...], tuple],
+            source: str, describe: str = "", place=None) -> dict:
+  """HF tensors (a dict, or a Mapping that reads each on access) -> {'encoder': {...}}
+  by `table`, checking names and shapes. `place(path, value)`, when given, receives
+  each converted leaf as soon as it is made and returns what the tree keeps (e.g. the
+  leaf put onto its devices), so that no more than one tensor sits on the host."""
   missing = [e.hf for e in table if e.hf not in tensors]
   if missing:
     raise ModelLoadError(f"{source}: {len(missing)} tensors the model needs are missing, "
@@ -69,10 +72,13 @@ def to_flax(tensors: dict[str, np.ndarray], table: list[WeightEntry],
           f"{source}: tensor {entry.hf!r} has shape {tuple(got.shape)}, which does not fit "
           f"encoder/{'/'.join(entry.flax)} of shape {tuple(want)}"
           + (f" (config: {describe})" if describe else ""))
+    if place is not None:
+      value = place(entry.flax, value)
     node = tree
     for key in entry.flax[:-1]:
       node = node.setdefault(key, {})
     node[entry.flax[-1]] = value
+    del got
   return {"encoder": tree}
 
 

@@ -56,9 +56,18 @@ def initial_params(run):
   shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
   params = _random_init(run, shardings)
   if run.config.model.init == "pretrained":
-    loaded = load_encoder_weights(run.folder.weights, run.model.text_config)["encoder"]
-    for path in run.model.pretrained_paths:
-      params = _replace(params, path, shd.host_to_global(loaded, _get(shardings, path)))
+    cfg, paths = run.model.text_config, run.model.pretrained_paths
+    if len(paths) == 1 and not cfg.scan_layers:
+      # Tensor by tensor: each leaf goes onto its shards as soon as it is read.
+      target = _get(shardings, paths[0])
+      loaded = load_encoder_weights(
+          run.folder.weights, cfg,
+          place=lambda leaf, value: shd.host_to_global(value, _get(target, leaf)))
+      params = _replace(params, paths[0], loaded["encoder"])
+    else:
+      loaded = load_encoder_weights(run.folder.weights, cfg)["encoder"]
+      for path in paths:
+        params = _replace(params, path, shd.host_to_global(loaded, _get(shardings, path)))
   if run.loss_params:
     params = dict(params, loss=shd.host_to_global(run.loss_params,
                                                   run.param_shardings["loss"]))
