@@ -182,3 +182,42 @@ def test_mixture_trains_through_the_cli_with_workers(tmp_path, tfds_dir):
   assert ("data.mixture[0]: source='wordnett'; valid values: "
           "['wordnet', 'foldoc', 'file', 'beir']") in bad.stderr
   assert "Traceback" not in bad.stderr
+
+
+def test_each_mixture_entry_carries_its_own_query_instruction():
+  """A batch's anchors carry its dataset's instruction (the default one where the
+  entry names none): the ids equal the tokenizer's own encoding with that instruction,
+  and the positives carry none."""
+  import ml_collections
+  from jaxembed import defaults
+  from jaxembed.errors import ConfigError
+  from jaxembed.train import inputs
+  tok = Tokenizer(read_model_folder(MINILM).tokenizer, 24)
+  a = [{"anchor": f"question {i}", "positive": f"answer {i}"} for i in range(40)]
+  b = [{"anchor": f"word {i}", "positive": f"gloss {i}"} for i in range(40)]
+  d = defaults.base_config().data
+  d.query_instruction = "query: "
+  d.mixture = ({"source": "file", "path": "a.jsonl", "instruction": "Retrieve the answer: "},
+               {"source": "file", "path": "b.jsonl"})
+  components = inputs.mixture_components(d)
+  instructions = [c["instruction"] for c in components]
+  assert instructions == ["Retrieve the answer: ", "query: "]
+  ds = pipeline.planned_dataset([a, b], names=["a", "b"], tokenizer=tok, batch_size=8,
+                                seq_len=24, seed=0, weights=[1.0, 1.0],
+                                instruction=instructions)
+  plan = batching.BatchPlan([40, 40], 8, 0, weights=[1.0, 1.0])
+  seen = set()
+  for step, batch in zip(range(12), iter(ds)):
+    k, rows = plan(step)
+    records = [(a, b)[k][i] for i in rows]
+    seen.add(k)
+    want = tok.encode([r["anchor"] for r in records], pad_to=24,
+                      instruction=instructions[k])
+    np.testing.assert_array_equal(batch["anchor"]["input_ids"], want["input_ids"])
+    plain = tok.encode([r["positive"] for r in records], pad_to=24)
+    np.testing.assert_array_equal(batch["positive"]["input_ids"], plain["input_ids"])
+  assert seen == {0, 1}
+  bad = ml_collections.ConfigDict(d.to_dict())
+  bad.mixture = ({"source": "wordnet", "instruction": 3},)
+  with pytest.raises(ConfigError, match=r"data.mixture\[0\]: instruction=3 must be a string"):
+    inputs.mixture_components(bad)

@@ -202,7 +202,7 @@ class PlannedBatches(grain.MapDataset):
                else [source[i] for i in rows])
     if self._collate is not None:
       return self._collate(records, rows)
-    return collate(records, self._num_negatives)
+    return dict(collate(records, self._num_negatives), source=k)
 
   def __str__(self):
     return f"PlannedBatches(datasets={len(self._sources)})"

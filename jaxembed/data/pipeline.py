@@ -22,18 +22,23 @@ class TokenizePairs:
   """Batch of records -> {'anchor': ids/mask, 'positive': ids/mask[, 'negatives'][,
   'score': [batch] float32 grades]}, fixed length."""
 
-  def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction: str = ""):
+  def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction=""):
     self.tokenizer = tokenizer
     self.seq_len = seq_len
-    self.instruction = instruction   # prepended to anchors (queries), not pooled
+    # Prepended to anchors (queries), not pooled: one string, or one per dataset of a
+    # mixture (a batch's 'source' says which dataset it was drawn from).
+    self.instruction = instruction
 
   def __call__(self, batch):
     out = {}
+    instruction = self.instruction
+    if not isinstance(instruction, str):
+      instruction = instruction[int(batch.get("source", 0))]
     for side in ("anchor", "positive"):
       texts = [decode_text(t) for t in batch[side]]
       out[side] = self.tokenizer.encode(
           texts, pad_to=self.seq_len,
-          instruction=self.instruction if side == "anchor" else "")
+          instruction=instruction if side == "anchor" else "")
     negatives = batch.get("negatives")
     if negatives is not None and len(negatives):
       # grain batches a list field position by position: k arrays of [batch] texts
@@ -144,9 +149,10 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
                     seq_len: int, seed: int, weights=None, no_duplicates: bool = False,
                     process_index: int = 0, process_count: int = 1,
                     max_examples: int | None = None, num_threads: int = 2,
-                    workers: int = 0, instruction: str = "") -> grain.IterDataset:
+                    workers: int = 0, instruction="") -> grain.IterDataset:
   """Batches planned by `batching.BatchPlan`: a weighted mixture of `sources` (each
-  batch from one of them) and/or batches in which no text occurs twice.
+  batch from one of them) and/or batches in which no text occurs twice. `instruction`:
+  the query instruction, one string or one per source.
 
   Deterministic in the seed; the checkpointed state is the batch number.
   """

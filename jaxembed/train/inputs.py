@@ -50,12 +50,13 @@ def make_inputs(config, model, tokenizer):
   common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=d.seq_len,
                 seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count(), max_examples=d.max_train_examples,
-                workers=d.workers, instruction=d.query_instruction)
+                workers=d.workers)
+  instructions = [c["instruction"] for c in components]
   if len(components) == 1 and not d.no_duplicates:
-    dataset = pipeline.pair_dataset(sources[0], **common)
+    dataset = pipeline.pair_dataset(sources[0], instruction=instructions[0], **common)
   else:
     dataset = pipeline.planned_dataset(
-        sources, names=[c["name"] for c in components],
+        sources, names=[c["name"] for c in components], instruction=instructions,
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
         **common)
   return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources)
@@ -65,12 +66,13 @@ _SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")
 _NO_PATH = ("wordnet", "foldoc")
 # The data.* field that holds the path of a source named by data.source.
 _PATH_FIELD = {"file": "train_file", "scored_file": "train_file", "beir": "beir_dir"}
-_COMPONENT_KEYS = ("source", "path", "weight", "split")
+_COMPONENT_KEYS = ("source", "path", "weight", "split", "instruction")
 
 
 def mixture_components(d) -> list[dict]:
-  """data.mixture as checked dicts {name, source, path, split, weight}; without a
-  mixture, the one dataset named by data.source."""
+  """data.mixture as checked dicts {name, source, path, split, weight, instruction};
+  without a mixture, the one dataset named by data.source. An entry's 'instruction'
+  (its queries' instruction in training) defaults to data.query_instruction."""
   if not d.mixture:
     path = d[_PATH_FIELD[d.source]] if d.source in _PATH_FIELD else ""
     specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
@@ -103,9 +105,13 @@ def mixture_components(d) -> list[dict]:
       weight = float("nan")
     if not weight > 0 or not math.isfinite(weight):
       raise ConfigError(f"{field}: weight={spec.get('weight')!r} must be a positive number")
+    instruction = spec.get("instruction", d.query_instruction)
+    if not isinstance(instruction, str):
+      raise ConfigError(f"{field}: instruction={instruction!r} must be a string")
     out.append({"name": field if source in _NO_PATH else f"{field} ({path})",
                 "source": source, "path": os.path.expanduser(path),
-                "split": spec.get("split", d.beir_split), "weight": weight})
+                "split": spec.get("split", d.beir_split), "weight": weight,
+                "instruction": instruction})
   return out
 
 
