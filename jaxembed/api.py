@@ -23,6 +23,7 @@ from jaxembed.checkpoint import Checkpointer
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError, ModelLoadError
 from jaxembed.losses.registry import init_loss_params
+from jaxembed.models import lora
 from jaxembed.models import spec as model_spec
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.build import abstract_params, model_from_spec
@@ -455,13 +456,16 @@ def from_workdir(path: str) -> EmbeddingModel:
   ckpt = Checkpointer(wd.checkpoints, read_only=True)
   if ckpt.latest_step() is None:
     raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
-  shapes = abstract_params(model_from_spec(spec), init_loss_params(config.loss))
+  lora_cfg = config.optim.get("lora")    # absent from workdirs of older versions
+  shapes = abstract_params(model_from_spec(spec), init_loss_params(config.loss), lora_cfg)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                         shapes)
   step = ckpt.latest_step()
   params = jax.tree.map(jnp.asarray, ckpt.restore_params(target))
   ckpt.close()
+  if lora_cfg is not None and int(lora_cfg.rank) > 0:
+    params = lora.merge(params, lora.scale(lora_cfg))   # the model as it trained
   _check_finite(params, f"{path}: checkpoint {step}")
   # The tokenizers library reads a local file.
   tok_file = os.path.join(tempfile.mkdtemp(prefix="jaxembed-tok-"), "tokenizer.json")

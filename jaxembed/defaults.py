@@ -143,6 +143,11 @@ def base_config() -> ml_collections.ConfigDict:
   # train (the objective's own, 'loss/...', always do); () trains everything. Frozen
   # parameters get no gradient computation, no update and no optimizer state.
   c.optim.trainable = ()
+  # LoRA on the kernels whose paths match `targets` (regexes as above): rank r > 0
+  # freezes the base weights and trains factors a [in, r], b [r, out] (b = 0 at the
+  # start); the model runs with W + alpha / r * a @ b. optim.trainable may name more
+  # parameters to train fully (e.g. 'pooler/').
+  c.optim.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=()))
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400

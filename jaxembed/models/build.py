@@ -18,6 +18,7 @@ from jaxembed.errors import ConfigError
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.embedder import Embedder
+from jaxembed.models import lora
 from jaxembed.models.loading import ModelFolder
 from jaxembed.models.pooling import TRAINABLE, check_pooling
 from jaxembed.models.spec import ModelSpec
@@ -148,10 +149,13 @@ def abstract_boxed_params(model):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))["params"]
 
 
-def abstract_params(model, loss_params: dict | None = None):
+def abstract_params(model, loss_params: dict | None = None, lora_config=None):
   """Shapes of the parameter tree (no memory), unboxed: {'encoder': ...}, 'pooler'
-  for a trainable pooling and, if the objective has parameters of its own, 'loss'."""
+  for a trainable pooling, 'lora' with LoRA factors (`lora_config`: optim.lora, rank >
+  0) and, if the objective has parameters of its own, 'loss'."""
   shapes = nn.unbox(abstract_boxed_params(model))
+  if lora_config is not None and int(lora_config.rank) > 0:
+    shapes = dict(shapes, **{lora.GROUP: lora.shapes(shapes, lora_config)})
   if loss_params:
     shapes = dict(shapes, loss=jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), loss_params))

@@ -33,6 +33,7 @@ import optax
 from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
+from jaxembed.models import lora
 from jaxembed.train.run import setup
 from jaxembed.train.state import abstract_state, initial_params
 from jaxembed.train.step import encode_pairs, loss_inputs
@@ -103,6 +104,8 @@ def _probe_loss(run):
 
   def loss(alphas, base, taus, batch, teacher):
     params = combine(base, taus, alphas)
+    if run.lora_scale:
+      params = lora.merge(params, run.lora_scale)
     vectors = encode_pairs(run.model, params, batch, None, deterministic=True)
     value, _ = run.loss_fn(*vectors, rng=key, loss_params=params.get("loss"),
                            **loss_inputs(run.model, batch, teacher))

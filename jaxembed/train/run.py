@@ -22,7 +22,7 @@ from jaxembed.errors import ConfigError
 from jaxembed.losses import build_cells
 from jaxembed.losses import registry
 from jaxembed.losses.registry import distill_settings, init_loss_params, make_loss
-from jaxembed.models import ModelSpec, abstract_params, build, read_model_folder
+from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.train import inputs
 from jaxembed.train.optim import make_optimizer, trainable_mask
@@ -49,6 +49,7 @@ class Run:
   param_shardings: Any
   loss_params: dict          # the objective's own initial parameters ({} if none)
   trainable: Any = None      # bools like the params (optim.trainable); None: all train
+  lora_scale: float = 0.0    # alpha / rank with optim.lora (params['lora']); 0: none
 
   @property
   def text_config(self):
@@ -62,7 +63,7 @@ class Run:
   def teacher_params(self):
     """The frozen teacher: the pretrained weights, freshly loaded (on a resume too),
     laid out like the student's."""
-    return {k: v for k, v in initial_params(self).items() if k != "loss"}
+    return {k: v for k, v in initial_params(self).items() if k not in ("loss", lora.GROUP)}
 
 
 def check_distill_config(config, model) -> None:
@@ -161,9 +162,18 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   if loss_params:
     param_shardings = dict(param_shardings,
                            loss={k: shd.replicated(mesh) for k in loss_params})
-  trainable = None
-  if config.optim.trainable:
-    trainable = trainable_mask(abstract_params(model, loss_params), config.optim.trainable)
+  lora_cfg = config.optim.lora
+  lora.check(lora_cfg)
+  shapes = abstract_params(model, loss_params, lora_cfg)
+  trainable, lora_scale = None, 0.0
+  if int(lora_cfg.rank) > 0:
+    # The factors are small: every device holds them whole.
+    param_shardings = dict(param_shardings, **{lora.GROUP: jax.tree.map(
+        lambda _: shd.replicated(mesh), shapes[lora.GROUP])})
+    trainable = trainable_mask(shapes, tuple(config.optim.trainable) + (f"^{lora.GROUP}/",))
+    lora_scale = lora.scale(lora_cfg)
+  elif config.optim.trainable:
+    trainable = trainable_mask(shapes, config.optim.trainable)
   tx, schedule = make_optimizer(config.optim, config.train.steps, trainable)
 
   if config.data.seq_len > text_config.max_position_embeddings:
@@ -178,4 +188,5 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
              schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
-             param_shardings=param_shardings, loss_params=loss_params, trainable=trainable)
+             param_shardings=param_shardings, loss_params=loss_params, trainable=trainable,
+             lora_scale=lora_scale)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from jaxembed import sharding as shd
-from jaxembed.models import abstract_params, load_encoder_weights
+from jaxembed.models import abstract_params, load_encoder_weights, lora
 
 
 @flax.struct.dataclass
@@ -38,7 +38,7 @@ def state_shardings(run, abstract_opt_state) -> TrainState:
 
 def abstract_state(run):
   """(the state's ShapeDtypeStructs carrying their shardings, the shardings)."""
-  shapes = abstract_params(run.model, run.loss_params)
+  shapes = abstract_params(run.model, run.loss_params, run.config.optim.lora)
   opt_shapes = jax.eval_shape(run.tx.init, shapes)
   shardings = state_shardings(run, opt_shapes)
   shapes_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes,
@@ -53,7 +53,7 @@ def initial_params(run):
   whose outputs are born sharded. A trainable pooler on a pretrained encoder, and a
   two-tower model's towers, are initialised at random; then the pretrained text
   encoder replaces its part (`model.pretrained_paths`)."""
-  shardings = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  shardings = {k: v for k, v in run.param_shardings.items() if k not in ("loss", lora.GROUP)}
   params = _random_init(run, shardings)
   if run.config.model.init == "pretrained":
     cfg, paths = run.model.text_config, run.model.pretrained_paths
@@ -68,6 +68,11 @@ def initial_params(run):
       loaded = load_encoder_weights(run.folder.weights, cfg)["encoder"]
       for path in paths:
         params = _replace(params, path, shd.host_to_global(loaded, _get(shardings, path)))
+  if lora.GROUP in run.param_shardings:
+    factors = lora.init(abstract_params(run.model, None, run.config.optim.lora)[lora.GROUP],
+                        run.config.seed)
+    params = dict(params, **{lora.GROUP: shd.host_to_global(
+        factors, run.param_shardings[lora.GROUP])})
   if run.loss_params:
     params = dict(params, loss=shd.host_to_global(run.loss_params,
                                                   run.param_shardings["loss"]))
@@ -107,7 +112,7 @@ def _random_init(run, shardings):
 def _trainable_parts(run) -> set:
   """Top-level parameter groups a random init must create: all of them, except a
   single-tower encoder that pretrained weights replace whole."""
-  top = set(run.param_shardings) - {"loss"}
+  top = set(run.param_shardings) - {"loss", lora.GROUP}
   if run.config.model.init == "pretrained":
     top -= {path[0] for path in run.model.pretrained_paths if len(path) == 1}
   return top

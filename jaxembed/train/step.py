@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxembed import sharding as shd
+from jaxembed.models import lora
 from jaxembed.train.grad_cache import grad_cache_value_and_grad
 from jaxembed.train.state import TrainState
 
@@ -48,7 +49,7 @@ def loss_inputs(model: nn.Module, batch, teacher_params=None) -> dict:
 def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0,
-               check_finite: bool = True, trainable=None):
+               check_finite: bool = True, trainable=None, lora_scale: float = 0.0):
   """loss_fn(anchor_layers, positive_layers[, negative_layers], *, rng, loss_params)
   -> (loss, aux); loss_params is params["loss"] (a learnable temperature) or None.
 
@@ -63,6 +64,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
   trainable: bools like the params (optim.trainable); the frozen ones enter the
   forward pass behind stop_gradient, so no gradient is computed for them (nor, below
   the lowest trainable layer, for activations), and their update is zero.
+  lora_scale > 0: params carry LoRA factors ('lora'), merged into their kernels
+  (W + lora_scale * a @ b) before the forward pass, so the gradient reaches them.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -70,6 +73,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
     if trainable is not None:
       params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
                             trainable)
+    if lora_scale:
+      params = lora.merge(params, lora_scale)
     return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
 
   encode_rng, loss_rng = jax.random.split(rng)
@@ -120,13 +125,15 @@ def compile_train_step(run, shardings: TrainState, check_finite: bool = True):
   step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
                            deterministic=not run.config.train.dropout,
                            grad_cache_minibatch=run.config.train.grad_cache_minibatch,
-                           check_finite=check_finite, trainable=run.trainable)
+                           check_finite=check_finite, trainable=run.trainable,
+                           lora_scale=run.lora_scale)
   batch_sh, rep = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
   if not run.distill:
     return shd.mesh_jit(step, run.mesh, run.rules, in_shardings=(shardings, batch_sh),
                         out_shardings=(shardings, rep), donate_argnums=0)
   teacher = run.teacher_params()
-  teacher_sh = {k: v for k, v in run.param_shardings.items() if k != "loss"}
+  teacher_sh = {k: v for k, v in run.param_shardings.items()
+                if k not in ("loss", lora.GROUP)}
   jitted = shd.mesh_jit(step, run.mesh, run.rules,
                         in_shardings=(shardings, batch_sh, teacher_sh),
                         out_shardings=(shardings, rep), donate_argnums=0)
