@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.results_io import ResultsFolder
+from experiments.results_io import run_or_table
 from jaxembed.train import free_embedding as fe
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -62,30 +62,30 @@ def table(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def run_all(folder, results) -> None:
+  dims, seeds = [int(x) for x in _DIMS.value], _SEEDS.value
+  if _CONFIG.value is not None:
+    dims = dims if flags.FLAGS["dims"].present else list(_CONFIG.value.dims)
+    seeds = seeds if flags.FLAGS["seeds"].present else int(_CONFIG.value.seeds)
+  for d in dims:
+    search = fe.Search(d, log=logging.info)
+    for seed in range(seeds):
+      key = f"d{d}_s{seed}"
+      if key in results:
+        continue
+      start = time.time()
+      initial = max(3, round(fe.paper_fit(d))) if _START.value == "fit" else d + 1
+      n, trials = search.critical_n(seed, initial_n=initial)
+      results[key] = {"d": d, "seed": seed, "critical_n": n, "initial_n": initial,
+                      "seconds": round(time.time() - start, 1), "trials": trials}
+      folder.save(results)
+    ns = [results[f"d{d}_s{s}"]["critical_n"] for s in range(seeds)]
+    print(f"d={d} critical_n={float(np.median(ns)):g} seeds={ns}", flush=True)
+
+
 def main(argv):
   del argv
-  folder = ResultsFolder(_OUT.value)
-  results = folder.load(required=_TABLE_ONLY.value)
-  if not _TABLE_ONLY.value:
-    dims, seeds = [int(x) for x in _DIMS.value], _SEEDS.value
-    if _CONFIG.value is not None:
-      dims = dims if flags.FLAGS["dims"].present else list(_CONFIG.value.dims)
-      seeds = seeds if flags.FLAGS["seeds"].present else int(_CONFIG.value.seeds)
-    for d in dims:
-      search = fe.Search(d, log=logging.info)
-      for seed in range(seeds):
-        key = f"d{d}_s{seed}"
-        if key in results:
-          continue
-        start = time.time()
-        initial = max(3, round(fe.paper_fit(d))) if _START.value == "fit" else d + 1
-        n, trials = search.critical_n(seed, initial_n=initial)
-        results[key] = {"d": d, "seed": seed, "critical_n": n, "initial_n": initial,
-                        "seconds": round(time.time() - start, 1), "trials": trials}
-        folder.save(results)
-      ns = [results[f"d{d}_s{s}"]["critical_n"] for s in range(seeds)]
-      print(f"d={d} critical_n={float(np.median(ns)):g} seeds={ns}", flush=True)
-  folder.write_table(table(results))
+  run_or_table(_OUT.value, _TABLE_ONLY.value, table, run_all)
 
 
 if __name__ == "__main__":

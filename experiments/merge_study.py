@@ -28,7 +28,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments.results_io import ResultsFolder
+from experiments.results_io import run_or_table
 
 _OUT = flags.DEFINE_string("out", "runs/merge_study", "results.json, table.md, runs/")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
@@ -176,37 +176,37 @@ def table(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def run_all(folder, results) -> None:
+  import tempfile
+  from jaxembed import train
+  from jaxembed.train import merge as mg
+  settings = {"config_arg": CONFIG_ARG, "steps": _STEPS.value,
+              "probe_batches": _PROBE.value, "sp_steps": _SP_STEPS.value,
+              "eval_queries": _EVAL_QUERIES.value}
+  if results.get("seeds") and results.get("settings") != settings:
+    raise SystemExit(f"error: {folder.path} holds seeds run with "
+                     f"{results.get('settings')}, not {settings}: use another --out")
+  results["settings"] = settings
+  seeds = results.setdefault("seeds", {})
+  eval_run = train.setup(run_config("joint", 0, for_eval=True),
+                         tempfile.mkdtemp(prefix="merge-study-"))
+  if not results.get("pretrained"):
+    start = time.time()
+    results["pretrained"] = _row(train.evaluate(
+        eval_run, mg.load_params(eval_run, "pretrained"), "pretrained"))
+    results["pretrained_wall_s"] = round(time.time() - start, 1)
+    folder.save(results)
+  for seed in _SEEDS.value:
+    if seed in seeds:
+      continue
+    seeds[seed] = one_seed(int(seed), eval_run)
+    logging.info("seed %s: %s", seed, seeds[seed]["wall_s"])
+    folder.save(results)
+
+
 def main(argv):
   del argv
-  folder = ResultsFolder(_OUT.value)
-  results = folder.load(required=_TABLE_ONLY.value)
-  if not _TABLE_ONLY.value:
-    from jaxembed import train
-    from jaxembed.train import merge as mg
-    import tempfile
-    settings = {"config_arg": CONFIG_ARG, "steps": _STEPS.value,
-                "probe_batches": _PROBE.value, "sp_steps": _SP_STEPS.value,
-                "eval_queries": _EVAL_QUERIES.value}
-    if results.get("seeds") and results.get("settings") != settings:
-      raise SystemExit(f"error: {folder.path} holds seeds run with "
-                       f"{results.get('settings')}, not {settings}: use another --out")
-    results["settings"] = settings
-    seeds = results.setdefault("seeds", {})
-    eval_run = train.setup(run_config("joint", 0, for_eval=True),
-                           tempfile.mkdtemp(prefix="merge-study-"))
-    if not results.get("pretrained"):
-      start = time.time()
-      results["pretrained"] = _row(train.evaluate(
-          eval_run, mg.load_params(eval_run, "pretrained"), "pretrained"))
-      results["pretrained_wall_s"] = round(time.time() - start, 1)
-      folder.save(results)
-    for seed in _SEEDS.value:
-      if seed in seeds:
-        continue
-      seeds[seed] = one_seed(int(seed), eval_run)
-      logging.info("seed %s: %s", seed, seeds[seed]["wall_s"])
-      folder.save(results)
-  folder.write_table(table(results))
+  run_or_table(_OUT.value, _TABLE_ONLY.value, table, run_all)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,13 @@ class ResultsFolder:
     with open(os.path.join(self.out, "table.md"), "w") as f:
       f.write(md)
     print(md)
+
+
+def run_or_table(out: str, table_only: bool, table, run) -> None:
+  """An experiment's main: `run(folder, results)` adds to results.json (saving as it
+  goes) unless `table_only`, then table.md is made from results.json by `table`."""
+  folder = ResultsFolder(out)
+  results = folder.load(required=table_only)
+  if not table_only:
+    run(folder, results)
+  folder.write_table(table(results))

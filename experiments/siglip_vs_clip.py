@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import clip_fashion_mnist
-from experiments.results_io import ResultsFolder
+from experiments.results_io import run_or_table
 
 _OUT = flags.DEFINE_string("out", "runs/siglip_vs_clip", "results.json, table.md, runs/")
 _BATCHES = flags.DEFINE_list("batches", ["8", "16", "32", "64", "128"], "batch sizes")
@@ -115,32 +115,32 @@ def table(results: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def run_all(folder, results) -> None:
+  bad = [l for l in _LOSSES.value if l not in LOSSES]
+  if bad:
+    raise SystemExit(f"error: --losses: {bad} not valid; valid: {list(LOSSES)}")
+  settings = {"steps": _STEPS.value, "config_arg": _CONFIG_ARG.value,
+              "images": _IMAGES.value}
+  if results.get("runs") and any(results.get(k) != v for k, v in settings.items()):
+    raise SystemExit(f"error: {folder.path} holds runs with "
+                     f"{ {k: results.get(k) for k in settings} }, not {settings}: "
+                     "use another --out")
+  results.update(settings)
+  runs = results.setdefault("runs", {})
+  grid = [(l, int(b), int(s)) for b in _BATCHES.value for s in _SEEDS.value
+          for l in _LOSSES.value]
+  for n, (loss, batch, seed) in enumerate(grid):
+    key = f"{loss}_b{batch}_s{seed}"
+    if key in runs:
+      continue
+    runs[key] = one_run(loss, batch, seed)
+    logging.info("[%d/%d] %s: %s", n + 1, len(grid), key, runs[key]["acc"])
+    folder.save(results)
+
+
 def main(argv):
   del argv
-  folder = ResultsFolder(_OUT.value)
-  results = folder.load(required=_TABLE_ONLY.value)
-  if not _TABLE_ONLY.value:
-    bad = [l for l in _LOSSES.value if l not in LOSSES]
-    if bad:
-      raise SystemExit(f"error: --losses: {bad} not valid; valid: {list(LOSSES)}")
-    settings = {"steps": _STEPS.value, "config_arg": _CONFIG_ARG.value,
-                "images": _IMAGES.value}
-    if results.get("runs") and any(results.get(k) != v for k, v in settings.items()):
-      raise SystemExit(f"error: {folder.path} holds runs with "
-                       f"{ {k: results.get(k) for k in settings} }, not {settings}: "
-                       "use another --out")
-    results.update(settings)
-    runs = results.setdefault("runs", {})
-    grid = [(l, int(b), int(s)) for b in _BATCHES.value for s in _SEEDS.value
-            for l in _LOSSES.value]
-    for n, (loss, batch, seed) in enumerate(grid):
-      key = f"{loss}_b{batch}_s{seed}"
-      if key in runs:
-        continue
-      runs[key] = one_run(loss, batch, seed)
-      logging.info("[%d/%d] %s: %s", n + 1, len(grid), key, runs[key]["acc"])
-      folder.save(results)
-  folder.write_table(table(results))
+  run_or_table(_OUT.value, _TABLE_ONLY.value, table, run_all)
 
 
 if __name__ == "__main__":
