@@ -141,7 +141,7 @@ def test_merging_refuses_runs_of_different_models_and_single_runs(specialists, t
     mg.workdir_run(specialists[0], others=[str(other)])
   with pytest.raises(ConfigError, match="not a training workdir"):
     mg.workdir_run(str(tmp_path))
-  sys.path.insert(0, str(REPO))
-  from experiments.merge import merge
   with pytest.raises(ConfigError, match="at least two"):
-    merge(specialists[:1], "uniform")
+    mg.merge_runs(specialists[:1], "uniform")
+  with pytest.raises(ConfigError, match="--method='average'; valid"):
+    mg.merge_runs(specialists, "average")

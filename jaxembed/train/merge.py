@@ -20,6 +20,7 @@ compares the methods with joint training.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -31,8 +32,10 @@ import numpy as np
 import optax
 
 from jaxembed import sharding as shd
+from jaxembed.api import EmbeddingModel, load
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
+from jaxembed.export import export
 from jaxembed.models import lora
 from jaxembed.train.run import setup
 from jaxembed.train.state import abstract_state, initial_params
@@ -217,3 +220,64 @@ def workdir_run(workdir: str, *, others=(), seed_offset: int = 0):
   for key, value in _NO_EVAL.items():
     config.eval[key] = value
   return setup(config, tempfile.mkdtemp(prefix="jaxembed-merge-"))
+
+
+def merge_runs(workdirs, method: str, *, scale: float = 0.0, probes_per_run: int = 8,
+               steps: int = 30, learning_rate: float = 0.05, log=print):
+  """Merges training runs fine-tuned from one model by `method` (one of METHODS):
+  (the run set up from the first workdir's config, the merged parameters, a record of
+  the merge: coefficients, probe losses). The probe batches are fresh draws of each
+  run's data (seed + 1000), `probes_per_run` from each."""
+  if method not in METHODS:
+    raise ConfigError(f"--method={method!r}; valid: {list(METHODS)}")
+  if len(workdirs) < 2:
+    raise ConfigError(f"--workdirs: {len(workdirs)} given; merging needs at least two")
+  run = workdir_run(workdirs[0], others=workdirs[1:])
+  base = load_params(run, "pretrained")
+  tuned = [load_params(run, w) for w in workdirs]
+  record = {"method": method, "workdirs": list(workdirs)}
+  k = len(workdirs)
+  if method == "uniform":
+    alphas = [1.0 / k] * k
+  else:
+    if probes_per_run < 1:
+      raise ConfigError(f"--probe_batches={probes_per_run} must be >= 1")
+    taus = task_vectors(base, tuned)
+    probe = interleave([probe_batches(workdir_run(w, seed_offset=1000), probes_per_run)
+                        for w in workdirs])
+    record["probe_batches"] = len(probe)
+    if method == "task_arithmetic":
+      if scale:
+        lam = scale
+      else:
+        lam, table = choose_scale(run, base, taus, probe)
+        record["scale_losses"] = {str(s): v for s, v in table.items()}
+        log(f"task arithmetic: probe loss per λ {table}; λ = {lam}")
+      alphas = [lam] * k
+      record["scale"] = lam
+    else:
+      found, history = self_positioning(run, base, taus, probe, steps=steps,
+                                        learning_rate=learning_rate, log=log)
+      alphas = found.tolist()
+      record.update(steps=steps, learning_rate=learning_rate, history=history)
+    record["probe_loss"] = {
+        "uniform": probe_losses(run, base, taus, [[1.0 / k] * k], probe)[0],
+        "merged": probe_losses(run, base, taus, [alphas], probe)[0]}
+    del taus
+  record["alphas"] = [float(a) for a in alphas]
+  taus = task_vectors(base, tuned)
+  return run, combine(base, taus, alphas), record
+
+
+def write_merged(workdir: str, params, out: str, record: dict) -> str:
+  """The merged parameters as a model folder laid out like `workdir`'s model (what
+  `experiments.export` writes; `jaxembed.load` reads it), with merge.json beside."""
+  like = load(workdir)
+  host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+  model = EmbeddingModel(like.spec, host, like.tokenizer)
+  card = {"source": f"{record['method']} merge of {', '.join(record['workdirs'])}",
+          "config": {"merge": {k: v for k, v in record.items() if k != "history"}}}
+  export(model, out, card=card)
+  with open(os.path.join(out, "merge.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  return out
