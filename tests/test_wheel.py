@@ -37,6 +37,11 @@ BUILD_ALL = textwrap.dedent("""
             assert jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), *m.example_inputs()))
           built += 1
           continue
+        if getattr(module, "KIND", "") == "free_embedding":   # LIMIT's search: no model
+          from jaxembed.train import free_embedding
+          assert all(free_embedding.Search(int(d)).lower(5) for d in config.dims[:1])
+          built += 1
+          continue
         defaults.check_fields(config)
         folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
         model = build_model(config, text_encoder_config(config, folder))
