@@ -108,10 +108,11 @@ def test_a_lora_run_exports_merged_and_loads_as_it_evaluated(smoke_config, tmp_p
   texts = ["a small dog", "the river bank", "to run quickly"]
   loaded = jaxembed.load(workdir)
   assert "lora" not in loaded.params
-  # The run's own view: its restored parameters merged by the training code's path.
+  # The run's own view: its restored parameters, merged (merge.load_params merges).
   run = train.setup(config, str(tmp_path / "unused"))
   from jaxembed.train.merge import load_params
-  params = jax.device_get(lora.merge(load_params(run, workdir), run.lora_scale))
+  params = jax.device_get(load_params(run, workdir))
+  assert "lora" not in params
   base = jax.device_get(load_params(run, "pretrained"))
   query = lambda p: np.asarray(p["encoder"]["layer_0"]["attention"]["query"]["kernel"])
   assert np.abs(query(params) - query(base)).max() > 0      # LoRA moved the kernel

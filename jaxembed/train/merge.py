@@ -67,14 +67,16 @@ def parse_ingredients(specs) -> list[tuple[str, float]]:
 
 def load_params(run, path: str):
   """A workdir's latest parameters laid out as the run's, or the run's initial ones
-  (`'pretrained'`: model.path's weights for a pretrained model)."""
+  (`'pretrained'`: model.path's weights for a pretrained model). LoRA factors come
+  merged into their kernels: runs are combined as the models they are (a sum of
+  factors is not the sum of their products)."""
   if path == "pretrained":
-    return initial_params(run)
+    return lora.merge(initial_params(run), run.lora_scale)
   ckpt = Checkpointer(os.path.join(path, "checkpoints"), read_only=True)
   try:
     if ckpt.latest_step() is None:
       raise ConfigError(f"{path}: the workdir has no checkpoint yet")
-    return ckpt.restore_params(abstract_state(run)[0].params)
+    return lora.merge(ckpt.restore_params(abstract_state(run)[0].params), run.lora_scale)
   finally:
     ckpt.close()
 
