@@ -25,13 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import ConfigError
+from jaxembed.models.weights import param_path
 
 GROUP = "lora"
-
-
-def _path(key_path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in key_path)
 
 
 def split_axis(shape) -> int:
@@ -53,7 +49,7 @@ def targets(shapes, patterns) -> dict[str, tuple[int, ...]]:
     raise ConfigError("optim.lora.targets is empty: name the projections to adapt, e.g. "
                       "('attention/(query|value)/kernel',) for BERT or "
                       "('layer_\\d+/(query|value)/kernel',) for a decoder")
-  flat = [(_path(kp), tuple(x.shape)) for kp, x in jax.tree_util.tree_flatten_with_path(shapes)[0]]
+  flat = [(param_path(kp), tuple(x.shape)) for kp, x in jax.tree_util.tree_flatten_with_path(shapes)[0]]
   flat = [(p, s) for p, s in flat if not p.startswith(("loss/", GROUP + "/"))]
   out = {}
   for pattern in patterns:

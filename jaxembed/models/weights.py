@@ -28,6 +28,12 @@ class WeightEntry:
   to_hf: Callable[[np.ndarray], np.ndarray]
 
 
+def param_path(key_path) -> str:
+  """A jax key path -> 'encoder/layer_5/attention/query/kernel'."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                  for k in key_path)
+
+
 def same(x):
   return x
 

@@ -239,12 +239,12 @@ def merge_runs(workdirs, method: str, *, scale: float = 0.0, probes_per_run: int
   tuned = [load_params(run, w) for w in workdirs]
   record = {"method": method, "workdirs": list(workdirs)}
   k = len(workdirs)
+  taus = task_vectors(base, tuned)
   if method == "uniform":
     alphas = [1.0 / k] * k
   else:
     if probes_per_run < 1:
       raise ConfigError(f"--probe_batches={probes_per_run} must be >= 1")
-    taus = task_vectors(base, tuned)
     probe = interleave([probe_batches(workdir_run(w, seed_offset=1000), probes_per_run)
                         for w in workdirs])
     record["probe_batches"] = len(probe)
@@ -265,9 +265,7 @@ def merge_runs(workdirs, method: str, *, scale: float = 0.0, probes_per_run: int
     record["probe_loss"] = {
         "uniform": probe_losses(run, base, taus, [[1.0 / k] * k], probe)[0],
         "merged": probe_losses(run, base, taus, [alphas], probe)[0]}
-    del taus
   record["alphas"] = [float(a) for a in alphas]
-  taus = task_vectors(base, tuned)
   return run, combine(base, taus, alphas), record
 
 

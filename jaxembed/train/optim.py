@@ -10,6 +10,7 @@ import jax
 import optax
 
 from jaxembed.errors import ConfigError
+from jaxembed.models.weights import param_path
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
@@ -44,12 +45,6 @@ def make_schedule(cfg, total_steps: int):
     return after
   return optax.join_schedules(
       [optax.linear_schedule(0.0, cfg.learning_rate, warmup), after], [warmup])
-
-
-def param_path(key_path) -> str:
-  """A jax key path -> 'encoder/layer_5/attention/query/kernel'."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in key_path)
 
 
 def trainable_mask(params, patterns):
