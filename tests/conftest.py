@@ -1,12 +1,17 @@
-"""Eight CPU devices for every test (set before jax is imported), and one prepared
-WordNet dataset shared by the whole session."""
+"""Eight CPU devices for every test (set before jax is imported), one prepared
+WordNet dataset shared by the whole session, and one compilation cache shared by the
+test processes and the runs they start (the same programs are compiled by many tests;
+a cached executable is the one a compile would give)."""
 
 import os
 import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAXEMBED_COMPILATION_CACHE", os.path.join(
+    tempfile.gettempdir(), f"jaxembed-tests-xla-{os.getuid()}"))
 
 import pytest  # noqa: E402
 

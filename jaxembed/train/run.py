@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import optax
 
-from jaxembed import defaults
+from jaxembed import compilation_cache, defaults
 from jaxembed import sharding as shd
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
@@ -143,7 +143,9 @@ def check_grouped(config) -> None:
 def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   """Checks the config and builds everything the run needs; writes nothing.
 
-  `devices` (default: all) are the devices the mesh is laid over."""
+  `devices` (default: all) are the devices the mesh is laid over. Turns on the
+  persistent compilation cache (`jaxembed.compilation_cache`)."""
+  compilation_cache.enable()
   defaults.check_fields(config)
   build.check_model_config(config)
   folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
