@@ -188,6 +188,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.beir_split = "test"
   c.eval.sts_files = ()                              # sentence1, sentence2, score files
   c.eval.images = 1000                               # Fashion-MNIST test images (zero-shot)
+
+  # Training stages, run in order (NV-Embed's two-stage tuning, KaLM's pre-training
+  # then fine-tuning): a tuple of dicts of dotted config fields to set for that stage,
+  # with an optional 'name', e.g. ({"name": "pairs", "train.steps": 300},
+  # {"name": "blend", "train.steps": 100, "data.mixture": (...)}). Each stage starts
+  # from the previous one's weights with a fresh optimizer; () is one stage, the config
+  # itself. See jaxembed/train/stages.py.
+  c.stages = ()
   return c
 
 

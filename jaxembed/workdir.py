@@ -38,6 +38,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from jaxembed import defaults
 from jaxembed.errors import ConfigError, WorkdirBusyError
 from jaxembed.models import spec as model_spec
 from jaxembed.version import provenance
@@ -122,7 +123,11 @@ class Workdir:
       return False
     saved = self.read_json(self.CONFIG)
     now = json.loads(config.to_json_best_effort())
-    diffs = sorted(_diff(saved, now))
+    # A field added to jaxembed after the run started, at its default, is the old run.
+    default = json.loads(defaults.base_config().to_json_best_effort())
+    diffs = sorted(d for d in _diff(saved, now)
+                   if not (d[1] is None and _lookup(saved, d[0]) is _ABSENT
+                           and _same(_lookup(default, d[0]), d[2])))
     fixed = [d for d in diffs if d[0] not in RESUMABLE]
     if fixed:
       shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in fixed[:6])
@@ -241,6 +246,17 @@ def _same(a, b) -> bool:
   if isinstance(a, list) and isinstance(b, list):
     return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
   return a == b
+
+
+_ABSENT = object()
+
+
+def _lookup(tree, dotted: str):
+  for key in dotted.split("."):
+    if not isinstance(tree, dict) or key not in tree:
+      return _ABSENT
+    tree = tree[key]
+  return tree
 
 
 def _diff(a, b, prefix=""):

@@ -12,6 +12,7 @@ from conftest import REPO
 from jaxembed.models import read_model_folder
 from jaxembed import defaults
 from jaxembed.models import build
+from jaxembed.train import stages
 
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                       if os.path.basename(p) not in ("__init__.py", "common.py"))
@@ -31,6 +32,8 @@ def test_config_builds(path, arg):
   assert module.__doc__ and "python -m experiments.train" in module.__doc__
   config = module.get_config(arg)
   defaults.check_fields(config)
+  for stage in stages.plan(config, "/workdir"):     # each stage of a staged recipe
+    defaults.check_fields(stage.config)
   folder = read_model_folder(config.model.path)
   text_config = build.text_encoder_config(config, folder)
   shapes = build.abstract_params(build.build_model(config, text_config))

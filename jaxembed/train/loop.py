@@ -27,6 +27,7 @@ from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import NonFiniteError
 from jaxembed.evals import grid as grid_eval
 from jaxembed.train import inputs
+from jaxembed.train import stages as stages_lib
 from jaxembed.train.evaluation import evaluate
 from jaxembed.train.run import Run, setup
 from jaxembed.train.state import TrainState, abstract_state, new_state
@@ -195,7 +196,9 @@ class Loop:
     logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f ex/s  eta %ds", step, total,
                  loss, record["learning_rate"], rate, eta)
 
-  def run_to_end(self) -> Result:
+  def run_to_end(self, final_eval: bool = True) -> Result:
+    """Trains to config.train.steps, then evaluates (`final_eval`; a stage before the
+    last of a staged recipe does not)."""
     run, config, ckpt = self.run, self.config, self.ckpt
     total = config.train.steps
     before = self.before() if config.eval.before else None
@@ -242,6 +245,8 @@ class Loop:
     self.check_finite()
     ckpt.wait()
     ckpt.close()
+    if not final_eval:
+      return Result(step=step, completed=True, before=before, after=None)
 
     self.stop.phase = "final_eval"
     after = evaluate(run, self.state.params, "after")
@@ -265,24 +270,54 @@ class Loop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+  """The whole job; with `config.stages`, every stage in turn (`train/stages.py`)."""
   stop = _StopSignal()
   try:
-    return _train_and_evaluate(config, workdir, stop)
+    plan = stages_lib.plan(config, workdir)
+    previous = None
+    for stage in plan:
+      if len(plan) > 1:
+        if not stage.last and stages_lib.finished(stage):
+          logging.info("stage %d/%d (%s) finished earlier: %s", stage.index + 1,
+                       len(plan), stage.name, stage.workdir)
+          previous = stage
+          continue
+        logging.info("stage %d/%d (%s): %d steps in %s", stage.index + 1, len(plan),
+                     stage.name, stage.config.train.steps, stage.workdir)
+        if stage.last and stage.config.eval.before:
+          _copy_before(plan[0].workdir, stage.workdir)
+      result = _train_and_evaluate(stage.config, stage.workdir, stop, previous,
+                                   final_eval=stage.last)
+      if not result.completed:
+        return result
+      previous = stage
+    return result
   finally:
     stop.restore()
 
 
-def _train_and_evaluate(config, workdir, stop: _StopSignal) -> Result:
+def _copy_before(first: str, last: str) -> None:
+  """The first stage's "before" grid, for the last stage's table (process 0's disk)."""
+  source, target = Workdir(first), Workdir(last)
+  if (jax.process_index() == 0 and source.exists(Workdir.METRICS_BEFORE)
+      and not target.exists(Workdir.METRICS_BEFORE)):
+    target.write(Workdir.METRICS_BEFORE,
+                 json.dumps(source.read_json(Workdir.METRICS_BEFORE), indent=1))
+
+
+def _train_and_evaluate(config, workdir, stop: _StopSignal, previous=None,
+                        final_eval: bool = True) -> Result:
   run = setup(config, workdir)
   wd = run.workdir
   wd.lock()
   try:
-    return _locked(run, config, wd, stop)
+    return _locked(run, config, wd, stop, previous, final_eval)
   finally:
     wd.unlock()
 
 
-def _locked(run: Run, config, wd: Workdir, stop: _StopSignal) -> Result:
+def _locked(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
+            final_eval: bool = True) -> Result:
   resuming = wd.check_config(config)
   wd.check_fingerprint(inputs.data_fingerprint(config), resuming)
   wd.write_config(config, run.folder, run.spec)
@@ -292,6 +327,9 @@ def _locked(run: Run, config, wd: Workdir, stop: _StopSignal) -> Result:
   if resuming and ckpt.latest_step() is not None:
     logging.info("resuming from %s/%d", wd.checkpoints, ckpt.latest_step())
     state = ckpt.restore(abstract, grain.checkpoint.CheckpointRestore(data_iter))
+  elif previous is not None:
+    logging.info("starting from stage %s's weights (%s)", previous.name, previous.workdir)
+    state = new_state(run, shardings, stages_lib.carried_params(run, previous))
   else:
     state = new_state(run, shardings)
   # Log lines past the restored step (or any training lines, when no checkpoint was
@@ -304,6 +342,6 @@ def _locked(run: Run, config, wd: Workdir, stop: _StopSignal) -> Result:
               int(shd.local_value(state.step)))
   try:
     return Loop(run=run, state=state, step_fn=step_fn, ckpt=ckpt, data_iter=data_iter,
-                writer=writer, stop=stop).run_to_end()
+                writer=writer, stop=stop).run_to_end(final_eval)
   finally:
     writer.close()

@@ -48,14 +48,22 @@ def abstract_state(run):
                       shapes_state, shardings), shardings
 
 
-def initial_params(run):
+def initial_params(run, start: dict | None = None):
   """Pretrained weights placed straight into their shards, or a jitted random init
   whose outputs are born sharded. A trainable pooler on a pretrained encoder, and a
   two-tower model's towers, are initialised at random; then the pretrained text
-  encoder replaces its part (`model.pretrained_paths`)."""
+  encoder replaces its part (`model.pretrained_paths`). `start`: the model's weights
+  to begin from instead (a previous training stage's, `train/stages.py`); LoRA factors
+  and the objective's parameters are still this run's own."""
   shardings = {k: v for k, v in run.param_shardings.items() if k not in ("loss", lora.GROUP)}
-  params = _random_init(run, shardings)
-  if run.config.model.init == "pretrained":
+  if start is not None:
+    if set(start) != set(shardings):
+      raise ValueError(f"start params have groups {sorted(start)}, the model "
+                       f"{sorted(shardings)}")
+    params = {k: jax.device_put(v, shardings[k]) for k, v in start.items()}
+  else:
+    params = _random_init(run, shardings)
+  if start is None and run.config.model.init == "pretrained":
     cfg, paths = run.model.text_config, run.model.pretrained_paths
     if len(paths) == 1 and not cfg.scan_layers:
       # Tensor by tensor: each leaf goes onto its shards as soon as it is read.
@@ -118,8 +126,10 @@ def _trainable_parts(run) -> set:
   return top
 
 
-def new_state(run, shardings: TrainState) -> TrainState:
-  params = initial_params(run)
+def new_state(run, shardings: TrainState, start: dict | None = None) -> TrainState:
+  """Step 0: initial parameters (`start`: see `initial_params`), a fresh optimizer
+  state and the seed's RNG."""
+  params = initial_params(run, start)
   opt_state = jax.jit(run.tx.init, out_shardings=shardings.opt_state)(params)
   scalars = {"step": np.int32(0),
              "rng": np.asarray(jax.random.PRNGKey(run.config.seed + 1))}
