@@ -1,0 +1,157 @@
+r"""2D Matryoshka schemes at equal compute (issue: the Matryoshka reproductions, §2 and §4):
+the full (layer x dim) grid, Starbucks' fixed diagonal pairs with their KL term, 2DMSE's
+sampled layer and dim with its alignment term, and one separately trained model per
+diagonal cell, all from all-MiniLM-L6-v2 on the same data and steps.
+
+  python -m experiments.matryoshka_schemes --out=runs/matryoshka_schemes --seeds=0,1,2
+
+The arms are configs/matryoshka_schemes.py's (80 steps of 32 WordNet pairs, InfoNCE,
+bfloat16 matmuls); every model is scored at the diagonal cells (1,16) (2,32) (3,64)
+(4,128) (5,256) (6,384) on held-out WordNet retrieval, man pages and Python docstrings
+out of domain, Lee, SimLex-999 and WordSim-353; the separate arm trains six models per
+seed, each scored at its own cell. The pretrained model is scored once (the first run
+evaluates it before training).
+
+Writes <out>/results.json and <out>/table.md (made from results.json alone:
+`--table_only`); finished runs are kept, runs in <out>/runs resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+
+from experiments.results_io import run_or_table
+
+_OUT = flags.DEFINE_string("out", "runs/matryoshka_schemes", "results.json, table.md, runs/")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
+_ARMS = flags.DEFINE_list("arms", ["grid", "starbucks", "2dmse", "separate"], "arms")
+_STEPS = flags.DEFINE_integer("steps", 80, "training steps of every run")
+_TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
+
+PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))   # the config's
+ARMS = ("grid", "starbucks", "2dmse", "separate")
+COLUMNS = (("wordnet/mrr_at_10", "WordNet MRR@10"), ("manpages/mrr_at_10", "man pages MRR@10"),
+           ("docstrings/mrr_at_10", "docstrings MRR@10"), ("lee/spearman", "Lee"),
+           ("simlex/spearman", "SimLex"), ("wordsim/spearman", "WordSim"))
+
+
+def run_config(arm: str, seed: int, cell=None, *, before: bool = False):
+  from configs import matryoshka_schemes
+  if arm not in matryoshka_schemes.ARMS:
+    raise SystemExit(f"error: --arms: {arm!r} not valid; valid: "
+                     f"{list(matryoshka_schemes.ARMS)}")
+  arg = f"arm={arm}" + (f",cell={cell[0]}:{cell[1]}" if cell else "")
+  c = matryoshka_schemes.get_config(arg)
+  c.seed = seed
+  c.train.steps = _STEPS.value
+  c.eval.before = before
+  return c
+
+
+def _cells(rows) -> dict:
+  """{'<layer>x<dim>': scores} of the diagonal cells among the rows."""
+  return {f"{r['layer']}x{r['dim']}": {k: float(v) for k, v in r.items()
+                                      if k not in ("layer", "dim")}
+          for r in rows if (r["layer"], r["dim"]) in PAIRS}
+
+
+def one_run(key: str, arm: str, seed: int, cell, before: bool) -> dict:
+  from jaxembed import train
+  from jaxembed.workdir import Workdir
+  workdir = os.path.join(_OUT.value, "runs", key)
+  metrics = os.path.join(workdir, Workdir.METRICS)
+  start = time.time()
+  if not os.path.exists(metrics):
+    train.train_and_evaluate(run_config(arm, seed, cell, before=before), workdir)
+  with open(metrics) as f:
+    m = json.load(f)
+  out = {"arm": arm, "seed": seed, "after": _cells(m["after"]),
+         "seconds": round(time.time() - start, 1)}
+  if before and m.get("before"):
+    out["before"] = _cells(m["before"])
+  return out
+
+
+def scores(runs: dict, arm: str, cell: str, key: str) -> dict:
+  """{seed: score} of one arm at one cell (the separate arm: that cell's own model)."""
+  return {r["seed"]: r["after"][cell][key] for r in runs.values()
+          if r["arm"] == arm and cell in r["after"]}
+
+
+def table(results: dict) -> str:
+  runs = results.get("runs", {})
+  if not runs:
+    return "no runs yet\n"
+  arms = [a for a in ARMS if any(r["arm"] == a for r in runs.values())]
+  pre = results.get("pretrained") or {}
+  cells = [f"{l}x{d}" for l, d in PAIRS]
+  lines = []
+
+  def fmt(values):
+    v = 100 * np.array(list(values))
+    if not len(v):
+      return "–"
+    return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+  for key, label in COLUMNS + (("mean", "Mean of the six columns"),):
+    lines += [f"**{label}** (x100; mean ± sd over seeds)", "",
+              "| (layer, dim) | pretrained | " + " | ".join(arms) + " |",
+              "|---|---|" + "---|" * len(arms)]
+    for cell in cells:
+      if key == "mean":
+        p = [np.mean([pre[cell][k] for k, _ in COLUMNS])] if cell in pre else []
+        row = [fmt(p)]
+        for arm in arms:
+          per = [scores(runs, arm, cell, k) for k, _ in COLUMNS]
+          seeds = set.intersection(*(set(x) for x in per))
+          row.append(fmt(np.mean([x[s] for x in per]) for s in sorted(seeds)))
+      else:
+        row = [fmt([pre[cell][key]] if cell in pre else [])]
+        row += [fmt(scores(runs, arm, cell, key).values()) for arm in arms]
+      lines.append(f"| ({cell.replace('x', ', ')}) | " + " | ".join(row) + " |")
+    lines.append("")
+  seconds = [r["seconds"] for r in runs.values()]
+  lines += [f"{len(runs)} runs of {results.get('steps')} steps; "
+            f"{sum(seconds) / 60:.1f} min of training and evaluation in all."]
+  return "\n".join(lines) + "\n"
+
+
+def run_all(folder, results) -> None:
+  settings = {"steps": _STEPS.value}
+  if results.get("runs") and any(results.get(k) != v for k, v in settings.items()):
+    raise SystemExit(f"error: {folder.path} holds runs with "
+                     f"{ {k: results.get(k) for k in settings} }, not {settings}: "
+                     "use another --out")
+  results.update(settings)
+  runs = results.setdefault("runs", {})
+  grid = []
+  for s in _SEEDS.value:
+    for arm in _ARMS.value:
+      if arm == "separate":
+        grid += [(f"separate_{l}x{d}_s{s}", arm, int(s), (l, d)) for l, d in PAIRS]
+      else:
+        grid.append((f"{arm}_s{s}", arm, int(s), None))
+  for n, (key, arm, seed, cell) in enumerate(grid):
+    if key in runs:
+      continue
+    before = not results.get("pretrained") and arm != "separate"
+    run = one_run(key, arm, seed, cell, before)
+    if "before" in run:
+      results["pretrained"] = run.pop("before")
+    runs[key] = run
+    logging.info("[%d/%d] %s: %.0f s", n + 1, len(grid), key, run["seconds"])
+    folder.save(results)
+
+
+def main(argv):
+  del argv
+  run_or_table(_OUT.value, _TABLE_ONLY.value, table, run_all)
+
+
+if __name__ == "__main__":
+  app.run(main)
