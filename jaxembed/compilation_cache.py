@@ -19,6 +19,12 @@ give.
 
 jax opens the cache at the first compilation after a directory is set; a later call
 with another directory changes nothing in the running process (a warning says so).
+
+Not on a CPU process with several devices (forced host devices, or several processes
+joined by jax.distributed): there an executable with collectives loaded from the cache
+waits forever at its first all-gather (XLA:CPU with jax 0.10: the rendezvous of the
+loaded program never completes, and the process aborts after its timeout). A
+single-device CPU process, and GPUs and TPUs, use the cache.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ def enable() -> str | None:
   directory, or None where it stays off."""
   path = cache_dir()
   if path is None:
+    return None
+  if jax.default_backend() == "cpu" and jax.device_count() > 1:
+    logging.info("compilation cache not used: %d CPU devices (cached programs with "
+                 "collectives deadlock on XLA:CPU)", jax.device_count())
     return None
   if getattr(_cc, "_cache_initialized", False):
     current = jax.config.jax_compilation_cache_dir

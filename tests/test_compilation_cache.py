@@ -29,7 +29,8 @@ print(json.dumps({"path": path, "hits": len(hits), "value": f(x).tolist()}))
 
 
 def run(env):
-  env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
+  env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS="",
+             **env)
   env = {k: v for k, v in env.items() if v is not None}
   out = subprocess.run([sys.executable, "-c", PROGRAM], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -57,3 +58,14 @@ def test_default_is_under_home_and_off_writes_nothing(tmp_path):
   assert off["path"] is None and off["hits"] == 0
   assert not (tmp_path / "b" / ".cache").exists()
   np.testing.assert_array_equal(off["value"], on["value"])
+
+
+def test_not_with_several_cpu_devices(tmp_path, monkeypatch):
+  """Cached executables with collectives deadlock on XLA:CPU, so a process with several
+  CPU devices (this one: 8) leaves the cache off."""
+  import jax
+  from jaxembed import compilation_cache
+  assert jax.device_count() == 8
+  monkeypatch.setenv("JAXEMBED_COMPILATION_CACHE", str(tmp_path / "xla"))
+  assert compilation_cache.enable() is None
+  assert not (tmp_path / "xla").exists()
