@@ -38,6 +38,9 @@ _SP_STEPS = flags.DEFINE_integer("sp_steps", 30, "Self Positioning's Adam steps"
 _EVAL_QUERIES = flags.DEFINE_integer("eval_queries", 500,
                                      "queries of each retrieval set (WordNet, man "
                                      "pages, docstrings)")
+_SPECIALIST_SEEDS = flags.DEFINE_list(
+    "specialist_seeds", None, "seeds whose specialists A and B are scored too (context "
+    "for the table; the claim compares the merges with joint training); default: all")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
 
 CONFIG_ARG = "recipe=pairs,variant=mrl"
@@ -90,7 +93,10 @@ def one_seed(seed: int, eval_run) -> dict:
       train.train_and_evaluate(run_config(name, seed), workdir)
     wall[f"train_{name}"] = round(time.time() - start, 1)
     workdirs[name] = workdir
-  for name in ("A", "B", "joint"):
+  scored = ("A", "B", "joint")
+  if _SPECIALIST_SEEDS.value is not None and str(seed) not in _SPECIALIST_SEEDS.value:
+    scored = ("joint",)
+  for name in scored:
     start = time.time()
     out[name] = _row(train.evaluate(eval_run, mg.load_params(eval_run, workdirs[name]),
                                     name))
@@ -142,9 +148,13 @@ def table(results: dict) -> str:
         f"{100 * pre[k]:.1f}" if k in pre else "–" for k, _ in present)
         + f" | {np.mean(vals):.1f} |")
   for model in MODELS:
-    per = [[seeds[s]["scores"][model][k] for s in names] for k, _ in present]
-    means = [np.mean([seeds[s]["scores"][model][k] for k, _ in present]) for s in names]
-    lines.append(f"| {model} | " + " | ".join(cell(v) for v in per)
+    have = [s for s in names if model in seeds[s]["scores"]]
+    if not have:
+      continue
+    per = [[seeds[s]["scores"][model][k] for s in have] for k, _ in present]
+    means = [np.mean([seeds[s]["scores"][model][k] for k, _ in present]) for s in have]
+    label = model if have == names else f"{model} (seed {', '.join(have)})"
+    lines.append(f"| {label} | " + " | ".join(cell(v) for v in per)
                  + f" | {cell(means)} |")
   lines += ["", "Merged minus joint, per seed (mean over the columns, x100):", "",
             "| method | " + " | ".join(f"seed {s}" for s in names) + " | sets ≥ joint |",
@@ -183,6 +193,8 @@ def run_all(folder, results) -> None:
   settings = {"config_arg": CONFIG_ARG, "steps": _STEPS.value,
               "probe_batches": _PROBE.value, "sp_steps": _SP_STEPS.value,
               "eval_queries": _EVAL_QUERIES.value}
+  if _SPECIALIST_SEEDS.value is not None:
+    settings["specialist_seeds"] = list(_SPECIALIST_SEEDS.value)
   if results.get("seeds") and results.get("settings") != settings:
     raise SystemExit(f"error: {folder.path} holds seeds run with "
                      f"{results.get('settings')}, not {settings}: use another --out")
