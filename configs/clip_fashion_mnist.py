@@ -25,8 +25,12 @@ Arguments:
 
 from configs import common
 
+# The last two: the SigLIP-vs-CLIP sweep's larger variant for an accelerator (pretrained
+# MiniLM text tower, batches of 1,024, 5,000 steps), one per loss.
 VARIANTS = ("loss=siglip", "smoke,loss=siglip", "smoke,pooling=map",
-            "positives=class,batch=128", "loss=siglip,positives=class,batch=128")
+            "positives=class,batch=128", "loss=siglip,positives=class,batch=128",
+            "positives=class,batch=1024,steps=5000",
+            "loss=siglip,positives=class,batch=1024,steps=5000")
 
 
 def get_config(arg=None):
