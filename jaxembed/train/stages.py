@@ -12,7 +12,8 @@ but `model.*` and `stages`; 'name' names the stage). Stage k > 0 starts from sta
 k - 1's final weights — LoRA factors merged into their kernels, so a stage may add,
 drop or change LoRA — with a fresh optimizer, learning-rate schedule and data
 iterator, and with the objective's own parameters (a learnable temperature) as its
-config starts them. Stages before the last train in `<workdir>/stages/<k>-<name>/`,
+config starts them (and loss.distill's teacher stays the pretrained model of
+model.path, not the previous stage). Stages before the last train in `<workdir>/stages/<k>-<name>/`,
 each a complete workdir; the last is the workdir itself, so `jaxembed.load(workdir)`
 and metrics.json hold the final model, and its "before" column is the first stage's
 (the model before any training). A rerun skips finished stages and resumes the
@@ -28,6 +29,8 @@ import re
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
@@ -64,16 +67,17 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
       raise ConfigError(f"{where}: name {name!r} must be unique and made of letters, "
                         "digits, '_', '-', '.'")
     names.append(name)
+    explicit_before = "eval.before" in entry
     stage_config = copy.deepcopy(config)
     for key, value in entry.items():
       _set(stage_config, key, value, where)
     if k > 0:   # the model before training is the first stage's "before"
       stage_config.eval.before = False
     last = k == len(entries) - 1
+    if last and k > 0 and stages[0].config.eval.before and not explicit_before:
+      stage_config.eval.before = True      # reads the first stage's, copied over
     path = workdir if last else os.path.join(workdir, "stages", f"{k}-{name}")
     stages.append(Stage(k, name, stage_config, path, last))
-  if config.eval.before and len(stages) > 1:
-    stages[-1].config.eval.before = True   # reads the first stage's, copied over
   return stages
 
 
@@ -100,15 +104,17 @@ def _set(config, key: str, value, where: str) -> None:
 
 
 def finished(stage: Stage) -> bool:
-  """Whether the stage's last step is checkpointed (stages before the last)."""
+  """Whether the stage's last step is checkpointed (stages before the last). Process
+  0's view decides, so that every host takes the same branch."""
   directory = os.path.join(stage.workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return False
-  ckpt = Checkpointer(directory, read_only=True)
-  try:
-    return ckpt.latest_step() == int(stage.config.train.steps)
-  finally:
-    ckpt.close()
+  done = False
+  if os.path.isdir(directory):
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+      done = ckpt.latest_step() == int(stage.config.train.steps)
+    finally:
+      ckpt.close()
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
 
 
 def carried_params(run, previous: Stage) -> dict:
