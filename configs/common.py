@@ -30,6 +30,23 @@ def base_config() -> ml_collections.ConfigDict:
   return defaults.base_config()
 
 
+def study_scale(c: ml_collections.ConfigDict, *, accelerator: bool,
+                smoke: bool) -> ml_collections.ConfigDict:
+  """The scale of a MiniLM study's arm: on 2 CPU cores, 500 queries per retrieval set
+  and no classification/clustering sets (each arm then fits the study's budget); with
+  `accelerator`, 2,000 steps of 256 pairs and the full evaluation sets; smoke: as is."""
+  if accelerator:
+    c.train.steps = 2000
+    c.train.batch_size = 256
+    c.optim.warmup_steps = 100
+    c.train.checkpoint_every = 500
+    c.eval.ood_queries = 0
+  elif not smoke:
+    c.eval.wordnet_queries = c.eval.ood_queries = 500
+    c.eval.polarity = c.eval.newsgroup = False
+  return c
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Tiny and fast (seconds): a 2-layer random BERT on the MiniLM vocabulary, a few
   hundred WordNet pairs and small evaluation sets. Used by the tests."""

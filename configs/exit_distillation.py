@@ -44,15 +44,7 @@ def get_config(arg=None):
   else:
     m.mode = "none"
   c.eval.layers, c.eval.dims = exits, (width,)
-  if args.accelerator:
-    c.train.steps = 2000
-    c.train.batch_size = 256
-    c.optim.warmup_steps = 100
-    c.train.checkpoint_every = 500
-    c.eval.ood_queries = 0
-  elif not args.smoke:
-    c.eval.wordnet_queries = c.eval.ood_queries = 500
-    c.eval.polarity = c.eval.newsgroup = False
+  c = common.study_scale(c, accelerator=args.accelerator, smoke=args.smoke)
   if args.smoke:
     c.train.steps = 8
   return c

@@ -65,12 +65,5 @@ def get_config(arg=None):
     m.pairs = pairs
   c.eval.layers = tuple(sorted({l for l, _ in pairs}))
   c.eval.dims = tuple(sorted({d for _, d in pairs}))
-  if args.accelerator:
-    c.train.steps = 2000
-    c.train.batch_size = 256
-    c.optim.warmup_steps = 100
-    c.train.checkpoint_every = 500
-  elif not args.smoke:
-    c.eval.wordnet_queries = c.eval.ood_queries = 500
-    c.eval.polarity = c.eval.newsgroup = False
+  c = common.study_scale(c, accelerator=args.accelerator, smoke=args.smoke)
   return c

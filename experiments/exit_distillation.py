@@ -24,15 +24,12 @@ Writes <out>/results.json and <out>/table.md (made from results.json alone:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import time
 
 import numpy as np
 from absl import app, flags
 
-from experiments.results_io import run_or_table
+from experiments.results_io import check_settings, run_keyed, run_or_table, trained_metrics
 
 _OUT = flags.DEFINE_string("out", "runs/exit_distillation", "results.json, table.md, runs/")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
@@ -64,19 +61,11 @@ def _rows(rows) -> dict:
           for r in rows}
 
 
-def one_run(arm: str, seed: int, before: bool) -> dict:
-  from jaxembed import train
-  from jaxembed.workdir import Workdir
-  workdir = os.path.join(_OUT.value, "runs", f"{arm}_s{seed}")
-  metrics = os.path.join(workdir, Workdir.METRICS)
-  start = time.time()
-  if not os.path.exists(metrics):
-    train.train_and_evaluate(run_config(arm, seed, before=before), workdir)
-  with open(metrics) as f:
-    m = json.load(f)
-  out = {"arm": arm, "seed": seed, "after": _rows(m["after"]),
-         "seconds": round(time.time() - start, 1)}
-  if before and m.get("before"):
+def one_run(key: str, arm: str, seed: int, *, before: bool) -> dict:
+  m, seconds = trained_metrics(lambda: run_config(arm, seed, before=before),
+                               os.path.join(_OUT.value, "runs", key))
+  out = {"arm": arm, "seed": seed, "after": _rows(m["after"]), "seconds": seconds}
+  if m.get("before"):
     out["before"] = _rows(m["before"])
   return out
 
@@ -123,25 +112,9 @@ def table(results: dict) -> str:
 
 
 def run_all(folder, results) -> None:
-  settings = {"steps": _STEPS.value}
-  if results.get("runs") and any(results.get(k) != v for k, v in settings.items()):
-    raise SystemExit(f"error: {folder.path} holds runs with "
-                     f"{ {k: results.get(k) for k in settings} }, not {settings}: "
-                     "use another --out")
-  results.update(settings)
-  runs = results.setdefault("runs", {})
-  grid = [(a, int(s)) for s in _SEEDS.value for a in _ARMS.value]
-  for n, (arm, seed) in enumerate(grid):
-    key = f"{arm}_s{seed}"
-    if key in runs:
-      continue
-    before = not results.get("pretrained")
-    run = one_run(arm, seed, before)
-    if "before" in run:
-      results["pretrained"] = run.pop("before")
-    runs[key] = run
-    logging.info("[%d/%d] %s: %.0f s", n + 1, len(grid), key, run["seconds"])
-    folder.save(results)
+  check_settings(folder, results, {"steps": _STEPS.value})
+  run_keyed(folder, results, [(f"{a}_s{s}", (a, int(s))) for s in _SEEDS.value
+                              for a in _ARMS.value], one_run)
 
 
 def main(argv):

@@ -18,15 +18,12 @@ Writes <out>/results.json and <out>/table.md (made from results.json alone:
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import time
 
 import numpy as np
 from absl import app, flags
 
-from experiments.results_io import run_or_table
+from experiments.results_io import check_settings, run_keyed, run_or_table, trained_metrics
 
 _OUT = flags.DEFINE_string("out", "runs/matryoshka_schemes", "results.json, table.md, runs/")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
@@ -61,19 +58,12 @@ def _cells(rows) -> dict:
           for r in rows if (r["layer"], r["dim"]) in PAIRS}
 
 
-def one_run(key: str, arm: str, seed: int, cell, before: bool) -> dict:
-  from jaxembed import train
-  from jaxembed.workdir import Workdir
-  workdir = os.path.join(_OUT.value, "runs", key)
-  metrics = os.path.join(workdir, Workdir.METRICS)
-  start = time.time()
-  if not os.path.exists(metrics):
-    train.train_and_evaluate(run_config(arm, seed, cell, before=before), workdir)
-  with open(metrics) as f:
-    m = json.load(f)
-  out = {"arm": arm, "seed": seed, "after": _cells(m["after"]),
-         "seconds": round(time.time() - start, 1)}
-  if before and m.get("before"):
+def one_run(key: str, arm: str, seed: int, cell, *, before: bool) -> dict:
+  before = before and arm != "separate"     # a separate model scores one cell only
+  m, seconds = trained_metrics(lambda: run_config(arm, seed, cell, before=before),
+                               os.path.join(_OUT.value, "runs", key))
+  out = {"arm": arm, "seed": seed, "after": _cells(m["after"]), "seconds": seconds}
+  if m.get("before"):
     out["before"] = _cells(m["before"])
   return out
 
@@ -122,30 +112,15 @@ def table(results: dict) -> str:
 
 
 def run_all(folder, results) -> None:
-  settings = {"steps": _STEPS.value}
-  if results.get("runs") and any(results.get(k) != v for k, v in settings.items()):
-    raise SystemExit(f"error: {folder.path} holds runs with "
-                     f"{ {k: results.get(k) for k in settings} }, not {settings}: "
-                     "use another --out")
-  results.update(settings)
-  runs = results.setdefault("runs", {})
+  check_settings(folder, results, {"steps": _STEPS.value})
   grid = []
   for s in _SEEDS.value:
     for arm in _ARMS.value:
       if arm == "separate":
-        grid += [(f"separate_{l}x{d}_s{s}", arm, int(s), (l, d)) for l, d in PAIRS]
+        grid += [(f"separate_{l}x{d}_s{s}", (arm, int(s), (l, d))) for l, d in PAIRS]
       else:
-        grid.append((f"{arm}_s{s}", arm, int(s), None))
-  for n, (key, arm, seed, cell) in enumerate(grid):
-    if key in runs:
-      continue
-    before = not results.get("pretrained") and arm != "separate"
-    run = one_run(key, arm, seed, cell, before)
-    if "before" in run:
-      results["pretrained"] = run.pop("before")
-    runs[key] = run
-    logging.info("[%d/%d] %s: %.0f s", n + 1, len(grid), key, run["seconds"])
-    folder.save(results)
+        grid.append((f"{arm}_s{s}", (arm, int(s), None)))
+  run_keyed(folder, results, grid, one_run)
 
 
 def main(argv):

@@ -42,3 +42,46 @@ def run_or_table(out: str, table_only: bool, table, run) -> None:
   if not table_only:
     run(folder, results)
   folder.write_table(table(results))
+
+
+def check_settings(folder: ResultsFolder, results: dict, settings: dict,
+                   key: str = "runs") -> None:
+  """Records `settings` in results, refusing a folder whose runs were made with other
+  settings (their numbers would not belong in one table)."""
+  if results.get(key) and any(results.get(k) != v for k, v in settings.items()):
+    raise SystemExit(f"error: {folder.path} holds {key} with "
+                     f"{ {k: results.get(k) for k in settings} }, not {settings}: "
+                     "use another --out")
+  results.update(settings)
+
+
+def trained_metrics(make_config, workdir: str) -> tuple[dict, float]:
+  """(metrics.json, seconds) of the run in `workdir`, trained first with the config
+  `make_config()` returns unless it finished earlier (a stopped run resumes)."""
+  import time
+  from jaxembed import train
+  from jaxembed.workdir import Workdir
+  path = os.path.join(workdir, Workdir.METRICS)
+  start = time.time()
+  if not os.path.exists(path):
+    train.train_and_evaluate(make_config(), workdir)
+  with open(path) as f:
+    return json.load(f), round(time.time() - start, 1)
+
+
+def run_keyed(folder: ResultsFolder, results: dict, grid: list, one) -> None:
+  """Runs each (key, args) of `grid` not yet in results['runs'] as `one(key, *args,
+  before=...)`, saving after each. `before` is True until a run has returned the
+  pretrained model's scores (its result's 'before', kept as results['pretrained'])."""
+  import logging
+  runs = results.setdefault("runs", {})
+  for n, (key, args) in enumerate(grid):
+    if key in runs:
+      continue
+    run = one(key, *args, before=not results.get("pretrained"))
+    if run.get("before"):
+      results["pretrained"] = run.pop("before")
+    run.pop("before", None)
+    runs[key] = run
+    logging.info("[%d/%d] %s: %.0f s", n + 1, len(grid), key, run["seconds"])
+    folder.save(results)

@@ -19,15 +19,13 @@ retrained, so a killed sweep resumes. Writes <out>/results.json and <out>/table.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import numpy as np
 from absl import app, flags, logging
 
 from configs import clip_fashion_mnist
-from experiments.results_io import run_or_table
+from experiments.results_io import check_settings, run_or_table, trained_metrics
 
 _OUT = flags.DEFINE_string("out", "runs/siglip_vs_clip", "results.json, table.md, runs/")
 _BATCHES = flags.DEFINE_list("batches", ["8", "16", "32", "64", "128"], "batch sizes")
@@ -65,19 +63,12 @@ def run_config(loss: str, batch: int, seed: int):
 
 def one_run(loss: str, batch: int, seed: int) -> dict:
   """{'arg', 'acc': {dim: accuracy}, 'seconds'} of one trained run."""
-  from jaxembed import train
-  from jaxembed.workdir import Workdir
   arg, config = run_config(loss, batch, seed)
-  workdir = os.path.join(_OUT.value, "runs", f"{loss}_b{batch}_s{seed}")
-  metrics = os.path.join(workdir, Workdir.METRICS)
-  start = time.time()
-  if not os.path.exists(metrics):
-    train.train_and_evaluate(config, workdir)
-  with open(metrics) as f:
-    after = json.load(f)["after"]
+  m, seconds = trained_metrics(lambda: config, os.path.join(
+      _OUT.value, "runs", f"{loss}_b{batch}_s{seed}"))
   return {"arg": arg, "loss": loss, "batch": batch, "seed": seed,
-          "acc": {str(r["dim"]): float(r[METRIC]) for r in after},
-          "seconds": round(time.time() - start, 1)}
+          "acc": {str(r["dim"]): float(r[METRIC]) for r in m["after"]},
+          "seconds": seconds}
 
 
 def table(results: dict) -> str:
@@ -119,13 +110,9 @@ def run_all(folder, results) -> None:
   bad = [l for l in _LOSSES.value if l not in LOSSES]
   if bad:
     raise SystemExit(f"error: --losses: {bad} not valid; valid: {list(LOSSES)}")
-  settings = {"steps": _STEPS.value, "config_arg": _CONFIG_ARG.value,
-              "images": _IMAGES.value}
-  if results.get("runs") and any(results.get(k) != v for k, v in settings.items()):
-    raise SystemExit(f"error: {folder.path} holds runs with "
-                     f"{ {k: results.get(k) for k in settings} }, not {settings}: "
-                     "use another --out")
-  results.update(settings)
+  check_settings(folder, results, {"steps": _STEPS.value,
+                                   "config_arg": _CONFIG_ARG.value,
+                                   "images": _IMAGES.value})
   runs = results.setdefault("runs", {})
   grid = [(l, int(b), int(s)) for b in _BATCHES.value for s in _SEEDS.value
           for l in _LOSSES.value]

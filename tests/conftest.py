@@ -66,6 +66,32 @@ def start_train(args, **popen_kwargs):
                           env=user_env(), **popen_kwargs)
 
 
+def logged_steps(workdir) -> list[int]:
+  """The steps of a workdir's train_log.jsonl, in order."""
+  import json
+  path = os.path.join(workdir, "train_log.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(l)["step"] for l in f if l.strip()]
+
+
+def sigterm_after_step(args, workdir, step: int, timeout: float = 240):
+  """Starts a run, sends SIGTERM once `workdir` logged `step`, and returns (exit code,
+  its output)."""
+  import signal
+  import subprocess
+  import time
+  proc = start_train(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + timeout
+  while time.time() < deadline and not any(s >= step for s in logged_steps(workdir)):
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  return proc.returncode, out
+
+
 def start_train_until(args, marker: str, err_path, timeout: float = 240):
   """Starts a run with stderr going to `err_path` and returns (the Popen) once
   `marker` shows there, or once the run ended or `timeout` passed."""

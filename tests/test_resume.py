@@ -3,15 +3,12 @@ uninterrupted run of the same seed ends (parameters and metrics)."""
 
 import json
 import os
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 
 import jaxembed
-from conftest import run_train, start_train
+from conftest import logged_steps, run_train, sigterm_after_step
 
 pytestmark = pytest.mark.slow
 
@@ -26,29 +23,14 @@ def args(workdir, tfds_dir):
   return [CONFIG, f"--workdir={workdir}", f"--config.data.tfds_dir={tfds_dir}", *EXTRA]
 
 
-def logged_steps(workdir):
-  path = os.path.join(workdir, "train_log.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l)["step"] for l in f if l.strip()]
-
-
 def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tfds_dir):
   straight = tmp_path / "straight"
   done = run_train(args(straight, tfds_dir))
   assert done.returncode == 0, done.stderr[-3000:]
 
   resumed = tmp_path / "resumed"
-  proc = start_train(args(resumed, tfds_dir), stdout=subprocess.PIPE,
-                     stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and not any(s >= 20 for s in logged_steps(resumed)):
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-3000:]
+  code, out = sigterm_after_step(args(resumed, tfds_dir), resumed, 20)
+  assert code == 0, out[-3000:]
   stopped_at = max(logged_steps(resumed))
   assert 20 <= stopped_at < 240, f"signal did not land mid-training: {stopped_at}"
   ckpts = sorted(int(p) for p in os.listdir(resumed / "checkpoints") if p.isdigit())

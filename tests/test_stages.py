@@ -4,17 +4,13 @@ exactly where an uninterrupted run ends; bad stages fail at config time naming t
 stage and the field."""
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import jax
 import numpy as np
 import pytest
 
 import jaxembed
-from conftest import run_train, start_train
+from conftest import logged_steps, run_train, sigterm_after_step
 from jaxembed.errors import ConfigError
 from jaxembed.train import stages
 from jaxembed.workdir import Workdir
@@ -47,14 +43,6 @@ def write_config(tmp_path):
 
 def args(config, workdir, tfds_dir):
   return [f"--config={config}", f"--workdir={workdir}", f"--config.data.tfds_dir={tfds_dir}"]
-
-
-def logged_steps(workdir):
-  path = os.path.join(workdir, "train_log.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l)["step"] for l in f if l.strip()]
 
 
 def leaves(model):
@@ -92,15 +80,8 @@ def test_two_stages_resume_across_the_boundary(tmp_path, tfds_dir):
   assert final["loss"]["name"] == "sigmoid" and final["train"]["steps"] == 160
 
   resumed = tmp_path / "resumed"
-  proc = start_train(args(config, resumed, tfds_dir), stdout=subprocess.PIPE,
-                     stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and not any(s >= 20 for s in logged_steps(resumed)):
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out[-3000:]
+  code, out = sigterm_after_step(args(config, resumed, tfds_dir), resumed, 20)
+  assert code == 0, out[-3000:]
   stopped_at = max(logged_steps(resumed))
   assert 20 <= stopped_at < 160, f"signal did not land in stage 2: {stopped_at}"
   assert not (resumed / "metrics.json").exists()
