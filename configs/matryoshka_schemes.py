@@ -21,6 +21,10 @@ Arguments (comma-separated):
   arm=separate,cell=<k>:<d>
                   one model trained at the cell (k, d) alone (the separately trained
                   sub-model; layers above k get no gradient and are not computed)
+  arm=mrl         1D Matryoshka (Kusupati et al. 2022): the last layer at every dim
+                  {16, ..., 384}, weighted equally; evaluated at (6, d) for every d
+  arm=plain       InfoNCE at (6, 384) alone, evaluated truncated to every d (MRL's
+                  baseline: the full-width model's prefixes)
   accelerator     the larger variant for a GPU/TPU: 2,000 steps of 256 pairs, the full
                   evaluation sets
   smoke           tiny random model (tests)
@@ -29,8 +33,9 @@ Arguments (comma-separated):
 from configs import common, minilm_wordnet_2d
 
 VARIANTS = ("arm=grid", "arm=2dmse", "arm=separate,cell=3:64", "arm=starbucks,accelerator",
-            "smoke,arm=grid", "smoke,arm=2dmse", "smoke,arm=separate,cell=1:8")
-ARMS = ("grid", "starbucks", "2dmse", "separate")
+            "arm=mrl", "arm=plain", "smoke,arm=grid", "smoke,arm=2dmse",
+            "smoke,arm=separate,cell=1:8", "smoke,arm=mrl")
+ARMS = ("grid", "starbucks", "2dmse", "separate", "mrl", "plain")
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 SMOKE_PAIRS = ((1, 8), (2, 32))
 
@@ -56,6 +61,11 @@ def get_config(arg=None):
     c.loss.name = "2dmse"
     m.dims = dims
     c.loss.kl_weight = 1.0
+  elif args.arm in ("mrl", "plain"):
+    last = layers[-1]
+    m.mode = "mrl" if args.arm == "mrl" else "none"
+    m.dims = dims
+    pairs = tuple((last, d) for d in dims)
   else:
     if not args.cell:
       raise ValueError("arm=separate needs cell=<layer>:<dim>, e.g. cell=3:64")

@@ -1,16 +1,22 @@
-r"""2D Matryoshka schemes at equal compute (issue: the Matryoshka reproductions, §2 and §4):
-the full (layer x dim) grid, Starbucks' fixed diagonal pairs with their KL term, 2DMSE's
-sampled layer and dim with its alignment term, and one separately trained model per
-diagonal cell, all from all-MiniLM-L6-v2 on the same data and steps.
+r"""2D Matryoshka schemes at equal compute (the Matryoshka reproductions, §1's text side,
+§2 and §4): the full (layer x dim) grid, Starbucks' fixed diagonal pairs with their KL
+term, 2DMSE's sampled layer and dim with its alignment term, one separately trained
+model per diagonal cell, and 1D MRL at the last layer against plain InfoNCE truncated,
+all from all-MiniLM-L6-v2 on the same data and steps.
 
-  python -m experiments.matryoshka_schemes --out=runs/matryoshka_schemes --seeds=0,1,2
+  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=grid,starbucks,2dmse
+  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=separate
+  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=mrl,plain
+
+(one folder; each command adds its arms' runs, each fits 25 minutes on 2 CPU cores).
 
 The arms are configs/matryoshka_schemes.py's (80 steps of 32 WordNet pairs, InfoNCE,
 bfloat16 matmuls); every model is scored at the diagonal cells (1,16) (2,32) (3,64)
 (4,128) (5,256) (6,384) on held-out WordNet retrieval, man pages and Python docstrings
 out of domain, Lee, SimLex-999 and WordSim-353; the separate arm trains six models per
-seed, each scored at its own cell. The pretrained model is scored once (the first run
-evaluates it before training).
+seed, each scored at its own cell; the mrl and plain arms (and grid) are also scored at
+the last layer's cells (6, d) for every d. The pretrained model is scored once (the
+first run evaluates it before training).
 
 Writes <out>/results.json and <out>/table.md (made from results.json alone:
 `--table_only`); finished runs are kept, runs in <out>/runs resume.
@@ -32,7 +38,10 @@ _STEPS = flags.DEFINE_integer("steps", 80, "training steps of every run")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
 
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))   # the config's
-ARMS = ("grid", "starbucks", "2dmse", "separate")
+LAST = tuple((6, d) for _, d in PAIRS)     # the last layer at every dim (text MRL)
+ARMS = ("grid", "starbucks", "2dmse", "separate", "mrl", "plain")
+DIAGONAL_ARMS = ("grid", "starbucks", "2dmse", "separate")
+LAST_ARMS = ("mrl", "plain", "grid")
 COLUMNS = (("wordnet/mrr_at_10", "WordNet MRR@10"), ("manpages/mrr_at_10", "man pages MRR@10"),
            ("docstrings/mrr_at_10", "docstrings MRR@10"), ("lee/spearman", "Lee"),
            ("simlex/spearman", "SimLex"), ("wordsim/spearman", "WordSim"))
@@ -52,10 +61,11 @@ def run_config(arm: str, seed: int, cell=None, *, before: bool = False):
 
 
 def _cells(rows) -> dict:
-  """{'<layer>x<dim>': scores} of the diagonal cells among the rows."""
+  """{'<layer>x<dim>': scores} of the diagonal and the last layer's cells among the rows."""
+  keep = set(PAIRS) | set(LAST)
   return {f"{r['layer']}x{r['dim']}": {k: float(v) for k, v in r.items()
                                       if k not in ("layer", "dim")}
-          for r in rows if (r["layer"], r["dim"]) in PAIRS}
+          for r in rows if (r["layer"], r["dim"]) in keep}
 
 
 def one_run(key: str, arm: str, seed: int, cell, *, before: bool) -> dict:
@@ -74,39 +84,69 @@ def scores(runs: dict, arm: str, cell: str, key: str) -> dict:
           if r["arm"] == arm and cell in r["after"]}
 
 
-def table(results: dict) -> str:
-  runs = results.get("runs", {})
-  if not runs:
-    return "no runs yet\n"
-  arms = [a for a in ARMS if any(r["arm"] == a for r in runs.values())]
-  pre = results.get("pretrained") or {}
-  cells = [f"{l}x{d}" for l, d in PAIRS]
-  lines = []
+def _fmt(values) -> str:
+  v = 100 * np.array(list(values))
+  if not len(v):
+    return "–"
+  return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
-  def fmt(values):
-    v = 100 * np.array(list(values))
-    if not len(v):
-      return "–"
-    return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+
+def _mean_scores(runs: dict, arm: str, cell: str) -> dict:
+  """{seed: mean of the six columns} of one arm at one cell."""
+  per = [scores(runs, arm, cell, k) for k, _ in COLUMNS]
+  seeds = set.intersection(*(set(x) for x in per))
+  return {s: float(np.mean([x[s] for x in per])) for s in sorted(seeds)}
+
+
+def cell_tables(runs: dict, pre: dict, arms, cells) -> list:
+  """One table per column (and their mean): a row per cell, a column per arm."""
+  lines = []
   for key, label in COLUMNS + (("mean", "Mean of the six columns"),):
     lines += [f"**{label}** (x100; mean ± sd over seeds)", "",
               "| (layer, dim) | pretrained | " + " | ".join(arms) + " |",
               "|---|---|" + "---|" * len(arms)]
     for cell in cells:
       if key == "mean":
-        p = [np.mean([pre[cell][k] for k, _ in COLUMNS])] if cell in pre else []
-        row = [fmt(p)]
-        for arm in arms:
-          per = [scores(runs, arm, cell, k) for k, _ in COLUMNS]
-          seeds = set.intersection(*(set(x) for x in per))
-          row.append(fmt(np.mean([x[s] for x in per]) for s in sorted(seeds)))
+        row = [_fmt([np.mean([pre[cell][k] for k, _ in COLUMNS])] if cell in pre else [])]
+        row += [_fmt(_mean_scores(runs, arm, cell).values()) for arm in arms]
       else:
-        row = [fmt([pre[cell][key]] if cell in pre else [])]
-        row += [fmt(scores(runs, arm, cell, key).values()) for arm in arms]
+        row = [_fmt([pre[cell][key]] if cell in pre else [])]
+        row += [_fmt(scores(runs, arm, cell, key).values()) for arm in arms]
       lines.append(f"| ({cell.replace('x', ', ')}) | " + " | ".join(row) + " |")
     lines.append("")
+  return lines
+
+
+def table(results: dict) -> str:
+  runs = results.get("runs", {})
+  if not runs:
+    return "no runs yet\n"
+  present = {r["arm"] for r in runs.values()}
+  pre = results.get("pretrained") or {}
+  lines = []
+  diagonal = [a for a in DIAGONAL_ARMS if a in present]
+  if diagonal:
+    lines += ["### The diagonal cells", ""]
+    lines += cell_tables(runs, pre, diagonal, [f"{l}x{d}" for l, d in PAIRS])
+  last = [a for a in LAST_ARMS if a in present]
+  if present & {"mrl", "plain"}:
+    lines += ["### The last layer at every dim (text MRL)", ""]
+    lines += cell_tables(runs, pre, last, [f"{l}x{d}" for l, d in LAST])
+    if {"mrl", "plain"} <= present:
+      lines += ["MRL minus plain InfoNCE truncated, mean of the six columns, paired by "
+                "seed (x100):", "", "| (layer, dim) | per seed | mean |", "|---|---|---|"]
+      for l, d in LAST:
+        a, b = _mean_scores(runs, "mrl", f"{l}x{d}"), _mean_scores(runs, "plain", f"{l}x{d}")
+        diff = [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
+        lines.append(f"| ({l}, {d}) | " + ", ".join(f"{x:+.2f}" for x in diff)
+                     + f" | {np.mean(diff):+.2f} |" if diff else f"| ({l}, {d}) | – | – |")
+      lines.append("")
+  for arm in ARMS:
+    secs = [r["seconds"] for r in runs.values() if r["arm"] == arm]
+    if secs:
+      lines.append(f"- {arm}: {len(secs)} runs, {sum(secs) / 60:.1f} min")
   seconds = [r["seconds"] for r in runs.values()]
-  lines += [f"{len(runs)} runs of {results.get('steps')} steps; "
+  lines += ["", f"{len(runs)} runs of {results.get('steps')} steps; "
             f"{sum(seconds) / 60:.1f} min of training and evaluation in all."]
   return "\n".join(lines) + "\n"
 
