@@ -31,8 +31,8 @@ def multi_exit_self_distillation(q_layers, d_layers, exits: Sequence[int], *,
                                  layer_index: dict[int, int], scale: float = 20.0,
                                  distill_weight: float = 1.0, teacher: str = "next",
                                  temperature: float = 1.0, negatives=None):
-  """Hierarchical self-distillation over exit layers (ModularStarEncoder, Gallo et al.
-  2025): every exit is trained with InfoNCE, and each shallower exit also matches the
+  """Hierarchical self-distillation over exit layers (ModularStarEncoder / MoSE, Gurioli
+  et al. 2025): every exit is trained with InfoNCE, and each shallower exit also matches the
   in-batch score distribution of a deeper one (the next exit, or the deepest), detached.
   Returns (loss, {"exit_<l>": contrastive, "distill_<l>": kl}).
   """
