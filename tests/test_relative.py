@@ -28,20 +28,6 @@ def test_relative_is_invariant_to_rotation_and_scale_of_the_space():
   assert not np.allclose(x, y)
 
 
-def test_stitching_table_remakes_from_stored_results(tmp_path):
-  import shutil
-  import subprocess
-  import sys
-  from conftest import REPO
-  shutil.copy(f"{REPO}/experiments/results/relative_stitching/results.json", tmp_path)
-  done = subprocess.run([sys.executable, "-m", "experiments.relative_stitching",
-                         "--table_only", f"--out={tmp_path}"], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert (tmp_path / "table.md").read_text() == open(
-      f"{REPO}/experiments/results/relative_stitching/table.md").read()
-
-
 def test_cross_space_retrieval_equals_slow_loops():
   from jaxembed.evals.relative import cross_space_retrieval
   rng = np.random.default_rng(2)
