@@ -107,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.directions = ("qd",)                        # contrastive: qd, dq, qq, dd
   c.loss.false_negative_margin = ml_collections.config_dict.placeholder(float)
   c.loss.focal_gamma = 0.0                           # contrastive: (1 - p)^gamma weights
+  c.loss.in_batch_negatives = True                   # contrastive: False = own negatives only
   c.loss.mix_negatives = 0                           # contrastive: synthetic negatives
   c.loss.mix_hardest = 4                             #   mixed from this many hardest
   c.loss.sigmoid_scale = 10.0                        # sigmoid: t (SigLIP init)

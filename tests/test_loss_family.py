@@ -35,7 +35,8 @@ def lse(values):
   return m + np.log(np.exp(values - m).sum())
 
 
-def ref_contrastive(q, d, n, scale, directions, pos_ids, cand_ids, margin, gamma, qneg):
+def ref_contrastive(q, d, n, scale, directions, pos_ids, cand_ids, margin, gamma, qneg,
+                    in_batch=True):
   qn, dn = unit(q), unit(d)
   cands = dn if n is None else np.concatenate([dn, unit(n).reshape(-1, n.shape[-1])])
   b = len(q)
@@ -49,7 +50,7 @@ def ref_contrastive(q, d, n, scale, directions, pos_ids, cand_ids, margin, gamma
       terms.append(scale * cos)
     if "qd" in directions:
       for j in range(len(cands)):
-        if j != i:
+        if j != i and (in_batch or j >= b):
           add(float(qn[i] @ cands[j]), pos_ids is not None and cand_ids[j] == pos_ids[i])
     if qneg is not None:
       for s in unit(qneg[i]):
@@ -76,6 +77,8 @@ CASES = [
     dict(directions=("qd", "dq"), margin=0.1, negatives=True),
     dict(directions=("qd",), gamma=2.0),
     dict(directions=("qd",), qneg=True),
+    dict(directions=("qd",), negatives=True, in_batch=False),
+    dict(directions=("qd",), negatives=True, ids=True, qneg=True, in_batch=False),
 ]
 
 
@@ -93,17 +96,46 @@ def test_contrastive_loss(case):
     cand_ids[b + 3] = 2  # a hard negative that is query 2's positive text
   qneg = rng.normal(size=(b, 3, dim)) if case.get("qneg") else None
   kw = dict(scale=20.0, directions=case["directions"], margin=case.get("margin"),
-            focal_gamma=case.get("gamma", 0.0))
+            focal_gamma=case.get("gamma", 0.0), in_batch=case.get("in_batch", True))
   args = dict(positive_ids=None if pos_ids is None else jnp.asarray(pos_ids),
               candidate_ids=None if cand_ids is None else jnp.asarray(cand_ids),
               query_negatives=None if qneg is None else jnp.asarray(qneg))
   f = lambda a, c: contrastive_loss(a, c, None if n is None else jnp.asarray(n), **kw, **args)
   value, (gq, gd) = jax.value_and_grad(f, argnums=(0, 1))(jnp.asarray(q), jnp.asarray(d))
   ref = lambda a, c: ref_contrastive(a, c, n, 20.0, case["directions"], pos_ids, cand_ids,
-                                     case.get("margin"), case.get("gamma", 0.0), qneg)
+                                     case.get("margin"), case.get("gamma", 0.0), qneg,
+                                     case.get("in_batch", True))
   assert float(value) == pytest.approx(ref(q, d), abs=1e-8)
   np.testing.assert_allclose(gq, numeric_grad(lambda x: ref(x, d), q), atol=1e-5)
   np.testing.assert_allclose(gd, numeric_grad(lambda x: ref(q, x), d), atol=1e-5)
+
+
+def test_without_in_batch_negatives_other_pairs_do_not_count():
+  """in_batch=False: moving another pair's texts leaves query 0's loss unchanged (it
+  changes with in-batch negatives); without hard negatives, or with other directions,
+  it is refused."""
+  rng = np.random.default_rng(3)
+  q, d, n = (jnp.asarray(rng.normal(size=s)) for s in ((4, 6), (4, 6), (4, 2, 6)))
+  moved = d.at[1:].set(q[0])       # the other pairs' positives right on query 0
+  for in_batch, changes in ((False, False), (True, True)):
+    f = lambda dd: contrastive_loss(q, dd, n, in_batch=in_batch, per_example=True)[0]
+    assert (abs(float(f(moved)) - float(f(d))) > 1e-3) == changes
+  with pytest.raises(ValueError, match="no hard negatives"):
+    contrastive_loss(q, d, None, in_batch=False)
+  with pytest.raises(ValueError, match="other pairs"):
+    contrastive_loss(q, d, n, directions=("qd", "dq"), in_batch=False)
+  from jaxembed import defaults
+  from jaxembed.errors import ConfigError
+  from jaxembed.losses.registry import make_loss
+  cfg = defaults.base_config().loss
+  cfg.in_batch_negatives = False
+  cfg.matryoshka.mode = "none"
+  with pytest.raises(ConfigError, match="in_batch_negatives=False works with"):
+    make_loss(cfg, num_layers=2, hidden=6)
+  cfg.name = "contrastive"
+  got = make_loss(cfg, num_layers=2, hidden=6)(q[:, None].repeat(2, 1), d[:, None].repeat(2, 1),
+                                               n[:, :, None].repeat(2, 2))[0]
+  assert float(got) == pytest.approx(float(contrastive_loss(q, d, n, in_batch=False)), rel=1e-9)
 
 
 def test_learnable_temperature_gradient():

@@ -109,7 +109,7 @@ DIRECTIONS = ("qd", "dq", "qq", "dd")
 def contrastive_loss(q, d, negatives=None, *, scale=20.0, directions=("qd",),
                      positive_ids=None, candidate_ids=None, margin=None,
                      focal_gamma: float = 0.0, query_negatives=None,
-                     per_example: bool = False):
+                     in_batch: bool = True, per_example: bool = False):
   """InfoNCE with a partition function over the chosen directions, and masking of
   false negatives.
 
@@ -127,10 +127,21 @@ def contrastive_loss(q, d, negatives=None, *, scale=20.0, directions=("qd",),
   `mix_hard_negatives`).
   focal_gamma > 0 weights each example by (1 - p_i)^gamma, p_i its positive's
   probability (focal loss, Lin et al. 2017, as KaLM-Embedding-V2 uses it).
+  in_batch=False drops the other pairs' texts from Z_i: each query is scored against
+  its own positive and hard negatives only (NV-Embed's second stage, Lee et al. 2024,
+  trains without in-batch negatives); it needs hard negatives and direction qd alone.
   """
   unknown = set(directions) - set(DIRECTIONS)
   if unknown or not directions:
     raise ValueError(f"directions {list(directions)}: valid {list(DIRECTIONS)}")
+  if not in_batch:
+    if tuple(directions) != ("qd",):
+      raise ValueError(f"in-batch negatives off: directions {list(directions)} score "
+                       "other pairs' texts; use ('qd',) alone")
+    if negatives is None and query_negatives is None:
+      raise ValueError("in-batch negatives off and no hard negatives: every query's "
+                       "softmax would hold its positive alone (train on triplets or "
+                       "k negatives: data.source=file, e.g. from experiments.mine)")
   qn, dn = l2_normalize(q), l2_normalize(d)
   cands = candidates(dn, None if negatives is None else l2_normalize(negatives))
   b = q.shape[0]
@@ -152,7 +163,9 @@ def contrastive_loss(q, d, negatives=None, *, scale=20.0, directions=("qd",),
   terms = [scale * pos_cos[:, None]]                      # the positive, once
   masks = [jnp.ones((b, 1), bool)]
   if "qd" in directions:
-    self_col = jnp.zeros(cos_qc.shape, bool).at[:, :b].set(eye)
+    # the positive is the term above; without in-batch negatives every other pair's
+    # positive is dropped too
+    self_col = jnp.zeros(cos_qc.shape, bool).at[:, :b].set(eye if in_batch else True)
     terms.append(scale * cos_qc)
     masks.append(keep_mask(cos_qc, pos_ids, cand_ids, self_col))
   if query_negatives is not None:

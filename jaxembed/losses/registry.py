@@ -112,6 +112,9 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
     raise ConfigError(f"loss.blockwise=True works with loss.name='info_nce' and "
                       f"loss.kl_weight=0, not name={cfg.name!r}, "
                       f"kl_weight={cfg.kl_weight}: the others need the full logits")
+  if not cfg.in_batch_negatives and cfg.name != "contrastive":
+    raise ConfigError(f"loss.in_batch_negatives=False works with loss.name='contrastive' "
+                      f"(each query against its own hard negatives), not {cfg.name!r}")
   init_loss_params(cfg)  # checks the learnable-temperature settings
   ctx = BuildContext(cells=cells, layer_index={l: l - 1 for l in range(1, num_layers + 1)},
                      num_layers=num_layers, hidden=hidden, mesh=mesh)
@@ -243,7 +246,7 @@ def _contrastive(cfg, ctx: BuildContext):
     return contrastive_loss(q, d, negs, scale=cfg.scale if scale is None else scale,
                             directions=tuple(cfg.directions),
                             margin=cfg.false_negative_margin, focal_gamma=cfg.focal_gamma,
-                            query_negatives=extra)
+                            query_negatives=extra, in_batch=cfg.in_batch_negatives)
 
   def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
     return _per_cell(q, d, negatives, rng=rng, ctx=ctx, one_cell=one_cell, scale=scale,
