@@ -133,3 +133,47 @@ def test_learnable_temperature_refused_where_unsupported(smoke_config):
                                         r"'sigmoid', 'multi_positive_info_nce'\], "
                                         r"not '2dmse'"):
     train.setup(config, "/nonexistent-unused")
+
+
+def _steps_of(run, n_steps=3):
+  """(losses, final params, compiled FLOPs) of n steps of `run` from its initial state."""
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  step_fn = train.compile_train_step(run, shardings)
+  data = iter(run.dataset)
+  batch = shd.host_batch_to_global(run.mesh, next(data))
+  cost = step_fn.lower(state, batch).compile().cost_analysis()
+  flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+  losses = []
+  for _ in range(n_steps):
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+    batch = shd.host_batch_to_global(run.mesh, next(data))
+  return np.array(losses), jax.device_get(state.params), flops
+
+
+def test_a_shallow_cell_computes_only_its_blocks(smoke_config):
+  """A loss reading layer 1 alone of the 2-layer smoke model (a separately trained
+  sub-model): the step stops after block 1 (fewer FLOPs) and trains exactly as the
+  full forward does (same losses, same weights); block 2 gets no gradient."""
+  import dataclasses
+  config = smoke_config(**{"loss.matryoshka.mode": "pairs",
+                           "loss.matryoshka.pairs": ((1, 16),)})
+  config.mesh.update(data=1, fsdp=1)
+  run = train.setup(config, "/nonexistent-unused", devices=jax.devices()[:1])
+  assert run.train_depth == 1 and run.train_model.early_exit
+  full = dataclasses.replace(run, train_depth=0)
+  assert full.train_model is run.model
+  early_losses, early_params, early_flops = _steps_of(run)
+  full_losses, full_params, full_flops = _steps_of(full)
+  np.testing.assert_allclose(early_losses, full_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               early_params, full_params)
+  assert early_flops < 0.8 * full_flops
+  # A cell at the last layer, a KL to the full model, or 2DMSE read the whole encoder.
+  for overrides in ({"loss.matryoshka.pairs": ((1, 16), (2, 32))},
+                    {"loss.kl_weight": 1.0}, {"loss.name": "2dmse"}):
+    c = smoke_config(**{"loss.matryoshka.mode": "pairs",
+                        "loss.matryoshka.pairs": ((1, 16),), **overrides})
+    c.mesh.update(data=1, fsdp=1)
+    assert train.setup(c, "/nonexistent-unused", devices=jax.devices()[:1]).train_depth == 2

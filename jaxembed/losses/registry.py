@@ -101,6 +101,25 @@ def init_loss_params(cfg) -> dict:
   return objective.init_params(cfg)
 
 
+# Objectives that read the encoder only at their Matryoshka cells (without a KL to the
+# full model or a teacher): the train step may stop at the deepest cell's layer.
+CELL_OBJECTIVES = ("info_nce", "contrastive", "sigmoid", "multi_positive_info_nce")
+
+
+def deepest_layer(cfg, *, num_layers: int, hidden: int) -> int:
+  """The deepest encoder layer the objective reads: its deepest cell's for the
+  objectives that read their cells alone (CELL_OBJECTIVES, loss.kl_weight 0, no
+  teacher), else the last layer (a KL to the full model, teacher terms, 2DMSE,
+  self-distillation, the scored losses)."""
+  if cfg.name not in CELL_OBJECTIVES or cfg.kl_weight or distill_settings(cfg) is not None:
+    return num_layers
+  m = cfg.matryoshka
+  cells = build_cells(m.mode, num_layers=num_layers, hidden=hidden, layers=m.layers,
+                      dims=m.dims, pairs=m.pairs, weights=list(m.weights) or None,
+                      layer_weighting=m.layer_weighting)
+  return max(c.layer for c in cells)
+
+
 def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   """The loss function a config asks for. `mesh` is needed for loss.blockwise."""
   objective = _objective(cfg)

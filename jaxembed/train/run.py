@@ -21,7 +21,7 @@ from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.losses import build_cells
 from jaxembed.losses import registry
-from jaxembed.losses.registry import distill_settings, init_loss_params, make_loss
+from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_params, make_loss
 from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.train import inputs
@@ -50,6 +50,16 @@ class Run:
   loss_params: dict          # the objective's own initial parameters ({} if none)
   trainable: Any = None      # bools like the params (optim.trainable); None: all train
   lora_scale: float = 0.0    # alpha / rank with optim.lora (params['lora']); 0: none
+  train_depth: int = 0       # blocks the train step computes (< the model's: early exit)
+
+  @property
+  def train_model(self):
+    """The model the train step runs: the full one, or, when the loss reads only layers
+    up to `train_depth` (e.g. a separately trained shallow sub-model), the same model
+    computing only those blocks (same parameters; the deeper ones get no gradient)."""
+    if self.train_depth and self.train_depth < self.model.output_layers:
+      return self.model.up_to(self.train_depth)
+    return self.model
 
   @property
   def text_config(self):
@@ -160,6 +170,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   loss_fn = make_loss(config.loss, num_layers=model.output_layers,
                       hidden=model.output_width, mesh=mesh)
   loss_params = init_loss_params(config.loss)
+  train_depth = 0
+  if hasattr(model, "early_exit"):          # a text Embedder: it can stop early
+    train_depth = deepest_layer(config.loss, num_layers=model.output_layers,
+                                hidden=model.output_width)
   param_shardings = shd.param_shardings(abstract_boxed_params(model), mesh, rules)
   if loss_params:
     param_shardings = dict(param_shardings,
@@ -191,4 +205,4 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
              schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
              param_shardings=param_shardings, loss_params=loss_params, trainable=trainable,
-             lora_scale=lora_scale)
+             lora_scale=lora_scale, train_depth=train_depth)

@@ -122,7 +122,7 @@ def compile_train_step(run, shardings: TrainState, check_finite: bool = True):
   """The train step jitted once with explicit shardings and the state donated; it
   carries the run's mesh and logical rules. With loss.distill, the pretrained weights
   (`run.teacher_params()`) go with it as the frozen teacher."""
-  step = functools.partial(train_step, model=run.model, loss_fn=run.loss_fn, tx=run.tx,
+  step = functools.partial(train_step, model=run.train_model, loss_fn=run.loss_fn, tx=run.tx,
                            deterministic=not run.config.train.dropout,
                            grad_cache_minibatch=run.config.train.grad_cache_minibatch,
                            check_finite=check_finite, trainable=run.trainable,
