@@ -13,6 +13,8 @@ encoder passes), evaluated at the diagonal cells (1,16) (2,32) (3,64) (4,128) (5
 Arguments (comma-separated):
   arm=grid        every (layer, dim) cell of layers 1..6 x dims {16, ..., 384} (36
                   cells) from one encoder pass, weighted equally
+  arm=grid_kl     the grid plus Starbucks' KL from each cell to the full model's
+                  in-batch distribution (kl_weight 1): the grid with Starbucks' term
   arm=starbucks   the six diagonal pairs, plus KL from each to the full model's
                   in-batch distribution (kl_weight 1)
   arm=2dmse       2DMSE (Li et al. 2024): per step a random shallow layer and a random
@@ -32,10 +34,10 @@ Arguments (comma-separated):
 
 from configs import common, minilm_wordnet_2d
 
-VARIANTS = ("arm=grid", "arm=2dmse", "arm=separate,cell=3:64", "arm=starbucks,accelerator",
+VARIANTS = ("arm=grid", "arm=grid_kl", "arm=2dmse", "arm=separate,cell=3:64", "arm=starbucks,accelerator",
             "arm=mrl", "arm=plain", "smoke,arm=grid", "smoke,arm=2dmse",
             "smoke,arm=separate,cell=1:8", "smoke,arm=mrl")
-ARMS = ("grid", "starbucks", "2dmse", "separate", "mrl", "plain")
+ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate", "mrl", "plain")
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 SMOKE_PAIRS = ((1, 8), (2, 32))
 
@@ -50,9 +52,10 @@ def get_config(arg=None):
   m = c.loss.matryoshka
   layers = tuple(l for l, _ in pairs)
   dims = tuple(d for _, d in pairs)
-  if args.arm == "grid":
+  if args.arm in ("grid", "grid_kl"):
     m.mode = "grid"
     m.layers, m.dims = layers, dims
+    c.loss.kl_weight = 1.0 if args.arm == "grid_kl" else 0.0
   elif args.arm == "starbucks":
     m.mode = "pairs"
     m.pairs = pairs

@@ -1,21 +1,23 @@
 r"""2D Matryoshka schemes at equal compute (the Matryoshka reproductions, §1's text side,
 §2 and §4): the full (layer x dim) grid, Starbucks' fixed diagonal pairs with their KL
-term, 2DMSE's sampled layer and dim with its alignment term, one separately trained
-model per diagonal cell, and 1D MRL at the last layer against plain InfoNCE truncated,
-all from all-MiniLM-L6-v2 on the same data and steps.
+term (and the grid with that term), 2DMSE's sampled layer and dim with its alignment
+term, one separately trained model per diagonal cell, and 1D MRL at the last layer
+against plain InfoNCE truncated, all from all-MiniLM-L6-v2 on the same data and steps.
 
   python -m experiments.matryoshka_schemes --out=runs/schemes --arms=grid,starbucks,2dmse
+  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=grid_kl
   python -m experiments.matryoshka_schemes --out=runs/schemes --arms=separate
   python -m experiments.matryoshka_schemes --out=runs/schemes --arms=mrl,plain
 
-(one folder; each command adds its arms' runs, each fits 25 minutes on 2 CPU cores).
+(one folder; each command adds its arms' runs and fits 25 minutes on 2 CPU cores; the
+tables compare whatever arms the folder holds).
 
 The arms are configs/matryoshka_schemes.py's (80 steps of 32 WordNet pairs, InfoNCE,
 bfloat16 matmuls); every model is scored at the diagonal cells (1,16) (2,32) (3,64)
 (4,128) (5,256) (6,384) on held-out WordNet retrieval, man pages and Python docstrings
 out of domain, Lee, SimLex-999 and WordSim-353; the separate arm trains six models per
-seed, each scored at its own cell; the mrl and plain arms (and grid) are also scored at
-the last layer's cells (6, d) for every d. The pretrained model is scored once (the
+seed, each scored at its own cell; every other arm is also scored at the last layer's
+cells (6, d) for every d. The pretrained model is scored once (the
 first run evaluates it before training).
 
 Writes <out>/results.json and <out>/table.md (made from results.json alone:
@@ -39,9 +41,9 @@ _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from resul
 
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))   # the config's
 LAST = tuple((6, d) for _, d in PAIRS)     # the last layer at every dim (text MRL)
-ARMS = ("grid", "starbucks", "2dmse", "separate", "mrl", "plain")
-DIAGONAL_ARMS = ("grid", "starbucks", "2dmse", "separate")
-LAST_ARMS = ("mrl", "plain", "grid")
+ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate", "mrl", "plain")
+DIAGONAL_ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate")
+LAST_ARMS = ("mrl", "plain", "grid", "grid_kl", "starbucks", "2dmse")
 COLUMNS = (("wordnet/mrr_at_10", "WordNet MRR@10"), ("manpages/mrr_at_10", "man pages MRR@10"),
            ("docstrings/mrr_at_10", "docstrings MRR@10"), ("lee/spearman", "Lee"),
            ("simlex/spearman", "SimLex"), ("wordsim/spearman", "WordSim"))
