@@ -74,13 +74,20 @@ def test_n_equal_d_is_solved(d):
 
 
 def test_sharded_trial_equals_the_one_device_trial():
-  """The queries split over 8 devices (10 queries: padded to 16) run the same
-  optimisation as on one device."""
-  one = fe.Search(3, mesh=shd.make_mesh({"data": 1}, jax.devices()[:1]),
-                  log=lambda _: None).solve(5, seed=1)
-  eight = fe.Search(3, mesh=shd.make_mesh({"data": -1}), log=lambda _: None).solve(5, seed=1)
-  assert one["solved"] == eight["solved"] and one["iterations"] == eight["iterations"]
-  assert one["accuracy"] == pytest.approx(eight["accuracy"], abs=1e-6)
+  """The queries split over 8 devices (10 queries: padded to 16; 3 padded to 8) run the
+  same optimisation as on one device: the same accuracy after a fixed 500 steps, and a
+  solvable trial solved at the same check. (The patience rule is off in the first: the
+  step at which a plateau ends is too sensitive to the order of a sum over 8 devices vs
+  1 to compare; it moved by 150 of 5,500 steps between two CPUs.)"""
+  fixed = fe.Settings(max_iterations=500, patience=10**9)
+  for n, settings in ((5, fixed), (3, fe.Settings())):
+    one = fe.Search(3, settings, mesh=shd.make_mesh({"data": 1}, jax.devices()[:1]),
+                    log=lambda _: None).solve(n, seed=1)
+    eight = fe.Search(3, settings, mesh=shd.make_mesh({"data": -1}),
+                      log=lambda _: None).solve(n, seed=1)
+    assert one["solved"] == eight["solved"] and one["iterations"] == eight["iterations"]
+    assert one["accuracy"] == pytest.approx(eight["accuracy"], abs=1e-6)
+    assert one["solved"] == (n == 3) and one["iterations"] <= settings.max_iterations
 
 
 def test_cli_prints_one_line_per_dimension(tmp_path):
