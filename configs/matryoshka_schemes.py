@@ -34,9 +34,9 @@ Arguments (comma-separated):
 
 from configs import common, minilm_wordnet_2d
 
-VARIANTS = ("arm=grid", "arm=grid_kl", "arm=2dmse", "arm=separate,cell=3:64", "arm=starbucks,accelerator",
-            "arm=mrl", "arm=plain", "smoke,arm=grid", "smoke,arm=2dmse",
-            "smoke,arm=separate,cell=1:8", "smoke,arm=mrl")
+VARIANTS = ("arm=grid", "arm=grid_kl", "arm=2dmse", "arm=separate,cell=3:64",
+            "arm=starbucks,accelerator", "arm=mrl", "arm=plain", "smoke,arm=grid",
+            "smoke,arm=2dmse", "smoke,arm=separate,cell=1:8", "smoke,arm=mrl")
 ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate", "mrl", "plain")
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 SMOKE_PAIRS = ((1, 8), (2, 32))

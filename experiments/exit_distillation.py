@@ -29,7 +29,8 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.results_io import check_settings, run_keyed, run_or_table, trained_metrics
+from experiments.results_io import (check_settings, percent_mean_sd, run_keyed, run_or_table,
+                                    trained_metrics)
 
 _OUT = flags.DEFINE_string("out", "runs/exit_distillation", "results.json, table.md, runs/")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
@@ -84,9 +85,8 @@ def table(results: dict) -> str:
     for layer in EXITS:
       cells = [f"{100 * pre[str(layer)][key]:.1f}" if str(layer) in pre else "–"]
       for arm in arms:
-        v = 100 * np.array([r["after"][str(layer)][key] for r in runs.values()
-                            if r["arm"] == arm])
-        cells.append(f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}")
+        cells.append(percent_mean_sd(r["after"][str(layer)][key] for r in runs.values()
+                                     if r["arm"] == arm))
       lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     lines.append("")
   seeds = sorted({r["seed"] for r in runs.values()})

@@ -17,8 +17,8 @@ bfloat16 matmuls); every model is scored at the diagonal cells (1,16) (2,32) (3,
 (4,128) (5,256) (6,384) on held-out WordNet retrieval, man pages and Python docstrings
 out of domain, Lee, SimLex-999 and WordSim-353; the separate arm trains six models per
 seed, each scored at its own cell; every other arm is also scored at the last layer's
-cells (6, d) for every d. The pretrained model is scored once (the
-first run evaluates it before training).
+cells (6, d) for every d. The pretrained model is scored once (the first run evaluates
+it before training).
 
 Writes <out>/results.json and <out>/table.md (made from results.json alone:
 `--table_only`); finished runs are kept, runs in <out>/runs resume.
@@ -31,7 +31,8 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.results_io import check_settings, run_keyed, run_or_table, trained_metrics
+from experiments.results_io import (check_settings, percent_mean_sd, run_keyed, run_or_table,
+                                    trained_metrics)
 
 _OUT = flags.DEFINE_string("out", "runs/matryoshka_schemes", "results.json, table.md, runs/")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
@@ -40,7 +41,7 @@ _STEPS = flags.DEFINE_integer("steps", 80, "training steps of every run")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
 
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))   # the config's
-LAST = tuple((6, d) for _, d in PAIRS)     # the last layer at every dim (text MRL)
+LAST = tuple((PAIRS[-1][0], d) for _, d in PAIRS)   # the last layer at every dim (text MRL)
 ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate", "mrl", "plain")
 DIAGONAL_ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate")
 LAST_ARMS = ("mrl", "plain", "grid", "grid_kl", "starbucks", "2dmse")
@@ -86,13 +87,6 @@ def scores(runs: dict, arm: str, cell: str, key: str) -> dict:
           if r["arm"] == arm and cell in r["after"]}
 
 
-def _fmt(values) -> str:
-  v = 100 * np.array(list(values))
-  if not len(v):
-    return "–"
-  return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
-
-
 def _mean_scores(runs: dict, arm: str, cell: str) -> dict:
   """{seed: mean of the six columns} of one arm at one cell."""
   per = [scores(runs, arm, cell, k) for k, _ in COLUMNS]
@@ -109,11 +103,11 @@ def cell_tables(runs: dict, pre: dict, arms, cells) -> list:
               "|---|---|" + "---|" * len(arms)]
     for cell in cells:
       if key == "mean":
-        row = [_fmt([np.mean([pre[cell][k] for k, _ in COLUMNS])] if cell in pre else [])]
-        row += [_fmt(_mean_scores(runs, arm, cell).values()) for arm in arms]
+        row = [percent_mean_sd([np.mean([pre[cell][k] for k, _ in COLUMNS])] if cell in pre else [])]
+        row += [percent_mean_sd(_mean_scores(runs, arm, cell).values()) for arm in arms]
       else:
-        row = [_fmt([pre[cell][key]] if cell in pre else [])]
-        row += [_fmt(scores(runs, arm, cell, key).values()) for arm in arms]
+        row = [percent_mean_sd([pre[cell][key]] if cell in pre else [])]
+        row += [percent_mean_sd(scores(runs, arm, cell, key).values()) for arm in arms]
       lines.append(f"| ({cell.replace('x', ', ')}) | " + " | ".join(row) + " |")
     lines.append("")
   return lines
@@ -140,8 +134,9 @@ def table(results: dict) -> str:
       for l, d in LAST:
         a, b = _mean_scores(runs, "mrl", f"{l}x{d}"), _mean_scores(runs, "plain", f"{l}x{d}")
         diff = [100 * (a[s] - b[s]) for s in sorted(set(a) & set(b))]
-        lines.append(f"| ({l}, {d}) | " + ", ".join(f"{x:+.2f}" for x in diff)
-                     + f" | {np.mean(diff):+.2f} |" if diff else f"| ({l}, {d}) | – | – |")
+        per_seed, mean = (", ".join(f"{x:+.2f}" for x in diff), f"{np.mean(diff):+.2f}") \
+            if diff else ("–", "–")
+        lines.append(f"| ({l}, {d}) | {per_seed} | {mean} |")
       lines.append("")
   for arm in ARMS:
     secs = [r["seconds"] for r in runs.values() if r["arm"] == arm]

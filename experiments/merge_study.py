@@ -28,7 +28,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments.results_io import run_or_table
+from experiments.results_io import percent_mean_sd, run_or_table
 
 _OUT = flags.DEFINE_string("out", "runs/merge_study", "results.json, table.md, runs/")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
@@ -139,9 +139,6 @@ def table(results: dict) -> str:
            "| model | " + " | ".join(label for _, label in present) + " | mean |",
            "|---|" + "---|" * (len(present) + 1)]
 
-  def cell(values):
-    v = 100 * np.asarray(values)
-    return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
   if pre:
     vals = [100 * pre[k] for k, _ in present if k in pre]
     lines.append("| pretrained | " + " | ".join(
@@ -154,8 +151,8 @@ def table(results: dict) -> str:
     per = [[seeds[s]["scores"][model][k] for s in have] for k, _ in present]
     means = [np.mean([seeds[s]["scores"][model][k] for k, _ in present]) for s in have]
     label = model if have == names else f"{model} (seed {', '.join(have)})"
-    lines.append(f"| {label} | " + " | ".join(cell(v) for v in per)
-                 + f" | {cell(means)} |")
+    lines.append(f"| {label} | " + " | ".join(percent_mean_sd(v) for v in per)
+                 + f" | {percent_mean_sd(means)} |")
   lines += ["", "Merged minus joint, per seed (mean over the columns, x100):", "",
             "| method | " + " | ".join(f"seed {s}" for s in names) + " | sets ≥ joint |",
             "|---|" + "---|" * (len(names) + 1)]

@@ -34,6 +34,16 @@ class ResultsFolder:
     print(md)
 
 
+def percent_mean_sd(values) -> str:
+  """A table cell of fractions as percent: 'mean ± sd' over seeds (population sd), the
+  value alone for one seed, '–' for none."""
+  import numpy as np
+  v = 100 * np.asarray(list(values), dtype=float)
+  if not len(v):
+    return "–"
+  return f"{v.mean():.1f} ± {v.std():.1f}" if len(v) > 1 else f"{v.mean():.1f}"
+
+
 def run_or_table(out: str, table_only: bool, table, run) -> None:
   """An experiment's main: `run(folder, results)` adds to results.json (saving as it
   goes) unless `table_only`, then table.md is made from results.json by `table`."""
