@@ -101,6 +101,14 @@ def init_loss_params(cfg) -> dict:
   return objective.init_params(cfg)
 
 
+def loss_cells(cfg, *, num_layers: int, hidden: int):
+  """The (layer, dim) cells loss.matryoshka asks for, checked against the model."""
+  m = cfg.matryoshka
+  return build_cells(m.mode, num_layers=num_layers, hidden=hidden, layers=m.layers,
+                     dims=m.dims, pairs=m.pairs, weights=list(m.weights) or None,
+                     layer_weighting=m.layer_weighting)
+
+
 # Objectives that read the encoder only at their Matryoshka cells (without a KL to the
 # full model or a teacher): the train step may stop at the deepest cell's layer.
 CELL_OBJECTIVES = ("info_nce", "contrastive", "sigmoid", "multi_positive_info_nce")
@@ -113,20 +121,13 @@ def deepest_layer(cfg, *, num_layers: int, hidden: int) -> int:
   self-distillation, the scored losses)."""
   if cfg.name not in CELL_OBJECTIVES or cfg.kl_weight or distill_settings(cfg) is not None:
     return num_layers
-  m = cfg.matryoshka
-  cells = build_cells(m.mode, num_layers=num_layers, hidden=hidden, layers=m.layers,
-                      dims=m.dims, pairs=m.pairs, weights=list(m.weights) or None,
-                      layer_weighting=m.layer_weighting)
-  return max(c.layer for c in cells)
+  return max(c.layer for c in loss_cells(cfg, num_layers=num_layers, hidden=hidden))
 
 
 def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   """The loss function a config asks for. `mesh` is needed for loss.blockwise."""
   objective = _objective(cfg)
-  m = cfg.matryoshka
-  cells = build_cells(m.mode, num_layers=num_layers, hidden=hidden, layers=m.layers,
-                      dims=m.dims, pairs=m.pairs, weights=list(m.weights) or None,
-                      layer_weighting=m.layer_weighting)
+  cells = loss_cells(cfg, num_layers=num_layers, hidden=hidden)
   if cfg.blockwise and (cfg.name != "info_nce" or cfg.kl_weight):
     raise ConfigError(f"loss.blockwise=True works with loss.name='info_nce' and "
                       f"loss.kl_weight=0, not name={cfg.name!r}, "
