@@ -43,6 +43,20 @@ def test_split_is_by_synset_and_leaks_no_text(builder):
   assert {r["kind"] for r in train} == {"gloss_example", "lemma_gloss"}
 
 
+def test_text_fields_reads_the_raw_records_as_tfds_does(builder, monkeypatch):
+  source = builder.as_data_source("test")
+  expected = [r[f] for r in pipeline.as_numpy_records(source) for f in ("anchor", "positive")]
+  # The protobuf path must not fall back to tfds' deserialisation for a Text-only read.
+  monkeypatch.setattr(pipeline, "as_numpy_records", lambda *a, **k: pytest.fail("fallback"))
+  got = pipeline.text_fields(source, ("anchor", "positive"))
+  assert got == expected and len(got) > 2_000
+  assert all(isinstance(t, str) for t in got)
+  monkeypatch.undo()
+  # A source that is not tfds' (or a field that is not Text) goes through the records.
+  rows = [{"anchor": "a", "positive": "b"}, {"anchor": "c", "positive": "d"}]
+  assert pipeline.text_fields(rows) == ["a", "b", "c", "d"]
+
+
 def test_missing_wordnet_dir(tmp_path):
   (tmp_path / "data.noun").write_text("")
   with pytest.raises(DataError, match=r"data.wordnet_dir=.*\['data.verb', 'data.adj', "

@@ -9,7 +9,9 @@ import time
 
 import grain
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import flags
+from tensorflow_datasets.proto import tf_example_generated_pb2
 
 from jaxembed.data import batching
 from jaxembed.data.builders import decode_text
@@ -197,6 +199,35 @@ def as_numpy_records(source, limit: int | None = None,
         source[i] for i in idx]
     out += [{k: _decode(v) for k, v in r.items()} for r in rows]
   return out
+
+
+def text_fields(source, fields=("anchor", "positive")) -> list[str]:
+  """Every text in `fields` of every record of `source`, in record order (field by field
+  within a record). A tfds array_record source whose fields are all Text features is
+  read as raw tf.train.Example bytes and parsed with protobuf, about 10x faster than
+  tfds' per-record numpy deserialisation (a 240k-pair training set in ~5 s, not ~20);
+  any other source goes through `as_numpy_records`."""
+  raw_source = getattr(source, "data_source", None)
+  features = getattr(getattr(source, "dataset_info", None), "features", None)
+  if (raw_source is None or features is None or not hasattr(raw_source, "__getitems__")
+      or not all(f in features and isinstance(features[f], tfds.features.Text)
+                 for f in fields)):
+    return [r[f] for r in as_numpy_records(source) for f in fields]
+  # A built tfds split never changes in place (a rebuild is a new version folder), so one
+  # read serves every run of a process (a study's runs share their training data).
+  key = (str(source.dataset_info.data_dir), str(source.split), tuple(fields), len(source))
+  if key not in _TEXT_FIELDS:
+    parse = tf_example_generated_pb2.Example.FromString
+    out, n, chunk = [], len(source), 8192
+    for start in range(0, n, chunk):
+      for record in raw_source.__getitems__(list(range(start, min(start + chunk, n)))):
+        feature = parse(record).features.feature
+        out += [decode_text(feature[f].bytes_list.value[0]) for f in fields]
+    _TEXT_FIELDS[key] = tuple(out)
+  return list(_TEXT_FIELDS[key])
+
+
+_TEXT_FIELDS: dict = {}
 
 
 def _decode(value):

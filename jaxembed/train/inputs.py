@@ -155,8 +155,7 @@ def training_texts(sources) -> set[str]:
   """Every anchor and positive text of the training sources."""
   texts = set()
   for source in sources:
-    for row in pipeline.as_numpy_records(source):
-      texts.update(v for k, v in row.items() if k in ("anchor", "positive"))
+    texts.update(pipeline.text_fields(source, ("anchor", "positive")))
   return texts
 
 
