@@ -148,7 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
   # freezes the base weights and trains factors a [in, r], b [r, out] (b = 0 at the
   # start); the model runs with W + alpha / r * a @ b. optim.trainable may name more
   # parameters to train fully (e.g. 'pooler/').
-  c.optim.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=()))
+  # dropout: on the low-rank path's input in training (PEFT's lora_dropout).
+  c.optim.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=(), dropout=0.0))
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 400

@@ -100,6 +100,84 @@ def test_a_step_trains_only_the_factors_on_a_sharded_mesh(smoke_config):
   assert opt_entries == 2 * sum(before[k].size for k in lora_keys)
 
 
+def test_unmerged_without_dropout_equals_the_merged_model(smoke_config):
+  config = lora_config(smoke_config)
+  run, state, _, batch = compiled(config)
+  rng = np.random.default_rng(2)
+  factors = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape)
+                         .astype(np.float32), jax.device_get(state.params["lora"]))
+  params = dict(state.params, lora=factors)
+  merged = encode_pairs(run.model, lora.merge(params, run.lora_scale), batch, None,
+                        deterministic=True)
+  base = {k: v for k, v in params.items() if k != "lora"}
+  with lora.unmerged(factors, run.lora_scale, 0.0, jax.random.key(0)):
+    unmerged = encode_pairs(run.model, base, batch, None, deterministic=True)
+  for m, u in zip(merged, unmerged):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(m), rtol=1e-5, atol=1e-5)
+  plain = encode_pairs(run.model, base, batch, None, deterministic=True)
+  assert np.abs(np.asarray(plain[0]) - np.asarray(merged[0])).max() > 1e-3  # factors matter
+
+
+def test_lora_dropout_is_the_factor_form_on_dropped_inputs():
+  """One adapted Linear (an attention output, 2 input axes) under dropout: its output
+  and the factors' gradients equal the float64 NumPy form y = x W + bias + s (h a) b,
+  h = x * keep / (1 - rate), given the same keep mask."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from jaxembed.models.bert import Linear
+
+  class Model(nn.Module):       # the Linear at path 'o', as inside an encoder
+    @nn.compact
+    def __call__(self, x):
+      return Linear((32,), ("heads", "kv", "embed"), in_dims=2, name="o")(x)
+
+  rng = np.random.default_rng(3)
+  layer = Model()
+  x = rng.standard_normal((5, 7, 2, 16)).astype(np.float32)
+  params = nn.meta.unbox(layer.init(jax.random.key(0), x)["params"])
+  w = np.asarray(params["o"]["kernel"], np.float64).reshape(32, 32)
+  bias = 0.1 + np.asarray(params["o"]["bias"], np.float64)
+  params["o"]["bias"] = bias.astype(np.float32)   # a nonzero bias, to see it kept
+  a = (0.3 * rng.standard_normal((32, 4))).astype(np.float32)
+  b = (0.3 * rng.standard_normal((4, 32))).astype(np.float32)
+  g = rng.standard_normal((5, 7, 32))
+  s, rate, key = 1.5, 0.3, jax.random.key(7)
+
+  def out(factors):
+    with lora.unmerged({"o.kernel": factors}, s, rate, key):
+      return layer.apply({"params": params}, jnp.asarray(x))
+  y = out({"a": a, "b": b})
+  got = jax.grad(lambda f: jnp.sum(out(f) * g))({"a": a, "b": b})
+
+  keep = np.asarray(lora.dropout_keep(key, "o.kernel", (5, 7, 32), rate))
+  assert 0.5 < keep.mean() < 0.9                     # about 1 - rate are kept
+  x2 = x.reshape(5, 7, 32).astype(np.float64)
+  h = np.where(keep, x2 / (1 - rate), 0.0)
+  want = x2 @ w + bias + s * (h @ a) @ b
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-4)
+  h2, g2 = h.reshape(-1, 32), g.reshape(-1, 32)
+  np.testing.assert_allclose(np.asarray(got["a"]), s * h2.T @ g2 @ b.T, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got["b"]), s * (h2 @ a).T @ g2, rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_with_lora_dropout_draws_its_masks_from_the_step_key(smoke_config):
+  def two_steps(rate):
+    run, state, step_fn, batch = compiled(lora_config(smoke_config, **{
+        "optim.lora.dropout": rate}))
+    losses = []
+    for _ in range(2):
+      state, m = step_fn(state, batch)
+      losses.append(float(shd.local_value(m)["loss"]))
+    return losses, flat(state.params)
+  plain, p0 = two_steps(0.0)
+  dropped, p1 = two_steps(0.5)
+  again, p2 = two_steps(0.5)
+  assert plain[0] == pytest.approx(dropped[0], rel=1e-6)   # b = 0: no low-rank path yet
+  assert abs(plain[1] - dropped[1]) > 1e-6                 # then the masks change the loss
+  assert dropped == again and all(np.array_equal(p1[k], p2[k]) for k in p1)
+  assert all(np.array_equal(p0[k], p1[k]) for k in p0 if not k.startswith("lora/"))
+
+
 def test_a_lora_run_exports_merged_and_loads_as_it_evaluated(smoke_config, tmp_path):
   config = lora_config(smoke_config, **{"train.steps": 4, "train.checkpoint_every": 4,
                                         "eval.before": False})
@@ -133,7 +211,8 @@ def test_a_lora_run_exports_merged_and_loads_as_it_evaluated(smoke_config, tmp_p
     ("optim.lora.targets", ("no_such_kernel",), "'no_such_kernel' matches no kernel"),
     ("optim.lora.targets", ("embeddings_norm",), "'embeddings_norm' matches no kernel"),
     ("optim.lora.rank", 999, "optim.lora.rank=999 exceeds"),
-    ("optim.lora.rank", -1, "optim.lora.rank=-1 must be >= 0")])
+    ("optim.lora.rank", -1, "optim.lora.rank=-1 must be >= 0"),
+    ("optim.lora.dropout", 1.0, r"optim.lora.dropout=1.0 must be in \[0, 1\)")])
 def test_bad_lora_settings_are_refused(smoke_config, field, value, match):
   config = lora_config(smoke_config, **{field: value})
   with pytest.raises(ConfigError, match=match):

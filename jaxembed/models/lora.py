@@ -10,16 +10,24 @@ training starts from the pretrained model; a is uniform in ±1/sqrt(n_in) (PEFT'
 Kaiming-uniform). The base weights are frozen (`optim.trainable`'s machinery: no
 gradient, no update, no optimizer state), only the factors (and whatever
 `optim.trainable` names, e.g. a pooler) train. Merging is exact at every step, so
-the merged weights are what evaluation and export see (`merge`). Dropout on the
-low-rank path is not offered: it would need the factors applied to the activations,
-not to the weights.
+the merged weights are what evaluation and export see (`merge`).
+
+Dropout on the low-rank path (optim.lora.dropout, PEFT's lora_dropout) needs the
+factors applied to the activations: y = x W + (alpha / r) · (dropout(x) @ a) @ b. In
+training with a rate > 0 the step runs the model on the base weights under
+`unmerged`, which adds that term to the output of every adapted `Linear` (a Flax
+method interceptor, so no encoder knows about LoRA); at rate 0, and in evaluation
+and export, the merged weights give the same function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import zlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,6 +107,45 @@ def check(cfg) -> None:
     raise ConfigError(f"optim.lora.rank={cfg.rank} must be >= 0 (0: no LoRA)")
   if int(cfg.rank) and not float(cfg.alpha) > 0:
     raise ConfigError(f"optim.lora.alpha={cfg.alpha} must be > 0")
+  if not 0.0 <= float(cfg.get("dropout", 0.0)) < 1.0:
+    raise ConfigError(f"optim.lora.dropout={cfg.dropout} must be in [0, 1)")
+
+
+def dropout_keep(rng, key: str, shape, rate: float):
+  """The keep mask (bool, `shape`) of the adapted kernel `key`'s input: Bernoulli(1 -
+  rate) under the step's key folded with the kernel's name, so each kernel draws its
+  own mask and a resumed run draws the same ones."""
+  return jax.random.bernoulli(jax.random.fold_in(rng, zlib.crc32(key.encode())),
+                              1.0 - rate, shape)
+
+
+@contextlib.contextmanager
+def unmerged(factors: dict, scale: float, rate: float, rng):
+  """Within this context, `model.apply` on the base weights adds scale · (dropout(x)
+  @ a @ b) to the output of every `Linear` whose kernel has factors (x: the Linear's
+  input, its `in_dims` input axes flattened; inverted dropout at `rate`)."""
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or not hasattr(module, "in_dims"):
+      return next_fun(*args, **kwargs)
+    key = _key("/".join(module.path)) + ".kernel"
+    if key not in factors:
+      return next_fun(*args, **kwargs)
+    y = next_fun(*args, **kwargs)
+    x, a, b = args[0], factors[key]["a"], factors[key]["b"]
+    lead = x.shape[:x.ndim - module.in_dims]
+    if math.prod(x.shape[len(lead):]) != a.shape[0]:
+      raise ConfigError(f"optim.lora.dropout: {key}'s factors split its kernel after "
+                        f"{a.shape[0]} inputs, not at its {module.in_dims} input axes "
+                        f"{x.shape[len(lead):]}; use optim.lora.dropout=0 for it")
+    h = x.reshape(lead + (a.shape[0],)).astype(jnp.float32)
+    if rate > 0:
+      h = jnp.where(dropout_keep(rng, key, h.shape, rate), h / (1.0 - rate), 0.0)
+    delta = scale * ((h @ a) @ b)
+    return y + delta.reshape(y.shape).astype(y.dtype)
+
+  with nn.intercept_methods(interceptor):
+    yield
 
 
 def scale(cfg) -> float:

@@ -180,6 +180,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
                            loss={k: shd.replicated(mesh) for k in loss_params})
   lora_cfg = config.optim.lora
   lora.check(lora_cfg)
+  if float(lora_cfg.dropout) and getattr(text_config, "scan_layers", False):
+    raise ConfigError("optim.lora.dropout acts on each layer's activations, which a "
+                      "scanned stack does not expose: set model.decoder.scan_layers=False")
   shapes = abstract_params(model, loss_params, lora_cfg)
   trainable, lora_scale = None, 0.0
   if int(lora_cfg.rank) > 0:

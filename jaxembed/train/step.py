@@ -49,7 +49,8 @@ def loss_inputs(model: nn.Module, batch, teacher_params=None) -> dict:
 def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Module,
                loss_fn: Callable, tx: optax.GradientTransformation,
                deterministic: bool = False, grad_cache_minibatch: int = 0,
-               check_finite: bool = True, trainable=None, lora_scale: float = 0.0):
+               check_finite: bool = True, trainable=None, lora_scale: float = 0.0,
+               lora_dropout: float = 0.0):
   """loss_fn(anchor_layers, positive_layers[, negative_layers], *, rng, loss_params)
   -> (loss, aux); loss_params is params["loss"] (a learnable temperature) or None.
 
@@ -65,7 +66,9 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
   forward pass behind stop_gradient, so no gradient is computed for them (nor, below
   the lowest trainable layer, for activations), and their update is zero.
   lora_scale > 0: params carry LoRA factors ('lora'), merged into their kernels
-  (W + lora_scale * a @ b) before the forward pass, so the gradient reaches them.
+  (W + lora_scale * a @ b) before the forward pass, so the gradient reaches them;
+  with lora_dropout > 0 the factors act on the dropped-out activations instead
+  (`lora.unmerged`), whatever train.dropout says about the encoder's own dropout.
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -73,6 +76,11 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model: nn.Modul
     if trainable is not None:
       params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
                             trainable)
+    if lora_scale and lora_dropout:
+      base = {k: v for k, v in params.items() if k != lora.GROUP}
+      with lora.unmerged(params[lora.GROUP], lora_scale, lora_dropout,
+                         jax.random.fold_in(key, 1)):
+        return encode_pairs(model, base, sub_batch, key, deterministic=deterministic)
     if lora_scale:
       params = lora.merge(params, lora_scale)
     return encode_pairs(model, params, sub_batch, key, deterministic=deterministic)
@@ -126,7 +134,8 @@ def compile_train_step(run, shardings: TrainState, check_finite: bool = True):
                            deterministic=not run.config.train.dropout,
                            grad_cache_minibatch=run.config.train.grad_cache_minibatch,
                            check_finite=check_finite, trainable=run.trainable,
-                           lora_scale=run.lora_scale)
+                           lora_scale=run.lora_scale,
+                           lora_dropout=float(run.config.optim.lora.dropout))
   batch_sh, rep = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
   if not run.distill:
     return shd.mesh_jit(step, run.mesh, run.rules, in_shardings=(shardings, batch_sh),
