@@ -135,3 +135,30 @@ def test_a_field_added_later_at_its_default_does_not_block_a_resume(tmp_path, sm
   c.stages = ({"train.steps": 3},)      # not the default: that is another run
   with pytest.raises(ConfigError, match="stages"):
     wd.check_config(c)
+
+
+@pytest.mark.slow
+def test_nv_embed_two_stage_config_trains_its_second_stage_without_in_batch_negatives(
+    tmp_path, tfds_dir):
+  """configs/smollm2_nv_embed.py (smoke: a tiny random decoder on SmolLM2's
+  vocabulary): stage 1 with in-batch and hard negatives, stage 2 with the query's own
+  negatives only, LoRA with dropout in both; the run ends with metrics and a model."""
+  rng = np.random.default_rng(0)
+  words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+  rows = [{"anchor": " ".join(rng.choice(words, 4)), "positive": " ".join(rng.choice(words, 6)),
+           "negatives": [" ".join(rng.choice(words, 6))]} for _ in range(200)]
+  data = tmp_path / "negatives.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  workdir = tmp_path / "nv"
+  done = run_train(["--config=configs/smollm2_nv_embed.py:smoke", f"--workdir={workdir}",
+                    f"--config.data.tfds_dir={tfds_dir}", f"--config.data.train_file={data}"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    final = json.load(f)
+  with open(workdir / "stages" / "0-retrieval" / "config.json") as f:
+    first = json.load(f)
+  assert first["loss"]["in_batch_negatives"] and not final["loss"]["in_batch_negatives"]
+  assert final["optim"]["lora"]["dropout"] == 0.1 and final["model"]["pooling"] == "latent"
+  with open(workdir / "metrics.json") as f:
+    assert json.load(f)["after"]
+  assert len(leaves(jaxembed.load(str(workdir)))) > 0
