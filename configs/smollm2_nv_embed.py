@@ -24,7 +24,7 @@ Arguments (comma-separated):
 """
 
 from configs import common
-from configs.smollm2_pooling import LORA_TARGETS, SMOLLM2
+from configs.smollm2_pooling import LORA_TARGETS, SMOLLM2, smoke_decoder
 
 VARIANTS = ("accelerator",)
 INSTRUCTION = "Given a definition, retrieve an example sentence: "
@@ -62,14 +62,8 @@ def get_config(arg=None):
     c.eval.wordnet_queries = c.eval.ood_queries = 0
     retrieval["train.steps"], blend["train.steps"] = 2000, 1000
   if args.smoke:
-    c = common.smoke(c)
+    c = smoke_decoder(c)
     c.data.source = "file"
-    c.model.bert_overrides = {}
-    c.model.decoder.update(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                           intermediate_size=48)
-    c.model.pool_heads, c.model.pool_latents = 4, 8
-    c.loss.matryoshka.layers, c.loss.matryoshka.dims = (2,), (32,)
-    c.eval.layers, c.eval.dims = (2,), (32,)
     c.optim.lora.rank = 4
     retrieval.update({"train.steps": 6, "optim.learning_rate": 1e-3})
     blend.update({"train.steps": 4, "optim.learning_rate": 5e-4, "optim.warmup_steps": 1})

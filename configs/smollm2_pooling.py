@@ -86,11 +86,18 @@ def get_config(arg=None):
     c.eval.wordnet_queries = c.eval.ood_queries = 500
     c.eval.polarity = c.eval.newsgroup = False
   if args.smoke:
-    c = common.smoke(c)
-    c.model.bert_overrides = {}
-    c.model.decoder.update(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                           intermediate_size=48)
-    c.model.pool_heads, c.model.pool_latents = 4, 8
-    c.loss.matryoshka.layers, c.loss.matryoshka.dims = (2,), (32,)
-    c.eval.layers, c.eval.dims = (2,), (32,)
+    c = smoke_decoder(c)
+  return c
+
+
+def smoke_decoder(c):
+  """common.smoke for a decoder config: a 2-layer random decoder of width 32 on
+  SmolLM2's vocabulary, one output cell (layer 2, dim 32)."""
+  c = common.smoke(c)
+  c.model.bert_overrides = {}
+  c.model.decoder.update(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=48)
+  c.model.pool_heads, c.model.pool_latents = 4, 8
+  c.loss.matryoshka.layers, c.loss.matryoshka.dims = (2,), (32,)
+  c.eval.layers, c.eval.dims = (2,), (32,)
   return c

@@ -80,11 +80,13 @@ class Features:
 
 def encode_texts(config, texts: list[str], batch: int = 64) -> Features:
   """One pass of the frozen decoder over `texts` (each truncated to seq_len - 1 tokens,
-  then the end-of-text token), in batches of equal padded length."""
+  then --eos; with --eos='' to seq_len tokens), shortest first, in batches of equal
+  padded length."""
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
+  import tokenizers
   from jaxembed.data.tokenizer import Tokenizer
-  import flax.linen as nn
   from jaxembed.models import build
   from jaxembed.models.decoder import DecoderEncoder
   from jaxembed.models.loading import load_encoder_weights, read_model_folder
@@ -98,7 +100,8 @@ def encode_texts(config, texts: list[str], batch: int = 64) -> Features:
   else:
     params = load_encoder_weights(folder.weights, cfg)["encoder"]
   tok = Tokenizer(folder.tokenizer, _SEQ.value - 1 if _EOS.value else _SEQ.value)
-  eos = tok._tok.token_to_id(_EOS.value) if _EOS.value else -1
+  vocab = tokenizers.Tokenizer.from_file(folder.tokenizer)
+  eos = vocab.token_to_id(_EOS.value) if _EOS.value else -1
   if eos is None:
     raise SystemExit(f"error: --eos={_EOS.value!r} is not a token of {folder.tokenizer}")
   encoder = DecoderEncoder(cfg)

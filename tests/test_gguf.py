@@ -124,3 +124,18 @@ def test_jaxembed_load_encodes_from_the_file(folder):
   assert v.shape == (3, 576) and np.all(np.isfinite(v))
   np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
   assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_a_random_decoder_takes_its_shape_from_the_config_and_its_vocabulary_from_the_file(
+    folder):
+  from configs import smollm2_pooling
+  from jaxembed.models import build
+  pretrained = build.text_encoder_config(smollm2_pooling.get_config("pooling=mean"), folder)
+  assert (pretrained.num_layers, pretrained.hidden_size) == (30, 576)
+  assert pretrained.attention == "causal" and pretrained.dtype == "bfloat16"  # runtime fields
+  config = smollm2_pooling.get_config("smoke,pooling=mean,attention=bidirectional")
+  assert config.model.init == "random"
+  tiny = build.text_encoder_config(config, folder)
+  assert (tiny.num_layers, tiny.hidden_size, tiny.num_heads, tiny.num_kv_heads) == (2, 32, 4, 2)
+  assert tiny.vocab_size == pretrained.vocab_size == 49152
+  assert tiny.attention == "bidirectional"

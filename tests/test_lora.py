@@ -31,6 +31,13 @@ def lora_config(smoke_config, **extra):
   return config
 
 
+def perturbed_factors(state, seed):
+  """The state's LoRA factors plus small noise (b = 0 at the start would hide a)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape)
+                      .astype(np.float32), jax.device_get(state.params["lora"]))
+
+
 def test_split_axis_pairs_inputs_with_outputs():
   assert lora.split_axis((32, 2, 16)) == 1          # query: [hidden, heads, head_dim]
   assert lora.split_axis((2, 16, 32)) == 2          # attention output: [heads, hd, hidden]
@@ -41,9 +48,7 @@ def test_the_factors_gradient_is_the_chain_rule_of_the_kernels(smoke_config):
   config = lora_config(smoke_config)
   run, state, _, batch = compiled(config)
   # b starts at zero (then a's gradient is zero); give it values to test both.
-  rng = np.random.default_rng(0)
-  factors = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape)
-                         .astype(np.float32), jax.device_get(state.params["lora"]))
+  factors = perturbed_factors(state, 0)
   params = dict(state.params, lora=factors)
   s = run.lora_scale
   assert s == pytest.approx(8.0 / 4)
@@ -103,9 +108,7 @@ def test_a_step_trains_only_the_factors_on_a_sharded_mesh(smoke_config):
 def test_unmerged_without_dropout_equals_the_merged_model(smoke_config):
   config = lora_config(smoke_config)
   run, state, _, batch = compiled(config)
-  rng = np.random.default_rng(2)
-  factors = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape)
-                         .astype(np.float32), jax.device_get(state.params["lora"]))
+  factors = perturbed_factors(state, 2)
   params = dict(state.params, lora=factors)
   merged = encode_pairs(run.model, lora.merge(params, run.lora_scale), batch, None,
                         deterministic=True)

@@ -89,7 +89,10 @@ def _decoder_config(config, folder) -> DecoderConfig:
   d = dict(config.model.decoder)
   if not config.train.dropout:
     d.update(hidden_dropout=0.0, attention_dropout=0.0)
-  if isinstance(folder.bert, DecoderConfig):
+  # A random decoder takes its shape from model.decoder whatever the folder holds (a
+  # Llama folder or a BERT one lends its tokenizer's vocabulary only); a pretrained one
+  # keeps the folder's shape and takes only the runtime fields.
+  if isinstance(folder.bert, DecoderConfig) and config.model.init != "random":
     return DecoderConfig(**{**dataclasses.asdict(folder.bert),
                             **{k: d[k] for k in _DECODER_RUNTIME}})
   if config.model.init == "pretrained":
