@@ -220,3 +220,13 @@ def test_bad_lora_settings_are_refused(smoke_config, field, value, match):
   config = lora_config(smoke_config, **{field: value})
   with pytest.raises(ConfigError, match=match):
     train.setup(config, "/nonexistent-unused")
+
+
+def test_lora_dropout_on_a_scanned_decoder_is_refused(smoke_config):
+  config = lora_config(smoke_config, **{
+      "optim.lora.dropout": 0.1, "model.encoder": "decoder",
+      "model.decoder.hidden_size": 32, "model.decoder.num_layers": 2,
+      "model.decoder.num_heads": 4, "model.decoder.num_kv_heads": 2,
+      "model.decoder.intermediate_size": 48, "model.decoder.scan_layers": True})
+  with pytest.raises(ConfigError, match=r"optim.lora.dropout.*scan_layers=False"):
+    train.setup(config, "/nonexistent-unused")
