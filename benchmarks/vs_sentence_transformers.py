@@ -161,7 +161,7 @@ class Jaxembed:
     c = minilm_wordnet_2d.get_config("recipe=pairs")  # the pair loss alone
     c.data.seq_len = TRAIN_TOKENS
     c.model.bert_overrides.dtype = dtype
-  c.eval.ood = ()
+    c.eval.ood = ()
     c.eval.wordnet_queries = 0
     self.run_ = train.setup(c, "/nonexistent-unused")
     _, shardings = train.abstract_state(self.run_)

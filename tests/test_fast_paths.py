@@ -181,3 +181,16 @@ def test_accelerator_benchmark_runs_end_to_end_in_dry_run():
   assert any("GFLOP/step" in line and "MFU" in line for line in lines), out.stdout
   assert any(line.startswith("encode: ") for line in lines), out.stdout
   assert os.access(os.path.join(REPO, "benchmarks", "gpu.sh"), os.X_OK)
+
+
+def test_every_benchmark_script_compiles():
+  """No benchmark is run by the tests (speed is not a test), so at least each must
+  parse: a mis-indented line once left vs_sentence_transformers.py unrunnable."""
+  import glob
+  import os
+  from conftest import REPO
+  scripts = sorted(glob.glob(os.path.join(REPO, "benchmarks", "*.py")))
+  assert len(scripts) >= 7
+  for path in scripts:
+    with open(path) as f:
+      compile(f.read(), path, "exec")      # SyntaxError (IndentationError) fails here
