@@ -47,6 +47,46 @@ def test_attention_matches_float64_reference(kv_heads, causal):
   np.testing.assert_allclose(got16, want, rtol=0, atol=3e-2)
 
 
+def test_attention_dropout_and_gradients_match_float64_reference():
+  """Attention dropout drops normalised probabilities (the same keep mask, scaled by
+  1 / keep) although the division is deferred past the second matmul; the gradient
+  with respect to q, k and v is that of the float64 form (central differences)."""
+  rng = np.random.default_rng(1)
+  b, t, h, d, rate = 2, 5, 2, 4, 0.3
+  q, k, v = (rng.standard_normal((b, t, h, d)) for _ in range(3))
+  keys = np.arange(t)[None, :] < np.array([5, 3])[:, None]
+  mask = keys[:, None, None, :]
+  key = jax.random.PRNGKey(7)
+  keep = np.asarray(bert.keep_mask(key, (b, h, t, t), rate))
+
+  def reference(q, k, v):
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+    logits = np.where(mask, logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True) * keep / (1 - rate)
+    return np.einsum("bhqk,bkhd->bqhd", p, v)
+
+  def ours(q, k, v):
+    return bert.attention(q, k, v, jnp.asarray(mask), dropout_rate=rate, dropout_rng=key)
+
+  f32 = [jnp.asarray(a, jnp.float32) for a in (q, k, v)]
+  np.testing.assert_allclose(np.asarray(ours(*f32)), reference(q, k, v), rtol=1e-5, atol=1e-5)
+  weights = rng.standard_normal((b, t, h, d))
+  grads = jax.grad(lambda *a: jnp.sum(ours(*a) * weights), argnums=(0, 1, 2))(*f32)
+  eps = 1e-6
+  for i, g in enumerate(grads):
+    x = [q, k, v]
+    numeric = np.zeros_like(x[i])
+    for idx in np.ndindex(x[i].shape):
+      up = [a.copy() for a in x]
+      dn = [a.copy() for a in x]
+      up[i][idx] += eps
+      dn[i][idx] -= eps
+      numeric[idx] = (np.sum(reference(*up) * weights)
+                      - np.sum(reference(*dn) * weights)) / (2 * eps)
+    np.testing.assert_allclose(np.asarray(g), numeric, rtol=1e-3, atol=1e-4)
+
+
 def test_dropout_masks_have_the_right_distribution_and_vary_with_the_key():
   shape, rate = (64, 128, 96), 0.1
   n = int(np.prod(shape))
