@@ -26,7 +26,7 @@ LAYERS = (
     ("models",),
     ("losses", "data", "sharding", "checkpoint", "workdir"),
     ("evals",),
-    ("api", "export", "mining", "mteb_adapter", "__init__"),
+    ("api", "loaders", "export", "mining", "mteb_adapter", "__init__"),
     ("train",),
 )
 

