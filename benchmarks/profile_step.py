@@ -37,7 +37,10 @@ import numpy as np  # noqa: E402
 from benchmarks.vs_sentence_transformers import cpu_name  # noqa: E402
 from configs import minilm_wordnet_2d  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
-from jaxembed.models import bert  # noqa: E402
+try:   # the shared layers; in older trees they lived in models/bert.py
+  from jaxembed.models import layers  # noqa: E402
+except ImportError:
+  from jaxembed.models import bert as layers  # noqa: E402
 
 BATCH, TOKENS = 32, 64
 
@@ -118,14 +121,14 @@ def main():
   k_out = jnp.asarray(rng.standard_normal((cfg.intermediate_size, w)) * 0.02, jnp.float32)
   k_sq = jnp.asarray(rng.standard_normal((w, w)) * 0.02, jnp.float32)
 
-  # (Trees before bert.attention / bert.matmul existed: XLA's fused call, tensordot.)
+  # (Trees before layers.attention / layers.matmul existed: XLA's fused call, tensordot.)
   def attn(q):
-    if hasattr(bert, "attention"):
-      return bert.attention(q, q, q, km, dtype=cfg.dtype)
+    if hasattr(layers, "attention"):
+      return layers.attention(q, q, q, km, dtype=cfg.dtype)
     return jax.nn.dot_product_attention(q, q, q, mask=km)
 
   def mm(x, k):
-    return bert.matmul(x, k, 1, cfg.dtype) if hasattr(bert, "matmul") else x @ k
+    return layers.matmul(x, k, 1, cfg.dtype) if hasattr(layers, "matmul") else x @ k
 
   def dense(x, k_sq, k_in, k_out):  # q, k, v, output (4 x w->w), MLP (w->4w->w)
     y = sum(mm(x, k_sq) for _ in range(4))

@@ -8,7 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 from conftest import MINILM
-from jaxembed.models import bert
+from jaxembed.models import layers
 from jaxembed.models.bert import BertConfig, BertEncoder
 from jaxembed.models.embedder import Embedder
 
@@ -39,10 +39,10 @@ def test_attention_matches_float64_reference(kv_heads, causal):
   lengths = np.array([7, 4, 1])
   keys = np.arange(t)[None, :] < lengths[:, None]
   mask = keys[:, None, None, :] & (np.tril(np.ones((t, t), bool)) if causal else True)
-  got = np.asarray(bert.attention(q, k, v, jnp.asarray(mask)))
+  got = np.asarray(layers.attention(q, k, v, jnp.asarray(mask)))
   want = _reference_attention(q, k, v, np.broadcast_to(mask, (b, 1, t, t)))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  got16 = np.asarray(bert.attention(q, k, v, jnp.asarray(mask), dtype="bfloat16"))
+  got16 = np.asarray(layers.attention(q, k, v, jnp.asarray(mask), dtype="bfloat16"))
   assert got16.dtype == np.float32
   np.testing.assert_allclose(got16, want, rtol=0, atol=3e-2)
 
@@ -57,7 +57,7 @@ def test_attention_dropout_and_gradients_match_float64_reference():
   keys = np.arange(t)[None, :] < np.array([5, 3])[:, None]
   mask = keys[:, None, None, :]
   key = jax.random.PRNGKey(7)
-  keep = np.asarray(bert.keep_mask(key, (b, h, t, t), rate))
+  keep = np.asarray(layers.keep_mask(key, (b, h, t, t), rate))
 
   def reference(q, k, v):
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
@@ -67,7 +67,7 @@ def test_attention_dropout_and_gradients_match_float64_reference():
     return np.einsum("bhqk,bkhd->bqhd", p, v)
 
   def ours(q, k, v):
-    return bert.attention(q, k, v, jnp.asarray(mask), dropout_rate=rate, dropout_rng=key)
+    return layers.attention(q, k, v, jnp.asarray(mask), dropout_rate=rate, dropout_rng=key)
 
   f32 = [jnp.asarray(a, jnp.float32) for a in (q, k, v)]
   np.testing.assert_allclose(np.asarray(ours(*f32)), reference(q, k, v), rtol=1e-5, atol=1e-5)
@@ -91,12 +91,12 @@ def test_dropout_masks_have_the_right_distribution_and_vary_with_the_key():
   shape, rate = (64, 128, 96), 0.1
   n = int(np.prod(shape))
   key = jax.random.PRNGKey(3)
-  keep = np.asarray(bert.keep_mask(key, shape, rate))
+  keep = np.asarray(layers.keep_mask(key, shape, rate))
   # Binomial(n, 0.9): 5 standard deviations.
   assert abs(keep.mean() - 0.9) < 5 * np.sqrt(0.09 / n)
   # Same key, same mask; another key, an independent mask (agreement 0.82 = 0.9^2 + 0.1^2).
-  assert np.array_equal(keep, np.asarray(bert.keep_mask(key, shape, rate)))
-  other = np.asarray(bert.keep_mask(jax.random.fold_in(key, 1), shape, rate))
+  assert np.array_equal(keep, np.asarray(layers.keep_mask(key, shape, rate)))
+  other = np.asarray(layers.keep_mask(jax.random.fold_in(key, 1), shape, rate))
   assert abs((keep == other).mean() - 0.82) < 5 * np.sqrt(0.82 * 0.18 / n)
   # Neighbouring elements are not correlated (a counter hash that mixes badly would be).
   flat = keep.reshape(-1).astype(np.float64)
@@ -104,7 +104,7 @@ def test_dropout_masks_have_the_right_distribution_and_vary_with_the_key():
   assert abs(corr) < 5 / np.sqrt(n)
   # Inverted dropout keeps the mean.
   x = jnp.ones(shape)
-  y = np.asarray(bert.dropout(x, rate, key))
+  y = np.asarray(layers.dropout(x, rate, key))
   np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.9], rtol=1e-6)
   assert abs(y.mean() - 1.0) < 5 * np.sqrt(0.09 / n) / 0.9
 
@@ -114,8 +114,8 @@ def test_dropout_masks_do_not_depend_on_the_sharding():
   mesh = jax.sharding.Mesh(devices, ("data",))
   key = jax.random.PRNGKey(5)
   shape = (16, 32, 24)
-  plain = np.asarray(jax.jit(lambda k: bert.keep_mask(k, shape, 0.25))(key))
-  sharded = jax.jit(lambda k: bert.keep_mask(k, shape, 0.25),
+  plain = np.asarray(jax.jit(lambda k: layers.keep_mask(k, shape, 0.25))(key))
+  sharded = jax.jit(lambda k: layers.keep_mask(k, shape, 0.25),
                     out_shardings=jax.sharding.NamedSharding(
                         mesh, jax.sharding.PartitionSpec("data")))(key)
   assert np.array_equal(plain, np.asarray(sharded))

@@ -127,7 +127,7 @@ def test_lora_dropout_is_the_factor_form_on_dropped_inputs():
   h = x * keep / (1 - rate), given the same keep mask."""
   import flax.linen as nn
   import jax.numpy as jnp
-  from jaxembed.models.bert import Linear
+  from jaxembed.models.layers import Linear
 
   class Model(nn.Module):       # the Linear at path 'o', as inside an encoder
     @nn.compact

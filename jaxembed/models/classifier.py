@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
-from jaxembed.models.bert import Linear
+from jaxembed.models.layers import Linear
 from jaxembed.models.vit import ViTConfig, ViTEncoder
 
 

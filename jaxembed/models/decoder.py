@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import ConfigError
-from jaxembed.models.bert import Dropout, Linear, attention, check_depth
+from jaxembed.models.bert import check_depth
+from jaxembed.models.layers import Dropout, Linear, attention
 from jaxembed.models.weights import WeightEntry, linear, same
 
 ATTENTION = ("causal", "bidirectional")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
-from jaxembed.models.bert import Linear, layer_norm
+from jaxembed.models.layers import Linear, layer_norm
 
 
 def cls_pool(hidden, mask):

@@ -15,8 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxembed.models.bert import Linear
 from jaxembed.models.embedder import make_encoder, text_inputs
+from jaxembed.models.layers import Linear
 from jaxembed.models.pooling import Pooler
 from jaxembed.models.vit import ViTConfig, ViTEncoder
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxembed.errors import ConfigError, ModelLoadError
-from jaxembed.models.bert import Dropout, Linear, SelfAttention, layer_norm
+from jaxembed.models.bert import SelfAttention
+from jaxembed.models.layers import Dropout, Linear, layer_norm
 
 
 @dataclasses.dataclass(frozen=True)
