@@ -22,6 +22,7 @@ already in results.json are skipped, so a stopped study resumes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -73,9 +74,12 @@ class Features:
   mask: np.ndarray
   layers: np.ndarray
 
+  @functools.cached_property
+  def _index(self) -> dict:
+    return {t: i for i, t in enumerate(self.texts)}
+
   def rows(self, texts):
-    index = {t: i for i, t in enumerate(self.texts)}
-    return np.asarray([index[t] for t in texts])
+    return np.asarray([self._index[t] for t in texts])
 
 
 def encode_texts(config, texts: list[str], batch: int = 64) -> Features:
