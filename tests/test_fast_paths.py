@@ -234,3 +234,68 @@ def test_every_benchmark_script_compiles():
   for path in scripts:
     with open(path) as f:
       compile(f.read(), path, "exec")      # SyntaxError (IndentationError) fails here
+
+
+def test_token_lengths_are_what_encode_gives():
+  from jaxembed.data.tokenizer import Tokenizer
+  import jaxembed
+  path = jaxembed.load(MINILM).tokenizer.path
+  tok = Tokenizer(path, max_length=12)
+  texts = ["hello", "", "1 2 3 4 5 6 7 8 9 10 11 12 13 14", "internationalization",
+           "a dog runs in the park"]
+  for instruction in ("", "query: "):
+    want = [int(tok.encode([t], instruction=instruction)["attention_mask"].sum())
+            for t in texts]
+    assert list(tok.lengths(texts, instruction, chunk=2)) == want
+  assert max(want) == 12                      # truncated like encode
+
+
+def test_encode_batches_by_token_count(monkeypatch):
+  """Batches hold texts of similar token counts (not characters): 'internationalization
+  organizations' is long in characters and short in tokens, '1 2 3 ... 9' the reverse.
+  Each batch is padded to its own longest text; the vectors are those of one text at a
+  time."""
+  import jaxembed
+  from jaxembed.data.tokenizer import Tokenizer
+  model = jaxembed.load(MINILM)
+  texts = ["internationalization organizations", "1 2 3 4 5 6 7 8 9 1 2 3 4 5 6 7 8 9",
+           "understanding", "x y z w x y z w x y z w x", "transportation authority",
+           "a b c d e f g h i j k l m n o p q r s t u", "hello", "7 8 9 10 11 12 13"]
+  lengths = model.tokenizer.lengths(texts)
+  shapes = []
+  encode = Tokenizer.encode
+
+  def spy(self, batch, *args, **kwargs):
+    out = encode(self, batch, *args, **kwargs)
+    shapes.append((sorted(self.lengths(batch)), out["input_ids"].shape[1]))
+    return out
+  monkeypatch.setattr(Tokenizer, "encode", spy)
+  got = model.encode(texts, batch_size=2)
+  monkeypatch.undo()
+  # Longest first by tokens: every batch's texts are at least as long as the next's.
+  assert [s[0] for s in shapes] == [sorted(lengths)[::-1][i:i + 2][::-1]
+                                    for i in range(0, len(texts), 2)]
+  assert [s[1] for s in shapes] == [-(-max(s[0]) // 8) * 8 for s in shapes]
+  one_by_one = np.concatenate([model.encode([t]) for t in texts])
+  np.testing.assert_allclose(got, one_by_one, rtol=0, atol=1e-5)
+
+
+def test_encoders_of_equal_modules_share_the_compiled_forward_not_the_weights():
+  import jaxembed
+  from jaxembed import api
+  model = jaxembed.load(MINILM)
+  texts = ["a dog runs in the park", "the stock market fell sharply today"]
+  first = model.encode_all_layers(texts)
+  other = jax.tree.map(lambda x: x * 1.01, model.params)
+  hits = api._cached_jit_forward.cache_info().hits
+  encoder = api.BatchEncoder(model.module, other, model.tokenizer,
+                             layers=model.num_layers, width=model.hidden_size)
+  second = encoder(texts)
+  assert api._cached_jit_forward.cache_info().hits == hits + 1
+  enc = model.tokenizer.encode(texts)
+  want = np.asarray(model.module.apply({"params": other}, {
+      "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+      "pool_mask": enc["attention_mask"]}, method="encode_documents"))
+  np.testing.assert_allclose(second, want, rtol=0, atol=1e-5)
+  assert np.abs(second - first).max() > 1e-3
+  np.testing.assert_array_equal(model.encode_all_layers(texts), first)

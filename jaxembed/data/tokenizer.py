@@ -39,6 +39,17 @@ class Tokenizer:
   def __setstate__(self, state):
     self.__init__(state["path"], state["max_length"], state.get("padding_side", "right"))
 
+  def lengths(self, texts: list[str], instruction: str = "",
+              chunk: int = 8192) -> np.ndarray:
+    """Each text's token count as `encode` would give it (specials included, truncated
+    to `max_length`), tokenized `chunk` texts at a time so nothing large is held."""
+    out = np.zeros(len(texts), np.int64)
+    for start in range(0, len(texts), chunk):
+      encodings = self._tok.encode_batch(
+          [instruction + str(t) for t in texts[start:start + chunk]])
+      out[start:start + len(encodings)] = [len(e.ids) for e in encodings]
+    return out
+
   def encode(self, texts: list[str], pad_to: int | None = None,
              pad_multiple: int = 8, instruction: str = "") -> dict[str, np.ndarray]:
     """Returns int32 `input_ids` and `attention_mask`, [len(texts), length], padded on
