@@ -105,11 +105,15 @@ def test_task_arithmetic_takes_the_scale_with_the_lowest_probe_loss(specialists)
 
 def test_the_merge_command_writes_a_folder_jaxembed_loads(specialists, tmp_path):
   out = tmp_path / "merged"
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
   ran = subprocess.run(
       [sys.executable, "-m", "experiments.merge", f"--workdirs={','.join(specialists)}",
        "--method=task_arithmetic", "--scale=0.75", f"--out={out}"],
-      cwd=REPO, env=user_env(), capture_output=True, text=True, timeout=300)
+      cwd=REPO, env=dict(user_env(), TMPDIR=str(scratch)), capture_output=True, text=True,
+      timeout=300)
   assert ran.returncode == 0, ran.stderr[-3000:]
+  assert not list(scratch.glob("jaxembed-merge-*"))   # its scratch workdirs are gone
   record = json.loads((out / "merge.json").read_text())
   assert record["alphas"] == [0.75, 0.75] and record["method"] == "task_arithmetic"
   # The same merge in NumPy, in a model laid out like the first run's.

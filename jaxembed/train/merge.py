@@ -20,9 +20,11 @@ compares the methods with joint training.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import jax
@@ -222,7 +224,10 @@ def workdir_run(workdir: str, *, others=(), seed_offset: int = 0):
   config.seed = config.seed + seed_offset
   for key, value in _NO_EVAL.items():
     config.eval[key] = value
-  return setup(config, tempfile.mkdtemp(prefix="jaxembed-merge-"))
+  scratch = tempfile.mkdtemp(prefix="jaxembed-merge-")
+  # Removed when the process ends (each merge or soup used to leave one behind).
+  atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+  return setup(config, scratch)
 
 
 def merge_runs(workdirs, method: str, *, scale: float = 0.0, probes_per_run: int = 8,
