@@ -4,9 +4,8 @@ term (and the grid with that term), 2DMSE's sampled layer and dim with its align
 term, one separately trained model per diagonal cell, and 1D MRL at the last layer
 against plain InfoNCE truncated, all from all-MiniLM-L6-v2 on the same data and steps.
 
-  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=grid,starbucks,2dmse
-  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=grid_kl
-  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=separate
+  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=starbucks,2dmse,separate
+  python -m experiments.matryoshka_schemes --out=runs/schemes --arms=grid,grid_kl
   python -m experiments.matryoshka_schemes --out=runs/schemes --arms=mrl,plain
 
 (one folder; each command adds its arms' runs and fits 25 minutes on 2 CPU cores; the
