@@ -448,3 +448,37 @@ def test_the_stop_handler_saves_on_the_first_signal_and_forces_on_the_second():
       final.restore()
   finally:
     stop.restore()
+
+
+def test_a_forced_stop_swallowed_by_logging_is_raised_again_at_the_step_boundary():
+  """A second signal that lands while the main thread is inside `logging` raises there,
+  and logging's handler swallows the exception (it prints "--- Logging error ---");
+  the forced stop must still happen at the next check (step boundary, save)."""
+  import io
+  import logging as std_logging
+  stop = train.loop._StopSignal()
+  stop._handle(signal.SIGINT, None)
+
+  class SignalDuringEmit(std_logging.Handler):
+    def emit(self, record):
+      try:
+        stop._handle(signal.SIGINT, None)    # the second ctrl-c arrives here
+      except Exception:
+        self.handleError(record)            # what StreamHandler.emit does
+
+  logger = std_logging.getLogger("jaxembed-test-second-signal")
+  logger.propagate = False
+  handler = SignalDuringEmit()
+  logger.addHandler(handler)
+  stderr = io.StringIO()
+  old_stderr, sys.stderr = sys.stderr, stderr
+  try:
+    logger.warning("step 4/100000")                   # no exception escapes logging
+    assert "Logging error" in stderr.getvalue()
+    with pytest.raises(train.loop.StopNow, match="again") as forced:
+      stop.check()
+    assert forced.value.exit_code == 128 + signal.SIGINT
+  finally:
+    sys.stderr = old_stderr
+    logger.removeHandler(handler)
+    stop.restore()

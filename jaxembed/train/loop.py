@@ -53,6 +53,7 @@ class _StopSignal:
 
   def __init__(self):
     self.requested = False
+    self.forced = None         # the StopNow of a second signal, kept (see `check`)
     self.phase = "train"       # train | final_eval
     self.last_checkpoint = None
     self._old = {}
@@ -72,11 +73,21 @@ class _StopSignal:
                     f"(step {self.last_checkpoint}) is saved: rerun the same command to "
                     "evaluate", 0)
     if self.requested:
-      raise StopNow(f"received {name} again: stopping without saving; the last "
-                    f"checkpoint is step {self.last_checkpoint}", 128 + signum)
+      self.forced = StopNow(f"received {name} again: stopping without saving; the last "
+                            f"checkpoint is step {self.last_checkpoint}", 128 + signum)
+      raise self.forced
     logging.warning("received %s: saving a checkpoint and stopping (send it again to "
                     "stop without saving)", name)
     self.requested = True
+
+  def check(self):
+    """Raises the forced stop again. An exception raised by a signal handler surfaces
+    wherever the main thread happens to be, and code that catches everything there
+    swallows it: `logging` does, printing "--- Logging error ---" and carrying on (a
+    second ctrl-c during a progress line was lost that way). The loop calls this at
+    each step boundary and before each save."""
+    if self.forced is not None:
+      raise self.forced
 
   def restore(self):
     for sig, old in self._old.items():
@@ -131,6 +142,7 @@ class Loop:
     self.pending = []
 
   def save(self, step: int, force: bool = False) -> None:
+    self.stop.check()
     self.check_finite()
     self.ckpt.save(step, self.state, grain.checkpoint.CheckpointSave(self.data_iter),
                    force=force)
@@ -215,6 +227,7 @@ class Loop:
       # Stopped after this step's checkpoint, before its evaluation was logged.
       self.evaluate_during(start, before)
     while step < total:
+      self.stop.check()
       if self.stop.requested or ckpt.reached_preemption(step):
         if step not in ckpt.all_steps():  # a regular save may have just written it
           self.save(step, force=True)
