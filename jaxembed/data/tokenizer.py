@@ -45,10 +45,13 @@ class Tokenizer:
     to `max_length`), tokenized `chunk` texts at a time so nothing large is held."""
     out = np.zeros(len(texts), np.int64)
     for start in range(0, len(texts), chunk):
-      encodings = self._tok.encode_batch(
-          [instruction + str(t) for t in texts[start:start + chunk]])
+      encodings = self._tokenize(texts[start:start + chunk], instruction)
       out[start:start + len(encodings)] = [len(e.ids) for e in encodings]
     return out
+
+  def _tokenize(self, texts, instruction: str):
+    """Each text with the instruction before it, tokenized and truncated, unpadded."""
+    return self._tok.encode_batch([instruction + str(t) for t in texts])
 
   def encode(self, texts: list[str], pad_to: int | None = None,
              pad_multiple: int = 8, instruction: str = "") -> dict[str, np.ndarray]:
@@ -66,7 +69,7 @@ class Tokenizer:
     out of pooling with `include_prompt: false`, so an exported model with its prompt
     gives the same vectors there.
     """
-    encodings = self._tok.encode_batch([instruction + str(t) for t in texts])
+    encodings = self._tokenize(texts, instruction)
     longest = max((len(e.ids) for e in encodings), default=1)
     if pad_to is None:
       pad_to = min(-(-max(longest, 1) // pad_multiple) * pad_multiple, self.max_length)
