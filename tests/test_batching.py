@@ -217,6 +217,16 @@ def test_each_mixture_entry_carries_its_own_query_instruction():
     plain = tok.encode([r["positive"] for r in records], pad_to=24)
     np.testing.assert_array_equal(batch["positive"]["input_ids"], plain["input_ids"])
   assert seen == {0, 1}
+  # Each dataset's loss-term weights travel with its batches' rows.
+  weighted = pipeline.planned_dataset([a, b], names=["a", "b"], tokenizer=tok,
+                                      batch_size=8, seq_len=24, seed=0,
+                                      weights=[1.0, 1.0],
+                                      loss_weights=[(1.0, 0.0), (0.5, 2.0)])
+  for step, batch in zip(range(12), iter(weighted)):
+    k, _ = plan(step)
+    np.testing.assert_array_equal(batch["pair_weight"], [(1.0, 0.5)[k]] * 8)
+    np.testing.assert_array_equal(batch["teacher_weight"], [(0.0, 2.0)[k]] * 8)
+  assert "pair_weight" not in next(iter(ds))
   bad = ml_collections.ConfigDict(d.to_dict())
   bad.mixture = ({"source": "wordnet", "instruction": 3},)
   with pytest.raises(ConfigError, match=r"data.mixture\[0\]: instruction=3 must be a string"):

@@ -97,6 +97,74 @@ def test_the_loss_adds_the_teacher_terms_to_the_pair_objective(smoke_config):
   assert "loss/pairs" not in aux
 
 
+def test_a_batch_weighs_the_pair_and_teacher_terms_of_its_dataset(smoke_config):
+  """A mixture's per-dataset weights (data.mixture's pair_weight, teacher_weight) scale
+  the pair objective and the teacher terms of that batch alone: the sum of the two
+  terms computed apart, each checked above against its own reference."""
+  config = smoke_config()
+  rng = np.random.default_rng(3)
+  q, d = (jnp.float32(rng.normal(size=(6, 2, 32))) for _ in range(2))
+  teacher = tuple(jnp.float32(rng.normal(size=(6, 32))) for _ in range(2))
+  pairs, _ = make_loss(config.loss, num_layers=2, hidden=32)(q, d)
+  config.loss.distill.update(weight=0.7, anchor_weight=0.3, pair_weight=0.5)
+  cells = build_cells("grid", num_layers=2, hidden=32, layers=(1, 2), dims=(8, 16, 32))
+  kd, _ = teacher_distillation(jnp.concatenate([q, d]), jnp.concatenate(teacher),
+                               cells=cells, layer_index={1: 0, 2: 1}, full_layer=2,
+                               weight=0.7, anchor_weight=0.3)
+  loss_fn = make_loss(config.loss, num_layers=2, hidden=32)
+  for pw, tw in ((1.0, 0.0), (0.0, 2.0), (0.25, 3.0)):
+    loss, aux = loss_fn(q, d, teacher=teacher, pair_weight=jnp.float32(pw),
+                        teacher_weight=jnp.float32(tw))
+    np.testing.assert_allclose(float(loss), 0.5 * pw * float(pairs) + tw * float(kd),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(aux["loss/pairs"]), float(pairs), rtol=1e-6)
+
+
+def test_the_step_reads_the_weights_its_batch_carries(smoke_config):
+  """Through the jitted, sharded step: a batch whose rows carry teacher_weight 0 trains
+  on the pairs alone (its loss is the pair loss), one with pair_weight 0 on the teacher
+  alone, at step 0 from the same state."""
+  config = smoke_config(**{"train.dropout": False})
+  config.loss.distill.update(weight=1.0, anchor_weight=1.0)
+  run = train.setup(config, "/nonexistent-unused", devices=jax.devices()[:2])
+  _, shardings = train.abstract_state(run)
+  step_fn = train.compile_train_step(run, shardings)
+  host = batch_with_negatives(run, seed=4)
+  del host["negatives"]
+  seen = {}
+  for pw, tw in ((1.0, 1.0), (1.0, 0.0), (0.0, 2.0)):
+    batch = dict(host, pair_weight=np.full(16, pw, np.float32),
+                 teacher_weight=np.full(16, tw, np.float32))
+    state = train.new_state(run, shardings)
+    _, m = step_fn(state, shd.host_batch_to_global(run.mesh, batch))
+    seen[pw, tw] = {k: float(v) for k, v in shd.local_value(m).items()}
+  full = seen[1.0, 1.0]
+  teacher_terms = full["loss/distill"] + full["loss/anchor"]
+  assert teacher_terms > 1e-3
+  np.testing.assert_allclose(seen[1.0, 0.0]["loss"], full["loss/pairs"], rtol=1e-5)
+  np.testing.assert_allclose(seen[0.0, 2.0]["loss"], 2.0 * teacher_terms, rtol=1e-5)
+  np.testing.assert_allclose(full["loss"], full["loss/pairs"] + teacher_terms, rtol=1e-5)
+
+
+@pytest.mark.parametrize("entry, distill, match", [
+    ({"pair_weight": -1.0}, True, r"mixture\[1\]: pair_weight=-1.0 must be a finite"),
+    ({"teacher_weight": "x"}, True, r"mixture\[1\]: teacher_weight='x' must be"),
+    ({"pair_weight": 0.0, "teacher_weight": 0.0}, True, "would train nothing"),
+    ({"teacher_weight": 0.0}, False, r"mixture\[1\].*loss.distill has none"),
+    ({"pair_weight": 0.0}, False, r"mixture\[1\]: pair_weight=0 without loss.distill")])
+def test_bad_mixture_loss_weights_are_named(smoke_config, entry, distill, match):
+  from jaxembed.train import inputs
+  config = smoke_config()
+  if distill:
+    config.loss.distill.weight = 1.0
+  config.data.mixture = ({"source": "wordnet"}, {"source": "foldoc", **entry})
+  with pytest.raises(ConfigError, match=match):
+    inputs.mixture_loss_weights(config, inputs.mixture_components(config.data))
+  config.data.mixture = ({"source": "wordnet"}, {"source": "foldoc"})
+  assert inputs.mixture_loss_weights(
+      config, inputs.mixture_components(config.data)) is None
+
+
 def test_the_step_distils_from_the_frozen_initial_model(smoke_config):
   """At step 0 with dropout off the student is the teacher: the full cell's KL and the
   anchor are 0 while smaller cells' are not; after steps the teacher is unchanged and

@@ -22,14 +22,20 @@ from jaxembed.errors import DataError
 
 class TokenizePairs:
   """Batch of records -> {'anchor': ids/mask, 'positive': ids/mask[, 'negatives'][,
-  'score': [batch] float32 grades]}, fixed length."""
+  'score': [batch] float32 grades][, 'pair_weight', 'teacher_weight': [batch]
+  float32]}, fixed length."""
 
-  def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction=""):
+  def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction="",
+               loss_weights=None):
     self.tokenizer = tokenizer
     self.seq_len = seq_len
     # Prepended to anchors (queries), not pooled: one string, or one per dataset of a
     # mixture (a batch's 'source' says which dataset it was drawn from).
     self.instruction = instruction
+    # None, or one (pair, teacher) weight per dataset of a mixture: the batch's rows
+    # carry its dataset's weights of the two loss terms (data.mixture's pair_weight,
+    # teacher_weight).
+    self.loss_weights = loss_weights
 
   def __call__(self, batch):
     out = {}
@@ -51,6 +57,11 @@ class TokenizePairs:
       out["negatives"] = {key: v.reshape(b, k, self.seq_len) for key, v in enc.items()}
     if "score" in batch:    # graded pairs (data.source='scored_file')
       out["score"] = np.asarray(batch["score"], np.float32)
+    if self.loss_weights is not None:
+      pair, teacher = self.loss_weights[int(batch.get("source", 0))]
+      rows = len(out["anchor"]["input_ids"])
+      out["pair_weight"] = np.full(rows, pair, np.float32)
+      out["teacher_weight"] = np.full(rows, teacher, np.float32)
     return out
 
 
@@ -151,10 +162,12 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
                     seq_len: int, seed: int, weights=None, no_duplicates: bool = False,
                     process_index: int = 0, process_count: int = 1,
                     max_examples: int | None = None, num_threads: int = 2,
-                    workers: int = 0, instruction="") -> grain.IterDataset:
+                    workers: int = 0, instruction="",
+                    loss_weights=None) -> grain.IterDataset:
   """Batches planned by `batching.BatchPlan`: a weighted mixture of `sources` (each
   batch from one of them) and/or batches in which no text occurs twice. `instruction`:
-  the query instruction, one string or one per source.
+  the query instruction, one string or one per source. `loss_weights`: None, or one
+  (pair, teacher) pair of loss-term weights per source, carried by its batches.
 
   Deterministic in the seed; the checkpointed state is the batch number.
   """
@@ -183,7 +196,8 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
       raise DataError(f"data {name}: {e}; data.no_duplicates needs more distinct "
                       "texts") from None
   ds = batching.PlannedBatches(sources, plan, batch_size, process_index, process_count,
-                               negs[0]).map(TokenizePairs(tokenizer, seq_len, instruction))
+                               negs[0]).map(TokenizePairs(tokenizer, seq_len, instruction,
+                                                          loss_weights))
   return _to_iter(ds, num_threads, workers)
 
 

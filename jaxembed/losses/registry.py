@@ -142,7 +142,9 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   kd = distill_settings(cfg)
 
   def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None,
-              grades=None, groups=None):
+              grades=None, groups=None, pair_weight=None, teacher_weight=None):
+    """pair_weight, teacher_weight: the batch's own multipliers of the pair objective
+    and of the teacher terms (a mixture's per-dataset weights); None = 1."""
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
@@ -156,6 +158,9 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
       graded = {"groups": groups}
     if kd is None or kd.pair_weight:
       loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"), **graded)
+      if pair_weight is not None:
+        aux = dict(aux, **{"loss/pairs": loss})
+        loss = pair_weight * loss
     if kd is not None:
       if teacher is None:
         raise ValueError("loss.distill is set but the step passed no teacher embeddings")
@@ -165,8 +170,11 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
           student, target, cells=cells, layer_index=ctx.layer_index,
           full_layer=num_layers, scale=kd.scale, temperature=kd.temperature,
           weight=kd.weight, anchor_weight=kd.anchor_weight)
+      if teacher_weight is not None:
+        kd_loss = teacher_weight * kd_loss
       loss = kd.pair_weight * pairs + kd_loss
-      aux = dict(aux, **_named(parts), **({"loss/pairs": pairs} if kd.pair_weight else {}))
+      aux = dict(aux, **_named(parts), **({"loss/pairs": pairs} if kd.pair_weight
+                                          and pair_weight is None else {}))
     if scale is not None:
       aux = dict(aux, scale=scale)
     if "bias" in lp:

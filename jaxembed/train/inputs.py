@@ -13,6 +13,7 @@ import jax
 from jaxembed.data import builders, packaged, pipeline, readers
 from jaxembed.data.packaged import FASHION_MNIST_CLASSES
 from jaxembed.errors import ConfigError
+from jaxembed.losses.registry import distill_settings
 from jaxembed.workdir import file_fingerprint
 from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
                                   STSTask, ZeroShotTask)
@@ -40,6 +41,7 @@ def make_inputs(config, model, tokenizer):
     return dataset, [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
                                               FASHION_MNIST_CLASSES, config.eval.images)]
   components = mixture_components(d)
+  loss_weights = mixture_loss_weights(config, components)
   wordnet_builder = None
   if any(c["source"] == "wordnet" for c in components) or config.eval.wordnet_queries:
     wordnet_builder = builders.wordnet_pairs(
@@ -52,13 +54,13 @@ def make_inputs(config, model, tokenizer):
                 process_count=jax.process_count(), max_examples=d.max_train_examples,
                 workers=d.workers)
   instructions = [c["instruction"] for c in components]
-  if len(components) == 1 and not d.no_duplicates:
+  if len(components) == 1 and not d.no_duplicates and loss_weights is None:
     dataset = pipeline.pair_dataset(sources[0], instruction=instructions[0], **common)
   else:
     dataset = pipeline.planned_dataset(
         sources, names=[c["name"] for c in components], instruction=instructions,
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
-        **common)
+        loss_weights=loss_weights, **common)
   return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources)
 
 
@@ -66,13 +68,17 @@ _SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")
 _NO_PATH = ("wordnet", "foldoc")
 # The data.* field that holds the path of a source named by data.source.
 _PATH_FIELD = {"file": "train_file", "scored_file": "train_file", "beir": "beir_dir"}
-_COMPONENT_KEYS = ("source", "path", "weight", "split", "instruction")
+_COMPONENT_KEYS = ("source", "path", "weight", "split", "instruction", "pair_weight",
+                   "teacher_weight")
 
 
 def mixture_components(d) -> list[dict]:
-  """data.mixture as checked dicts {name, source, path, split, weight, instruction};
-  without a mixture, the one dataset named by data.source. An entry's 'instruction'
-  (its queries' instruction in training) defaults to data.query_instruction."""
+  """data.mixture as checked dicts {name, source, path, split, weight, instruction,
+  pair_weight, teacher_weight}; without a mixture, the one dataset named by
+  data.source. An entry's 'instruction' (its queries' instruction in training) defaults
+  to data.query_instruction; 'pair_weight' and 'teacher_weight' (default 1) scale the
+  pair objective and loss.distill's teacher terms on that dataset's batches (e.g.
+  teacher_weight 0 on a labelled set, pair_weight 0 on text kept only for the teacher)."""
   if not d.mixture:
     path = d[_PATH_FIELD[d.source]] if d.source in _PATH_FIELD else ""
     specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
@@ -105,14 +111,47 @@ def mixture_components(d) -> list[dict]:
       weight = float("nan")
     if not weight > 0 or not math.isfinite(weight):
       raise ConfigError(f"{field}: weight={spec.get('weight')!r} must be a positive number")
+    terms = {}
+    for key in ("pair_weight", "teacher_weight"):
+      try:
+        terms[key] = float(spec.get(key, 1.0))
+      except (TypeError, ValueError):
+        terms[key] = float("nan")
+      if not terms[key] >= 0 or not math.isfinite(terms[key]):
+        raise ConfigError(f"{field}: {key}={spec.get(key)!r} must be a finite number >= 0")
+    if not terms["pair_weight"] and not terms["teacher_weight"]:
+      raise ConfigError(f"{field}: pair_weight and teacher_weight are both 0: its batches "
+                        "would train nothing")
     instruction = spec.get("instruction", d.query_instruction)
     if not isinstance(instruction, str):
       raise ConfigError(f"{field}: instruction={instruction!r} must be a string")
     out.append({"name": field if source in _NO_PATH else f"{field} ({path})",
                 "source": source, "path": os.path.expanduser(path),
                 "split": spec.get("split", d.beir_split), "weight": weight,
-                "instruction": instruction})
+                "instruction": instruction, **terms})
   return out
+
+
+def mixture_loss_weights(config, components):
+  """None when every dataset weighs the loss terms alike (1, 1), else one
+  (pair_weight, teacher_weight) per dataset, checked against loss.distill."""
+  weights = [(c["pair_weight"], c["teacher_weight"]) for c in components]
+  if all(w == (1.0, 1.0) for w in weights):
+    return None
+  if distill_settings(config.loss) is None:
+    for c in components:
+      if c["teacher_weight"] != 1.0:
+        raise ConfigError(f"{c['name']}: teacher_weight={c['teacher_weight']} scales "
+                          "loss.distill's teacher terms, and loss.distill has none (its "
+                          "weight and anchor_weight are 0)")
+      if not c["pair_weight"]:
+        raise ConfigError(f"{c['name']}: pair_weight=0 without loss.distill: its batches "
+                          "would train nothing")
+  elif not config.loss.distill.pair_weight and any(t == 0 for _, t in weights):
+    bad = next(c["name"] for c in components if not c["teacher_weight"])
+    raise ConfigError(f"{bad}: teacher_weight=0 with loss.distill.pair_weight=0: its "
+                      "batches would train nothing")
+  return weights
 
 
 def data_fingerprint(config) -> dict:

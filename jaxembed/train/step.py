@@ -35,7 +35,10 @@ def teacher_embeddings(model: nn.Module, teacher_params, batch):
 
 def loss_inputs(model: nn.Module, batch, teacher_params=None) -> dict:
   """What loss_fn takes from a batch besides the vectors: graded pairs' `grades`,
-  grouped pairs' `groups`, and the frozen teacher's vectors (`teacher`)."""
+  grouped pairs' `groups`, the frozen teacher's vectors (`teacher`), and the weights
+  of the pair and teacher terms for the batch's dataset (`pair_weight`,
+  `teacher_weight`: each batch is drawn from one dataset of a mixture, so the mean of
+  its rows' weights is that dataset's)."""
   extra = {}
   if "score" in batch:      # graded pairs, for the ranking objectives
     extra["grades"] = batch["score"]
@@ -43,6 +46,10 @@ def loss_inputs(model: nn.Module, batch, teacher_params=None) -> dict:
     extra["groups"] = batch["group"]
   if teacher_params is not None:
     extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
+  if "pair_weight" in batch:      # a mixture's per-dataset weights
+    extra["pair_weight"] = jnp.mean(batch["pair_weight"])
+  if "teacher_weight" in batch and teacher_params is not None:
+    extra["teacher_weight"] = jnp.mean(batch["teacher_weight"])
   return extra
 
 
