@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 CONFIG = "configs/minilm_wordnet_2d.py"
-RECIPES = ("pairs", "distill", "distill_only")
+RECIPES = ("pairs", "distill", "distill_only", "distill_centred")
 CELLS = ((1, 32), (1, 64), (2, 32), (2, 64), (3, 128), (4, 256), (6, 32), (6, 384))
 COLUMNS = (("manpages/mrr_at_10", "man pages MRR@10"), ("docstrings/mrr_at_10", "docstrings MRR@10"),
            ("wordnet/mrr_at_10", "WordNet MRR@10"), ("lee/spearman", "Lee"),

@@ -26,6 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pooling = "mean"
   c.model.pool_heads = 8                             # map / latent / multilayer heads
   c.model.pool_latents = 64                          # latent: NV-Embed's r (paper: 512)
+  # Subtract from each layer's pooled vector that layer's mean over the training texts
+  # (the last layer's stays 0: the full model is unchanged), estimated by the initial
+  # model on `centering_texts` texts spread over the training data before step 0 and
+  # saved with the weights. Shallow layers' vectors share large constant components
+  # that make their cosines uninformative.
+  c.model.centered_exits = False
+  c.model.centering_texts = 4096
   # The BERT encoder's matmul precision: float32, or bfloat16 (float32 accumulation,
   # parameters, norms and softmax; about 1.75x faster on CPUs with AVX512-BF16/AMX
   # and on accelerators). "" keeps the model folder's (float32).

@@ -30,6 +30,7 @@ from jaxembed.models import spec as model_spec
 from jaxembed.models import weights
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
+from jaxembed.models.embedder import CENTER
 from jaxembed.models.hf import flax_to_hf
 from jaxembed.version import __version__
 from jaxembed.workdir import Workdir
@@ -126,13 +127,17 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"}]
-  if dim < cfg.hidden_size:   # the Matryoshka prefix as an identity slice
+  center = (np.asarray(jax_to_numpy(model.params[CENTER]))[layer - 1, :dim]
+            if CENTER in model.params else np.zeros(dim, np.float32))
+  if dim < cfg.hidden_size or center.any():
+    # The Matryoshka prefix as an identity slice; a centred exit's mean as its bias.
+    tensors = {"linear.weight": np.eye(cfg.hidden_size, dtype=np.float32)[:dim].copy()}
+    if center.any():
+      tensors["linear.bias"] = (-center).astype(np.float32)
     _write_json(os.path.join(out, "2_Dense", "config.json"), {
-        "in_features": cfg.hidden_size, "out_features": dim, "bias": False,
+        "in_features": cfg.hidden_size, "out_features": dim, "bias": bool(center.any()),
         "activation_function": "torch.nn.modules.linear.Identity"})
-    safetensors.numpy.save_file(
-        {"linear.weight": np.eye(cfg.hidden_size, dtype=np.float32)[:dim].copy()},
-        os.path.join(out, "2_Dense", "model.safetensors"))
+    safetensors.numpy.save_file(tensors, os.path.join(out, "2_Dense", "model.safetensors"))
     modules.append({"idx": 2, "name": "2", "path": "2_Dense",
                     "type": "sentence_transformers.models.Dense"})
   if model.default_normalize:

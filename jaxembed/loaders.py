@@ -28,6 +28,7 @@ from jaxembed.models.build import abstract_params, model_from_spec
 from jaxembed.models.embedder import encoder_config
 from jaxembed.models.loading import load_encoder_weights, read_model_folder, resolve_model_path
 from jaxembed.models.onnx import read_onnx_bert
+from jaxembed.models.embedder import CENTER
 from jaxembed.models.spec import ModelSpec
 from jaxembed.workdir import Workdir, check_remote
 
@@ -43,29 +44,40 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length, padding)
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.
-  spec = ModelSpec(encoder=folder.bert, pooling=folder.pooling,
+  cfg = folder.bert
+  dim, bias = _prefix_dense(folder.path, cfg.hidden_size)
+  if bias is not None:    # a centred exit (model.centered_exits), exported
+    center = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
+    center[-1, :len(bias)] = -bias
+    params = dict(params, **{CENTER: center})
+  spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centered_exits=bias is not None,
                    max_seq_length=tok.max_length, padding_side=padding, normalize=True,
-                   dim=_prefix_dense_dim(folder.path, folder.bert.hidden_size))
+                   dim=dim)
   return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
 
 
-def _prefix_dense_dim(folder: str, hidden: int) -> int | None:
+def _prefix_dense(folder: str, hidden: int):
+  """(the dim a Dense module keeps, its bias or None); (None, None) without one."""
   modules_file = os.path.join(folder, "modules.json")
   if not os.path.isfile(modules_file):
-    return None
+    return None, None
   with open(modules_file) as f:
     modules = json.load(f)
   dense = [m for m in modules if m.get("type", "").endswith("Dense")]
   if not dense:
-    return None
+    return None, None
   sub = os.path.join(folder, dense[0]["path"])
-  weight = safetensors.numpy.load_file(os.path.join(sub, "model.safetensors"))["linear.weight"]
+  tensors = safetensors.numpy.load_file(os.path.join(sub, "model.safetensors"))
+  weight = tensors["linear.weight"]
   out = weight.shape[0]
   if len(dense) > 1 or weight.shape[1] != hidden or not np.array_equal(
       weight, np.eye(hidden, dtype=weight.dtype)[:out]):
     raise ModelLoadError(f"{sub}: only a Dense module that keeps the first d coordinates "
-                         "(a Matryoshka truncation) is supported")
-  return out
+                         "(a Matryoshka truncation, with a centred exit's bias) is "
+                         "supported")
+  bias = tensors.get("linear.bias")
+  return (out if out < hidden else None), (None if bias is None else
+                                           np.asarray(bias, np.float32))
 
 
 def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,

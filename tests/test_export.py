@@ -1,5 +1,5 @@
-"""Export round trips: a trained smoke model truncated to (layer 4, dim 128) and
-loaded back gives the vectors of `encode(..., layer=4, dim=128)`, through jaxembed's
+"""Export round trips: a trained smoke model (centred exits) truncated to (layer 4, dim
+128) and loaded back gives the vectors of `encode(..., layer=4, dim=128)`, through jaxembed's
 own reader always and through sentence-transformers where it is installed (set
 JAXEMBED_ST_PYTHON to a Python that has it; it is a peer library, not a dependency)."""
 
@@ -42,7 +42,9 @@ def trained(tmp_path_factory, tfds_dir):
                     "--config.model.bert_overrides.intermediate_size=256",
                     "--config.loss.matryoshka.layers=(2,4,5)",
                     "--config.loss.matryoshka.dims=(32,128,160)",
-                    "--config.eval.layers=(4,5)", "--config.eval.dims=(128,160)"])
+                    "--config.eval.layers=(4,5)", "--config.eval.dims=(128,160)",
+                    # centred exits: the exported layer-4 sub-model carries its mean
+                    "--config.model.centered_exits=True"])
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir
 

@@ -39,6 +39,12 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
   if m.encoder not in ENCODERS:
     raise ConfigError(f"model.encoder={m.encoder!r}; valid values: {list(ENCODERS)}")
   check_pooling(m.pooling)
+  if m.centered_exits and m.encoder == "two_tower":
+    raise ConfigError("model.centered_exits centres a single-tower text embedder's "
+                      "layers; model.encoder='two_tower' has none to centre")
+  if not isinstance(m.centering_texts, int) or m.centering_texts < 1:
+    raise ConfigError(f"model.centering_texts={m.centering_texts!r} must be an integer "
+                      ">= 1")
   if config.data.padding_side not in ("right", "left"):
     raise ConfigError(f"data.padding_side={config.data.padding_side!r}; valid values: "
                       "['right', 'left']")
@@ -111,7 +117,7 @@ def build_model(config: ml_collections.ConfigDict, text_config):
   m = config.model
   if m.encoder != "two_tower":
     return Embedder(text_config, pooling=m.pooling, pool_heads=m.pool_heads,
-                    pool_latents=m.pool_latents)
+                    pool_latents=m.pool_latents, centered_exits=bool(m.centered_exits))
   t = m.two_tower
   if t.towers not in TOWERS:
     raise ConfigError(f"model.two_tower.towers={t.towers!r}; valid values: {list(TOWERS)}")
@@ -126,7 +132,7 @@ def build_model(config: ml_collections.ConfigDict, text_config):
 def model_from_spec(spec: ModelSpec) -> Embedder:
   """The single-tower embedder a saved model describes."""
   return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
-                  pool_latents=spec.pool_latents)
+                  pool_latents=spec.pool_latents, centered_exits=spec.centered_exits)
 
 
 def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
@@ -139,6 +145,7 @@ def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
   return ModelSpec(
       encoder=text, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
       pool_latents=config.model.pool_latents,
+      centered_exits=bool(config.model.centered_exits) and config.model.encoder != "two_tower",
       max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
       padding_side=config.data.padding_side, normalize=True,
       query_instruction=config.data.query_instruction,

@@ -54,6 +54,9 @@ def text_inputs(batch: int = 1, length: int = 8) -> dict:
   return {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
 
 
+CENTER = "exit_center"          # the centred exits' parameter (Embedder.centered_exits)
+
+
 class Embedder(nn.Module):
   """Pools the hidden state of each layer in `layers` (1-based) with one encoder pass.
 
@@ -70,6 +73,12 @@ class Embedder(nn.Module):
   # Early exit: compute only the blocks up to the deepest of `layers` (inference;
   # the parameters of the model are unchanged, the deeper blocks' are not read).
   early_exit: bool = False
+  # Centred exits: params['exit_center'] [num_layers, width] is subtracted from each
+  # layer's pooled vector (a row of zeros changes nothing). Shallow layers of a
+  # pretrained encoder share large constant components (anisotropy) that dominate
+  # their cosine similarities; training estimates each layer's mean over its texts
+  # (`train/centring.py`) and keeps the last layer's row at zero.
+  centered_exits: bool = False
 
   query_modality = "text"
   symmetric = True               # queries and documents through the same encoder
@@ -87,6 +96,11 @@ class Embedder(nn.Module):
     mask = attention_mask if pool_mask is None else pool_mask * attention_mask
     pooled = Pooler(self.pooling, self.pool_heads, self.pool_latents, name="pooler")(
         hidden, mask, layers, num_layers=self.bert.num_layers)
+    if self.centered_exits:
+      center = self.param(CENTER, nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), (None, "embed")),
+          (self.bert.num_layers, self.bert.hidden_size), jnp.float32)
+      pooled = pooled - center[jnp.asarray(layers) - 1][None].astype(pooled.dtype)
     return nn.with_logical_constraint(pooled, ("activation_batch", None, "activation_embed"))
 
   # ------------------------------------------------------------------ interface

@@ -26,6 +26,7 @@ class ModelSpec:
   pooling: str = "mean"
   pool_heads: int = 8
   pool_latents: int = 64
+  centered_exits: bool = False         # params hold 'exit_center' (Embedder)
   max_seq_length: int = 512
   padding_side: str = "right"
   normalize: bool = True

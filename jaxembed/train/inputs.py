@@ -14,13 +14,15 @@ from jaxembed.data import builders, packaged, pipeline, readers
 from jaxembed.data.packaged import FASHION_MNIST_CLASSES
 from jaxembed.errors import ConfigError
 from jaxembed.losses.registry import distill_settings
+from jaxembed.train.centring import centring_sample
 from jaxembed.workdir import file_fingerprint
 from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
                                   STSTask, ZeroShotTask)
 
 
 def make_inputs(config, model, tokenizer):
-  """(the per-host grain dataset, the evaluation tasks) for `model`."""
+  """(the per-host grain dataset, the evaluation tasks, the texts that centre the
+  layers with model.centered_exits (else [])) for `model`."""
   d = config.data
   batch = config.train.batch_size
   if d.workers < 0:
@@ -39,7 +41,7 @@ def make_inputs(config, model, tokenizer):
         max_examples=d.max_train_examples, workers=d.workers,
         distinct_classes=d.distinct_classes)
     return dataset, [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
-                                              FASHION_MNIST_CLASSES, config.eval.images)]
+                                              FASHION_MNIST_CLASSES, config.eval.images)], []
   components = mixture_components(d)
   loss_weights = mixture_loss_weights(config, components)
   wordnet_builder = None
@@ -61,7 +63,15 @@ def make_inputs(config, model, tokenizer):
         sources, names=[c["name"] for c in components], instruction=instructions,
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
-  return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources)
+  centering = []
+  if getattr(model, "centered_exits", False):
+    # The records a run trains on: the first data.max_train_examples of each source.
+    limit = d.max_train_examples
+    centering = centring_sample([pipeline.text_fields(s)[:None if limit is None else 2 * limit]
+                                 for s in sources],
+                                [c["weight"] for c in components],
+                                config.model.centering_texts)
+  return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources), centering
 
 
 _SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")

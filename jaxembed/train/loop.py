@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -26,6 +27,7 @@ from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import NonFiniteError
 from jaxembed.evals import grid as grid_eval
+from jaxembed.models.embedder import CENTER
 from jaxembed.train import inputs
 from jaxembed.train import stages as stages_lib
 from jaxembed.train.evaluation import evaluate
@@ -117,6 +119,9 @@ class Loop:
   # log and checkpoint steps keeps the host from waiting on every step.
   pending: list = dataclasses.field(default_factory=list)
   pending_from: int = 0
+  # The grid "before" scores the model the run starts from: with model.centered_exits
+  # on pretrained weights, that model as published (its layers not yet centred).
+  uncentred_before: bool = False
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -172,7 +177,10 @@ class Loop:
       return rows
     if int(shd.local_value(self.state.step)) != 0:
       return None  # trained before metrics were asked for: nothing to compare with
-    rows = evaluate(run, self.state.params, "before")
+    params = self.state.params
+    if self.uncentred_before:
+      params = dict(params, **{CENTER: jax.tree.map(jnp.zeros_like, params[CENTER])})
+    rows = evaluate(run, params, "before")
     # The log first, the cache last: a run killed in between evaluates again.
     wd.drop_log_entries(Workdir.EVAL_LOG, lambda r: r.get("label") == "before")
     self.record_eval(0, rows, "before")
@@ -355,6 +363,8 @@ def _locked(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
               int(shd.local_value(state.step)))
   try:
     return Loop(run=run, state=state, step_fn=step_fn, ckpt=ckpt, data_iter=data_iter,
-                writer=writer, stop=stop).run_to_end(final_eval)
+                writer=writer, stop=stop,
+                uncentred_before=previous is None and CENTER in state.params
+                ).run_to_end(final_eval)
   finally:
     writer.close()

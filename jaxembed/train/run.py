@@ -24,6 +24,7 @@ from jaxembed.losses import registry
 from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_params, make_loss
 from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
+from jaxembed.models.embedder import CENTER
 from jaxembed.train import inputs
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
@@ -51,6 +52,7 @@ class Run:
   trainable: Any = None      # bools like the params (optim.trainable); None: all train
   lora_scale: float = 0.0    # alpha / rank with optim.lora (params['lora']); 0: none
   train_depth: int = 0       # blocks the train step computes (< the model's: early exit)
+  centering_texts: tuple = ()  # model.centered_exits: the texts whose layer means centre
 
   @property
   def train_model(self):
@@ -85,7 +87,8 @@ def check_distill_config(config, model) -> None:
   if config.model.init != "pretrained":
     logging.warning("loss.distill with model.init=%r: the teacher is the model's random "
                     "initial weights (useful for tests only)", config.model.init)
-  extra = sorted(set(abstract_boxed_params(model)) - {"encoder"})
+  # The centred exits' means are data statistics, not random parameters.
+  extra = sorted(set(abstract_boxed_params(model)) - {"encoder", CENTER})
   if config.model.encoder == "two_tower" or extra:
     raise ConfigError(
         f"loss.distill: the teacher would include randomly initialised parameters "
@@ -193,6 +196,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
     lora_scale = lora.scale(lora_cfg)
   elif config.optim.trainable:
     trainable = trainable_mask(shapes, config.optim.trainable)
+  if CENTER in shapes:
+    # The centred exits' means are statistics of the initial model, never trained.
+    if trainable is None:
+      trainable = jax.tree.map(lambda _: True, shapes)
+    trainable = dict(trainable, **{CENTER: False})
   tx, schedule = make_optimizer(config.optim, config.train.steps, trainable)
 
   if config.data.seq_len > text_config.max_position_embeddings:
@@ -202,10 +210,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   eval_tokenizer = Tokenizer(folder.tokenizer,
                              min(config.eval.max_length, text_config.max_position_embeddings),
                              config.data.padding_side)
-  dataset, eval_tasks = inputs.make_inputs(config, model, tokenizer)
+  dataset, eval_tasks, centering_texts = inputs.make_inputs(config, model, tokenizer)
   return Run(config=config, workdir=Workdir(workdir), folder=folder, model=model,
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
              schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
              param_shardings=param_shardings, loss_params=loss_params, trainable=trainable,
-             lora_scale=lora_scale, train_depth=train_depth)
+             lora_scale=lora_scale, train_depth=train_depth,
+             centering_texts=tuple(centering_texts))

@@ -15,6 +15,7 @@ import optax
 
 from jaxembed import sharding as shd
 from jaxembed.models import abstract_params, load_encoder_weights, lora
+from jaxembed.train import centring
 
 
 @flax.struct.dataclass
@@ -130,6 +131,8 @@ def new_state(run, shardings: TrainState, start: dict | None = None) -> TrainSta
   """Step 0: initial parameters (`start`: see `initial_params`), a fresh optimizer
   state and the seed's RNG."""
   params = initial_params(run, start)
+  if start is None and getattr(run.model, "centered_exits", False):
+    params = centring.with_exit_centres(run, params)   # a stage's start keeps its own
   opt_state = jax.jit(run.tx.init, out_shardings=shardings.opt_state)(params)
   scalars = {"step": np.int32(0),
              "rng": np.asarray(jax.random.PRNGKey(run.config.seed + 1))}
