@@ -14,7 +14,8 @@ pooled vector over 4,096 training texts, estimated before step 0, is subtracted:
 model.centered_exits). Evaluates the grid before and after on held-out
 WordNet retrieval, out-of-domain retrieval (manual pages, Python docstrings: never
 trained on), Lee, SimLex-999, WordSim-353, and classification/clustering sets.
-About 11.5 minutes on 2 CPU cores; see README.md and experiments/RESULTS.md.
+About 8 minutes on 2 AMD EPYC cores (11.5 on an Intel Xeon); see README.md and
+experiments/RESULTS.md.
 
 Arguments (comma-separated after the file name):
   smoke                  tiny random model, seconds (tests)

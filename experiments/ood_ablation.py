@@ -1,5 +1,6 @@
 r"""The default recipe's ablation: pair loss only vs pairs + teacher distillation vs
-distillation alone, over seeds, on the in-domain and out-of-domain columns.
+distillation alone vs pairs + teacher with centred exits (the default), over seeds, on
+the in-domain and out-of-domain columns.
 
   python -m experiments.ood_ablation --out=runs/ood_ablation
 

@@ -80,7 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   # to its weight: ({"source": "file", "path": "a.jsonl", "weight": 2.0},
   # {"source": "wordnet"}, {"source": "foldoc"} (FOLDOC's computing dictionary),
   # {"source": "beir", "path": "dir", "split": "train"}).
-  # Replaces data.source when set.
+  # Replaces data.source when set. An entry's "pair_weight" and "teacher_weight"
+  # (default 1) scale the pair objective and loss.distill's teacher terms on its
+  # batches; "instruction" is its queries' data.query_instruction.
   c.data.mixture = ()
   c.data.no_duplicates = False                       # no text twice in a batch
   # fashion_mnist: no class twice in a batch (batch <= 10); False: uniform batches whose

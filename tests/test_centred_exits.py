@@ -92,6 +92,10 @@ def test_the_means_stay_fixed_through_training(smoke_config):
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), end["encoder"],
                        start["encoder"])
   assert max(jax.tree.leaves(moved)) > 1e-5
+  # Merging's θ0 ('pretrained') is the start as training sees it, means included.
+  from jaxembed.train import merge
+  theta0 = jax.tree.map(np.asarray, shd.local_value(merge.load_params(run, "pretrained")))
+  np.testing.assert_allclose(theta0[CENTER], start[CENTER], rtol=1e-6)
 
 
 def test_before_scores_the_uncentred_model(tmp_path, tfds_dir):
