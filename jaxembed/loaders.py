@@ -25,10 +25,9 @@ from jaxembed.models import lora
 from jaxembed.models import spec as model_spec
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.build import abstract_params, model_from_spec
-from jaxembed.models.embedder import encoder_config
+from jaxembed.models.embedder import CENTER, encoder_config
 from jaxembed.models.loading import load_encoder_weights, read_model_folder, resolve_model_path
 from jaxembed.models.onnx import read_onnx_bert
-from jaxembed.models.embedder import CENTER
 from jaxembed.models.spec import ModelSpec
 from jaxembed.workdir import Workdir, check_remote
 
