@@ -157,14 +157,13 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
     if objective.grouped and groups is not None:
       graded = {"groups": groups}
     if kd is None or kd.pair_weight:
-      loss, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"), **graded)
-      if pair_weight is not None:
-        aux = dict(aux, **{"loss/pairs": loss})
-        loss = pair_weight * loss
+      pairs, aux = fn(q, d, negatives, rng=rng, scale=scale, bias=lp.get("bias"), **graded)
+      loss = pairs if pair_weight is None else pair_weight * pairs
+      if kd is not None or pair_weight is not None:   # the unweighted pair loss
+        aux = dict(aux, **{"loss/pairs": pairs})
     if kd is not None:
       if teacher is None:
         raise ValueError("loss.distill is set but the step passed no teacher embeddings")
-      pairs = loss
       student, target = _texts_of_batch(q, d, negatives), _texts_of_batch(*teacher)
       kd_loss, parts = teacher_distillation(
           student, target, cells=cells, layer_index=ctx.layer_index,
@@ -172,9 +171,8 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
           weight=kd.weight, anchor_weight=kd.anchor_weight)
       if teacher_weight is not None:
         kd_loss = teacher_weight * kd_loss
-      loss = kd.pair_weight * pairs + kd_loss
-      aux = dict(aux, **_named(parts), **({"loss/pairs": pairs} if kd.pair_weight
-                                          and pair_weight is None else {}))
+      loss = kd.pair_weight * loss + kd_loss
+      aux = dict(aux, **_named(parts))
     if scale is not None:
       aux = dict(aux, scale=scale)
     if "bias" in lp:

@@ -45,13 +45,8 @@ def layer_means(run, params, texts, batch_size: int = 128) -> np.ndarray:
   means = np.zeros((layers, width), np.float32)
   if layers < 2 or not texts:
     return means
-  if run.lora_scale:
-    params = lora.merge(params, run.lora_scale)
-  params = dict(params)
-  params.pop(lora.GROUP, None)
-  params.pop("loss", None)
-  params[CENTER] = shd.host_to_global(np.zeros((layers, width), np.float32),
-                                      run.param_shardings[CENTER])
+  params = dict(lora.merge(params, run.lora_scale), **{CENTER: shd.host_to_global(
+      np.zeros((layers, width), np.float32), run.param_shardings[CENTER])})
   shallow = model.up_to(layers - 1)
   encoder = BatchEncoder(shallow, params, run.tokenizer, layers=layers - 1, width=width,
                          rules=run.rules)

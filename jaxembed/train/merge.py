@@ -40,9 +40,8 @@ from jaxembed.errors import ConfigError
 from jaxembed.export import export
 from jaxembed.loaders import load
 from jaxembed.models import lora
-from jaxembed.train import centring
 from jaxembed.train.run import setup
-from jaxembed.train.state import abstract_state, initial_params
+from jaxembed.train.state import abstract_state, start_params
 from jaxembed.train.step import encode_pairs, loss_inputs
 from jaxembed.workdir import Workdir
 
@@ -75,11 +74,8 @@ def load_params(run, path: str):
   merged into their kernels: runs are combined as the models they are (a sum of
   factors is not the sum of their products)."""
   if path == "pretrained":
-    params = initial_params(run)
-    if getattr(run.model, "centered_exits", False):
-      # θ0 as a run starts from it: with its centred exits' means, which training keeps.
-      params = centring.with_exit_centres(run, params)
-    return lora.merge(params, run.lora_scale)
+    # θ0 as a run starts from it (with its centred exits' means, which training keeps).
+    return lora.merge(start_params(run), run.lora_scale)
   ckpt = Checkpointer(os.path.join(path, "checkpoints"), read_only=True)
   try:
     if ckpt.latest_step() is None:

@@ -127,12 +127,20 @@ def _trainable_parts(run) -> set:
   return top
 
 
-def new_state(run, shardings: TrainState, start: dict | None = None) -> TrainState:
-  """Step 0: initial parameters (`start`: see `initial_params`), a fresh optimizer
-  state and the seed's RNG."""
+def start_params(run, start: dict | None = None):
+  """The parameters step 0 trains from: `initial_params`, with the centred exits'
+  layer means estimated on a fresh start (model.centered_exits; a stage's `start`
+  keeps its own)."""
   params = initial_params(run, start)
   if start is None and getattr(run.model, "centered_exits", False):
-    params = centring.with_exit_centres(run, params)   # a stage's start keeps its own
+    params = centring.with_exit_centres(run, params)
+  return params
+
+
+def new_state(run, shardings: TrainState, start: dict | None = None) -> TrainState:
+  """Step 0: `start_params` (`start`: see `initial_params`), a fresh optimizer state
+  and the seed's RNG."""
+  params = start_params(run, start)
   opt_state = jax.jit(run.tx.init, out_shardings=shardings.opt_state)(params)
   scalars = {"step": np.int32(0),
              "rng": np.asarray(jax.random.PRNGKey(run.config.seed + 1))}
