@@ -41,6 +41,10 @@ try:   # the shared layers; in older trees they lived in models/bert.py
   from jaxembed.models import layers  # noqa: E402
 except ImportError:
   from jaxembed.models import bert as layers  # noqa: E402
+try:   # the host malloc policy of the entry points; absent in older trees
+  from jaxembed import hostmem  # noqa: E402
+except ImportError:
+  hostmem = None
 
 BATCH, TOKENS = 32, 64
 
@@ -212,4 +216,6 @@ def main():
 
 
 if __name__ == "__main__":
+  if hostmem is not None:
+    hostmem.reexec_if_needed()   # as the entry points run (jaxembed/hostmem.py)
   main()

@@ -22,6 +22,10 @@ The peer is `sentence-transformers` importable from `--peer-python` (default: th
 installs it). The last lines are `train ratio: X` and `encode ratio: Y`, jaxembed's
 throughput over the peer's (median of `--rounds`). `--layer-sweep` adds jaxembed's
 encode time at every layer (early exit) against layer 6.
+
+jaxembed's side runs as `experiments.train` does, under the host malloc settings of
+`jaxembed/hostmem.py` (the script starts itself again with them); the peer runs under
+glibc's defaults unless `--peer-malloc=same`.
 """
 
 from __future__ import annotations
@@ -123,8 +127,12 @@ def peer_worker(folder: str):
 
 
 class Peer:
-  def __init__(self, python: str, folder: str):
+  def __init__(self, python: str, folder: str, malloc: str = "default"):
     env = dict(os.environ, PYTHONPATH="")
+    from jaxembed import hostmem
+    if malloc == "default" and os.environ.get(hostmem.SWITCH) == "applied":
+      for k in hostmem.MALLOC_ENV:   # the peer as its users run it: glibc's settings
+        env.pop(k, None)
     self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", folder],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env=env, cwd=ROOT)
@@ -209,17 +217,22 @@ def main():
   parser.add_argument("--dtype", default="float32",
                       help="jaxembed's model.dtype; a comma list (float32,bfloat16) "
                            "times each, the first giving the last two lines")
+  parser.add_argument("--peer-malloc", choices=("default", "same"), default="default",
+                      help="the peer's malloc settings: glibc's defaults, as its users "
+                           "run it, or the same as jaxembed's entry points set "
+                           "(jaxembed/hostmem.py)")
   args = parser.parse_args()
   if args.worker:
     return peer_worker(args.worker)
   folder = model_folder()
   dtypes = args.dtype.split(",")
-  peer = Peer(args.peer_python, folder)
+  peer = Peer(args.peer_python, folder, args.peer_malloc)
   ours = {dt: Jaxembed(folder, dt) for dt in dtypes}
   import jax
   print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__} "
         f"({jax.device_count()} x {jax.devices()[0].platform}); peer torch "
-        f"{peer.info['torch']} ({peer.info['threads']} threads, float32)")
+        f"{peer.info['torch']} ({peer.info['threads']} threads, float32); host malloc: "
+        f"jaxembed {_malloc()}, peer {_malloc() if args.peer_malloc == 'same' else 'glibc defaults'}")
   print(f"encode texts: {ENCODE_TEXTS}, mean {ours[dtypes[0]].pieces:.1f} word pieces")
   workloads = [w for w in ("train", "encode")
                if not (w == "train" and args.encode_only)
@@ -254,6 +267,13 @@ def main():
     print(f"{w} ratio: {med[w]['jaxembed ' + dtypes[0]] / med[w]['peer']:.3f}")
 
 
+def _malloc() -> str:
+  from jaxembed import hostmem
+  return ("retained (" + " ".join(f"{k}={os.environ[k]}" for k in hostmem.MALLOC_ENV
+                                  if k in os.environ) + ")"
+          if any(k in os.environ for k in hostmem.MALLOC_ENV) else "glibc defaults")
+
+
 def cpu_name() -> str:
   try:
     with open("/proc/cpuinfo") as f:
@@ -267,4 +287,8 @@ def cpu_name() -> str:
 
 
 if __name__ == "__main__":
+  if "--worker" not in sys.argv:   # jaxembed's side runs as its entry points do
+    sys.path.insert(0, ROOT)
+    from jaxembed import hostmem
+    hostmem.reexec_if_needed()
   main()

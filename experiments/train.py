@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxembed import hostmem
 from jaxembed.errors import JaxembedError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
@@ -95,4 +96,5 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+  hostmem.reexec_if_needed()  # keep the step's scratch memory mapped (hostmem.py)
   app.run(main, flags_parser=parse_flags)
