@@ -16,13 +16,17 @@ starts (`mallopt` cannot set a trim threshold above 2 GiB, which the freed top o
 the heap exceeds here), so the command-line entry points call `reexec_if_needed()`
 first: it starts the same command again, same process id, with them added to its
 environment. Variables the user set stay as they are; JAXEMBED_HOST_MALLOC=0 turns
-the whole thing off. The cost: the process keeps its peak heap until it exits.
+the whole thing off, and it is left off where jax will compute on an accelerator
+(JAX_PLATFORMS names another platform first, or none is named and a TPU, CUDA or ROCm
+plugin is installed): there the scratch space lives on the device. The cost: the
+process keeps its peak heap until it exits.
 
 Standard library only, so that it can run before anything heavy is imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -30,14 +34,29 @@ import sys
 SWITCH = "JAXEMBED_HOST_MALLOC"   # "0": leave malloc alone; "applied": done (re-exec'd)
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
               "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+# jax's accelerator plugins (and the PJRT plugin namespace), found without importing.
+ACCELERATOR_MODULES = ("libtpu", "jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin",
+                       "jax_rocm7_plugin", "jax_rocm60_plugin")
+
+
+def computes_on_cpu(environ) -> bool:
+  """Whether jax will pick the CPU, judged before jax is imported: the first platform
+  JAX_PLATFORMS names, else whether no accelerator plugin is installed."""
+  named = (environ.get("JAX_PLATFORMS") or environ.get("JAX_PLATFORM_NAME") or "").strip()
+  if named:
+    return named.split(",")[0].strip().lower() == "cpu"
+  return not any(importlib.util.find_spec(m) for m in ACCELERATOR_MODULES)
 
 
 def tuned_environment(environ) -> dict | None:
   """The environment to start again with, or None when nothing is to change: turned
-  off, already applied, not glibc, or every variable already set by the user."""
+  off, already applied, not glibc, an accelerator ahead, or every variable already
+  set by the user."""
   if environ.get(SWITCH) in ("0", "applied"):
     return None
   if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    return None
+  if not computes_on_cpu(environ):
     return None
   missing = {k: v for k, v in MALLOC_ENV.items() if k not in environ}
   if not missing:

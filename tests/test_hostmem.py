@@ -68,6 +68,27 @@ def test_tuned_environment_adds_only_what_the_user_left_unset():
   assert hostmem.tuned_environment(dict(hostmem.MALLOC_ENV)) is None
 
 
+def test_left_off_where_jax_computes_on_an_accelerator(monkeypatch):
+  if hostmem.tuned_environment({"JAX_PLATFORMS": "cpu"}) is None:
+    pytest.skip("not glibc on Linux")
+  assert hostmem.tuned_environment({"JAX_PLATFORMS": "tpu"}) is None
+  assert hostmem.tuned_environment({"JAX_PLATFORMS": "cuda,cpu"}) is None
+  assert hostmem.tuned_environment({"JAX_PLATFORMS": "cpu,cuda"}) is not None
+  # No platform named: an installed plugin decides (found by name, never imported).
+  seen = []
+  real = hostmem.importlib.util.find_spec
+
+  def find_spec(name, *args):
+    seen.append(name)
+    return object() if name == "jax_cuda12_plugin" else real(name, *args)
+  monkeypatch.setattr(hostmem.importlib.util, "find_spec", find_spec)
+  assert hostmem.tuned_environment({}) is None
+  assert "jax_cuda12_plugin" in seen
+  monkeypatch.setattr(hostmem.importlib.util, "find_spec",
+                      lambda name, *a: None)
+  assert hostmem.tuned_environment({}) is not None
+
+
 @glibc_linux
 def test_reexec_keeps_the_process_and_stops_the_page_faults(tmp_path):
   pages = (256 << 20) // os.sysconf("SC_PAGE_SIZE")
