@@ -192,17 +192,17 @@ def main():
     print(f"(no cost analysis: {e})")
 
   full = med["full"]
-  layers = cfg.num_layers
+  n_layers = cfg.num_layers
   rows = [
       ("dropout (bits + masks)", med["full"] - med["no dropout"]),
       ("grid loss (30 cells vs 1)", med["no dropout"] - med["no dropout, (6, 384) only"]),
       ("backward pass", med["no dropout, (6, 384) only"] - med["forward only"]
        - med["optimizer"]),
       ("forward pass", med["forward only"]),
-      ("  attention (fwd+bwd x layers)", med["attention"] * layers),
-      ("  dense layers (fwd+bwd x layers)", med["dense layers"] * layers),
+      ("  attention (fwd+bwd x layers)", med["attention"] * n_layers),
+      ("  dense layers (fwd+bwd x layers)", med["dense layers"] * n_layers),
       ("  layer norm, GELU, residual (fwd+bwd x layers)",
-       med["layer norm + GELU + residual"] * layers),
+       med["layer norm + GELU + residual"] * n_layers),
       ("optimizer (AdamW + clip)", med["optimizer"]),
       ("host: read + tokenise + batch (not overlapped)", med["host batch"]),
   ]
