@@ -21,7 +21,8 @@ the whole thing off, and it is left off where jax will compute on an accelerator
 plugin is installed): there the scratch space lives on the device. The cost: the
 process keeps its peak heap until it exits.
 
-Standard library only, so that it can run before anything heavy is imported.
+The module itself uses the standard library only; imported through the `jaxembed`
+package it comes after jax's import, so a restart costs about a second.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def reexec_if_needed() -> None:
   runs again."""
   env = tuned_environment(os.environ)
   argv = getattr(sys, "orig_argv", None)
-  if env is None or not argv:
+  if env is None or not argv or len(argv) < 2:   # no script to run again (a REPL)
     return
   sys.stdout.flush()
   sys.stderr.flush()
