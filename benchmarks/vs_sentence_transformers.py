@@ -130,8 +130,8 @@ class Peer:
   def __init__(self, python: str, folder: str, malloc: str = "default"):
     env = dict(os.environ, PYTHONPATH="")
     from jaxembed import hostmem
-    if malloc == "default" and os.environ.get(hostmem.SWITCH) == "applied":
-      for k in hostmem.MALLOC_ENV:   # the peer as its users run it: glibc's settings
+    if malloc == "default":   # the peer as its users run it: glibc's own settings
+      for k in hostmem.MALLOC_ENV:
         env.pop(k, None)
     self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", folder],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -40,6 +40,11 @@ ACCELERATOR_MODULES = ("libtpu", "jax_plugins", "jax_cuda12_plugin", "jax_cuda13
                        "jax_rocm7_plugin", "jax_rocm60_plugin")
 
 
+def on_glibc() -> bool:
+  """Whether this is Linux with glibc, whose malloc reads the variables."""
+  return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
 def computes_on_cpu(environ) -> bool:
   """Whether jax will pick the CPU, judged before jax is imported: the first platform
   JAX_PLATFORMS names, else whether no accelerator plugin is installed."""
@@ -55,9 +60,7 @@ def tuned_environment(environ) -> dict | None:
   set by the user."""
   if environ.get(SWITCH) in ("0", "applied"):
     return None
-  if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-    return None
-  if not computes_on_cpu(environ):
+  if not on_glibc() or not computes_on_cpu(environ):
     return None
   missing = {k: v for k, v in MALLOC_ENV.items() if k not in environ}
   if not missing:
