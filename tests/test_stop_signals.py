@@ -106,3 +106,36 @@ def test_a_forced_stop_swallowed_by_logging_is_raised_again_at_the_step_boundary
     sys.stderr = old_stderr
     logger.removeHandler(handler)
     stop.restore()
+
+
+def test_a_second_signal_during_the_first_ones_warning_forces_the_stop():
+  """A Python signal handler can be interrupted by the next signal. Someone who sees
+  the "saving a checkpoint" warning and presses ctrl-c again may land inside the first
+  handler, between its warning and the end of the handler: the nested call must find
+  the stop requested and force it (it was once handled as a second first signal, and
+  the run saved and exited 0)."""
+  import logging as std_logging
+  stop = train.loop._StopSignal()
+  nested = []
+
+  class SecondSignalOnWarning(std_logging.Handler):
+    def emit(self, record):
+      if "saving a checkpoint" in record.getMessage() and not nested:
+        nested.append(record)
+        try:
+          stop._handle(signal.SIGINT, None)  # the second ctrl-c, inside the first handler
+        except train.loop.StopNow:
+          pass                               # surfaces at the step boundary via check()
+
+  root = std_logging.getLogger()
+  handler = SecondSignalOnWarning()
+  root.addHandler(handler)
+  try:
+    stop._handle(signal.SIGINT, None)
+    assert nested, "the warning was not logged"
+    with pytest.raises(train.loop.StopNow, match="again") as forced:
+      stop.check()
+    assert forced.value.exit_code == 128 + signal.SIGINT
+  finally:
+    root.removeHandler(handler)
+    stop.restore()

@@ -78,9 +78,13 @@ class _StopSignal:
       self.forced = StopNow(f"received {name} again: stopping without saving; the last "
                             f"checkpoint is step {self.last_checkpoint}", 128 + signum)
       raise self.forced
+    # Set before logging: a Python signal handler can itself be interrupted, and a
+    # second signal that lands while the warning is being written (someone who sees
+    # it and presses ctrl-c again) must find the stop already requested. Its StopNow
+    # may then be swallowed by logging; `check` raises it again.
+    self.requested = True
     logging.warning("received %s: saving a checkpoint and stopping (send it again to "
                     "stop without saving)", name)
-    self.requested = True
 
   def check(self):
     """Raises the forced stop again. An exception raised by a signal handler surfaces
