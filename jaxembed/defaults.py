@@ -99,6 +99,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_train_examples = ml_collections.config_dict.placeholder(int)
   c.data.seq_len = 32                                # tokens, specials included
   c.data.padding_side = "right"                      # right | left (decoder LLMs)
+  # >0: training batches packed into rows of this many tokens (each text attends only
+  # to itself; same vectors, less padding: jaxembed/data/packing.py); BERT encoders,
+  # one process. The row count is rounded up to a multiple of pack_granule.
+  c.data.pack_length = 0
+  c.data.pack_granule = 8
   # Prepended to every anchor (query); its tokens are attended to but not pooled.
   c.data.query_instruction = ""
 

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from tensorflow_datasets.proto import tf_example_generated_pb2
 
-from jaxembed.data import batching
+from jaxembed.data import batching, packing
 from jaxembed.data.builders import decode_text
 from jaxembed.data.packaged import CAPTION_TEMPLATES
 from jaxembed.data.tokenizer import Tokenizer
@@ -26,9 +26,14 @@ class TokenizePairs:
   float32]}, fixed length."""
 
   def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction="",
-               loss_weights=None):
+               loss_weights=None, pack_length: int = 0, pack_granule: int = 8):
     self.tokenizer = tokenizer
     self.seq_len = seq_len
+    # data.pack_length > 0: the batch's texts also go packed into rows of that many
+    # tokens ('packed'), each side carrying its tokens' places there ('token_index');
+    # see data/packing.py.
+    self.pack_length = pack_length
+    self.pack_granule = pack_granule
     # Prepended to anchors (queries), not pooled: one string, or one per dataset of a
     # mixture (a batch's 'source' says which dataset it was drawn from).
     self.instruction = instruction
@@ -62,6 +67,15 @@ class TokenizePairs:
       rows = len(out["anchor"]["input_ids"])
       out["pair_weight"] = np.full(rows, pair, np.float32)
       out["teacher_weight"] = np.full(rows, teacher, np.float32)
+    if self.pack_length:
+      sides = [s for s in ("anchor", "positive", "negatives") if s in out]
+      flat = lambda a: a.reshape(-1, a.shape[-1])      # negatives: [b, k, t] -> [b*k, t]
+      packed, index = packing.pack_rows([flat(out[s]["attention_mask"]) for s in sides],
+                                        [flat(out[s]["input_ids"]) for s in sides],
+                                        self.pack_length, self.pack_granule)
+      out["packed"] = packed
+      for side, idx in zip(sides, index):
+        out[side]["token_index"] = idx.reshape(out[side]["input_ids"].shape)
     return out
 
 
@@ -95,7 +109,8 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  max_examples: int | None = None, split_name: str = "train",
                  num_threads: int = 2, workers: int = 0,
-                 instruction: str = "") -> grain.IterDataset:
+                 instruction: str = "", pack_length: int = 0,
+                 pack_granule: int = 8) -> grain.IterDataset:
   """An endless, per-epoch reshuffled stream of tokenised pair batches for this host.
 
   `batch_size` is the global batch; this host yields its `batch_size / process_count`
@@ -117,7 +132,8 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
   ds = HostShard(ds.shuffle(seed=seed).repeat(None), batch_size, process_index,
                  process_count)
   ds = (ds.batch(batch_size // process_count, drop_remainder=True)
-        .map(TokenizePairs(tokenizer, seq_len, instruction)))
+        .map(TokenizePairs(tokenizer, seq_len, instruction, pack_length=pack_length,
+                           pack_granule=pack_granule)))
   return _to_iter(ds, num_threads, workers)
 
 
@@ -163,7 +179,8 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
                     process_index: int = 0, process_count: int = 1,
                     max_examples: int | None = None, num_threads: int = 2,
                     workers: int = 0, instruction="",
-                    loss_weights=None) -> grain.IterDataset:
+                    loss_weights=None, pack_length: int = 0,
+                    pack_granule: int = 8) -> grain.IterDataset:
   """Batches planned by `batching.BatchPlan`: a weighted mixture of `sources` (each
   batch from one of them) and/or batches in which no text occurs twice. `instruction`:
   the query instruction, one string or one per source. `loss_weights`: None, or one
@@ -197,7 +214,8 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
                       "texts") from None
   ds = batching.PlannedBatches(sources, plan, batch_size, process_index, process_count,
                                negs[0]).map(TokenizePairs(tokenizer, seq_len, instruction,
-                                                          loss_weights))
+                                                          loss_weights, pack_length,
+                                                          pack_granule))
   return _to_iter(ds, num_threads, workers)
 
 

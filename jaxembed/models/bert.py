@@ -135,8 +135,9 @@ class SelfAttention(nn.Module):
     q = _dense(shape, ("embed", "heads", "kv"), cfg, "query")(x)
     k = _dense(shape, ("embed", "heads", "kv"), cfg, "key")(x)
     v = _dense(shape, ("embed", "heads", "kv"), cfg, "value")(x)
-    # mask: [batch, keys] -> [batch, 1 (heads), 1 (queries), keys]
-    key_mask = mask[:, None, None, :].astype(bool)
+    # mask: [batch, keys] -> [batch, 1 (heads), 1 (queries), keys]; a mask given as
+    # [batch, 1, queries, keys] (packed rows: each token sees its own text) is used as is
+    key_mask = (mask if mask.ndim == 4 else mask[:, None, None, :]).astype(bool)
     drop = 0.0 if deterministic else cfg.attention_dropout
     if _use_cudnn(getattr(cfg, "attention", "auto"), cfg.dtype, drop):
       dt = jnp.dtype(cfg.dtype)
@@ -181,7 +182,11 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
-               deterministic: bool = True, depth: int | None = None):
+               deterministic: bool = True, depth: int | None = None,
+               position_ids=None, segment_ids=None):
+    """`segment_ids` (packed rows, data/packing.py): tokens attend only to tokens of
+    their own segment (0 = padding, attended by none); `position_ids` default to
+    0..length-1."""
     cfg = self.cfg
     init = nn.initializers.normal(cfg.initializer_range)
     length = input_ids.shape[1]
@@ -200,7 +205,12 @@ class BertEncoder(nn.Module):
     typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
                    embedding_init=nn.with_logical_partitioning(init, (None, "embed")),
                    name="token_type_embeddings")
-    x = word(input_ids) + pos(jnp.arange(length)[None, :]) + typ(token_type_ids)
+    if position_ids is None:
+      position_ids = jnp.arange(length)[None, :]
+    if segment_ids is not None:
+      attention_mask = ((segment_ids[:, :, None] == segment_ids[:, None, :])
+                        & (segment_ids[:, None, :] > 0))[:, None]
+    x = word(input_ids) + pos(position_ids) + typ(token_type_ids)
     x = _layer_norm(cfg, "embeddings_norm")(x)
     x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     if cfg.scan_layers:

@@ -16,7 +16,8 @@ model they hold:
 * `text_config`: the text encoder's config; `query_modality`: 'text' | 'image';
   `symmetric`: whether queries and documents go through the same encoder;
   `pretrained_paths`: where in the parameter tree the pretrained text encoder's
-  `{'encoder': ...}` goes; `supports_hard_negatives`, `supports_grad_cache`.
+  `{'encoder': ...}` goes; `supports_hard_negatives`, `supports_grad_cache`,
+  `supports_packing` (packed training batches: data/packing.py).
 """
 
 from __future__ import annotations
@@ -88,11 +89,21 @@ class Embedder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, *, deterministic: bool = True,
-               pool_mask=None):
+               pool_mask=None, packed=None, token_index=None):
+    """`packed` ({'input_ids', 'segment_ids', 'position_ids'} [rows, row_length]) and
+    `token_index` [batch, length] (data/packing.py): the encoder runs on the packed
+    rows, and each text's hidden states are gathered back into the padded layout of
+    `input_ids` / `attention_mask` before pooling (`input_ids` itself is not read)."""
     layers = self.layers or tuple(range(1, self.bert.num_layers + 1))
     depth = max(layers) if self.early_exit else None
-    hidden = make_encoder(self.bert)(input_ids, attention_mask, deterministic=deterministic,
-                                     depth=depth)
+    encoder = make_encoder(self.bert)
+    if packed is None:
+      hidden = encoder(input_ids, attention_mask, deterministic=deterministic, depth=depth)
+    else:
+      rows = encoder(packed["input_ids"], None, deterministic=deterministic, depth=depth,
+                     position_ids=packed["position_ids"],
+                     segment_ids=packed["segment_ids"])
+      hidden = tuple(h.reshape(-1, h.shape[-1])[token_index] for h in rows)
     mask = attention_mask if pool_mask is None else pool_mask * attention_mask
     pooled = Pooler(self.pooling, self.pool_heads, self.pool_latents, name="pooler")(
         hidden, mask, layers, num_layers=self.bert.num_layers)
@@ -108,6 +119,12 @@ class Embedder(nn.Module):
   @property
   def text_config(self):
     return self.bert
+
+  @property
+  def supports_packing(self) -> bool:
+    """Packed training batches (data.pack_length): the BERT encoder takes segment ids;
+    the causal decoder does not."""
+    return isinstance(self.bert, BertConfig)
 
   @property
   def output_layers(self) -> int:
@@ -138,7 +155,11 @@ class Embedder(nn.Module):
     # Instruction tokens (anchors with data.query_instruction) are attended, not pooled.
     pool = (jnp.concatenate([p.get("pool_mask", p["attention_mask"]) for p in parts])
             if any("pool_mask" in p for p in parts) else None)
-    out = self(ids, mask, deterministic=deterministic, pool_mask=pool)
+    # Packed batches (data.pack_length): the texts' places in the packed rows.
+    index = (jnp.concatenate([p["token_index"] for p in parts])
+             if "packed" in batch else None)
+    out = self(ids, mask, deterministic=deterministic, pool_mask=pool,
+               packed=batch.get("packed"), token_index=index)
     n = batch["anchor"]["input_ids"].shape[0]
     if negatives is None:
       return out[:n], out[n:2 * n]

@@ -89,6 +89,7 @@ class TwoTower(nn.Module):
 
   supports_hard_negatives = False
   supports_grad_cache = False
+  supports_packing = False
 
   @property
   def text_config(self):

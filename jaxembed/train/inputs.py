@@ -54,7 +54,7 @@ def make_inputs(config, model, tokenizer):
   common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=d.seq_len,
                 seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count(), max_examples=d.max_train_examples,
-                workers=d.workers)
+                workers=d.workers, pack_length=d.pack_length, pack_granule=d.pack_granule)
   instructions = [c["instruction"] for c in components]
   if len(components) == 1 and not d.no_duplicates and loss_weights is None:
     dataset = pipeline.pair_dataset(sources[0], instruction=instructions[0], **common)

@@ -120,6 +120,7 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
                       f"{jax.process_count()} processes")
   check_scored(config)
   check_grouped(config)
+  check_packing(config, model, n_batch_shards)
   mini = config.train.grad_cache_minibatch
   if mini and (batch % mini or mini % n_batch_shards):
     raise ConfigError(f"train.grad_cache_minibatch={mini} must divide train.batch_size="
@@ -127,6 +128,38 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
   if mini and not model.supports_grad_cache:
     raise ConfigError(f"train.grad_cache_minibatch is not supported with "
                       f"model.encoder={config.model.encoder!r}; set it to 0")
+
+
+def check_packing(config, model, n_batch_shards: int) -> None:
+  """data.pack_length: what packed batches need (see data/packing.py)."""
+  d = config.data
+  length, granule = d.pack_length, d.pack_granule
+  for field, value in (("data.pack_length", length), ("data.pack_granule", granule)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f"{field}={value!r} must be an integer >= 0")
+  if not length:
+    return
+  if length < d.seq_len:
+    raise ConfigError(f"data.pack_length={length} must be at least data.seq_len="
+                      f"{d.seq_len} (a row holds at least one whole text)")
+  if granule < 1 or granule % n_batch_shards:
+    raise ConfigError(f"data.pack_granule={granule} must be a positive multiple of the "
+                      f"data-parallel size {n_batch_shards} (the packed rows are split "
+                      "over it)")
+  why = None
+  if not model.supports_packing:
+    why = f"model.encoder={config.model.encoder!r} (BERT encoders only)"
+  elif d.padding_side != "right":
+    why = f"data.padding_side={d.padding_side!r} (right only)"
+  elif config.train.grad_cache_minibatch:
+    why = "train.grad_cache_minibatch (it splits the batch by texts, not rows)"
+  elif jax.process_count() > 1:
+    why = f"{jax.process_count()} processes (each would pack only its own rows)"
+  elif d.source == "fashion_mnist":
+    why = "data.source='fashion_mnist' (image-caption pairs)"
+  if why:
+    raise ConfigError(f"data.pack_length={length} does not go with {why}; set "
+                      "data.pack_length=0")
 
 
 def check_scored(config) -> None:
