@@ -133,8 +133,12 @@ def base_config() -> ml_collections.ConfigDict:
   # the teacher's and the cell's softmax over scaled cosine similarities among the
   # batch's texts (weight), and 1 - cosine of the full model to the teacher (anchor).
   # loss = pair_weight * (the loss.name objective) + weight * KL + anchor_weight * anchor.
+  # anchor_min_tokens / kl_min_tokens: the anchor holds, and the KL matches the rows
+  # of, only texts of at least that many tokens (specials included; 0: every text),
+  # leaving single words free to move.
   c.loss.distill = ml_collections.ConfigDict(dict(
-      weight=0.0, anchor_weight=0.0, pair_weight=1.0, scale=20.0, temperature=1.0))
+      weight=0.0, anchor_weight=0.0, pair_weight=1.0, scale=20.0, temperature=1.0,
+      anchor_min_tokens=0, kl_min_tokens=0))
   c.loss.matryoshka = ml_collections.ConfigDict()
   c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
   c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)

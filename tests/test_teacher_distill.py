@@ -20,19 +20,21 @@ def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def relational_kd_reference(student, teacher, scale, temperature):
-  """KL(teacher || student) per text over every other text, a float64 loop."""
+def relational_kd_reference(student, teacher, scale, temperature, rows=None):
+  """KL(teacher || student) per text over every other text, a float64 loop; with
+  `rows`, averaged over those texts only."""
   s, t = _unit(np.float64(student)), _unit(np.float64(teacher))
   n = len(s)
+  rows = range(n) if rows is None else np.flatnonzero(rows)
   total = 0.0
-  for i in range(n):
+  for i in rows:
     others = [j for j in range(n) if j != i]
     ls = np.array([scale * s[i] @ s[j] for j in others]) / temperature
     lt = np.array([scale * t[i] @ t[j] for j in others]) / temperature
     p = np.exp(lt - lt.max()); p /= p.sum()
     log_q = ls - ls.max() - np.log(np.exp(ls - ls.max()).sum())
     total += np.sum(p * (np.log(p) - log_q))
-  return total / n * temperature ** 2
+  return total / len(rows) * temperature ** 2
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -68,6 +70,69 @@ def test_teacher_distillation_weights_cells_and_anchors_the_full_model():
     np.testing.assert_allclose(float(parts[f"distill/{name}"]), value, rtol=1e-4)
   np.testing.assert_allclose(float(parts["anchor"]), anchor, rtol=1e-5)
   np.testing.assert_allclose(float(loss), 0.5 * kd + 2.0 * anchor, rtol=1e-4)
+  # the anchor held on some texts only (loss.distill.anchor_min_tokens): their mean
+  rows = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
+  _, some = teacher_distillation(
+      jnp.float32(student), jnp.float32(teacher), cells=cells,
+      layer_index={1: 0, 2: 1, 3: 2}, full_layer=3, weight=0.5, anchor_weight=2.0,
+      anchor_rows=jnp.asarray(rows))
+  np.testing.assert_allclose(float(some["anchor"]), np.mean((1 - cos)[rows]), rtol=1e-5)
+  np.testing.assert_allclose(float(some["distill"]), float(parts["distill"]), rtol=1e-6)
+  # and the KL matched on some texts' rows only (loss.distill.kl_min_tokens)
+  _, some = teacher_distillation(
+      jnp.float32(student), jnp.float32(teacher), cells=cells,
+      layer_index={1: 0, 2: 1, 3: 2}, full_layer=3, weight=0.5, kl_rows=jnp.asarray(rows))
+  for c in cells:
+    want = relational_kd_reference(student[:, c.layer - 1, :c.dim], teacher, 20.0, 1.0,
+                                   rows=rows)
+    np.testing.assert_allclose(float(some[f"distill/{c.name}"]), want, rtol=1e-4)
+    assert abs(want - per_cell[c.name]) > 1e-3 * per_cell[c.name]
+
+
+def test_the_anchor_skips_short_texts_by_their_token_count(smoke_config):
+  """loss.distill.anchor_min_tokens through the step's token counts: the loss of a
+  batch equals the anchor's mean over the long texts only, computed by hand from the
+  same vectors."""
+  config = smoke_config(**{"train.dropout": False})
+  config.loss.distill.update(weight=0.0, anchor_weight=1.0, pair_weight=0.0,
+                             anchor_min_tokens=8)
+  run = train.setup(config, "/nonexistent-unused", devices=jax.devices()[:1])
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  leaves, tree = jax.tree.flatten(state.params)      # a student away from the teacher
+  noise = np.random.default_rng(0)
+  params = jax.tree.unflatten(tree, [p + 0.05 * noise.normal(size=p.shape).astype(p.dtype)
+                                     for p in leaves])
+  batch = batch_with_negatives(run, b=8, k=1, t=16, seed=4)
+  loss, _ = run.loss_fn(*train.step.encode_pairs(run.train_model, params, batch, None,
+                                                 deterministic=True),
+                        **train.step.loss_inputs(run.train_model, batch,
+                                                 run.teacher_params()))
+  vecs = train.step.encode_pairs(run.train_model, params, batch, None, deterministic=True)
+  teach = train.step.encode_pairs(run.train_model, run.teacher_params(), batch, None,
+                                  deterministic=True)
+  flat = lambda x: np.asarray(x).reshape(-1, *x.shape[-2:])[:, -1]
+  s = np.concatenate([flat(v) for v in vecs])
+  t = np.concatenate([flat(v) for v in teach])
+  tokens = np.concatenate([batch[k]["attention_mask"].sum(-1).reshape(-1)
+                           for k in ("anchor", "positive", "negatives")])
+  long = tokens >= 8
+  assert 0 < long.sum() < len(long)
+  gap = 1 - np.sum(_unit(np.float64(s)) * _unit(np.float64(t)), axis=-1)
+  np.testing.assert_allclose(float(loss), gap[long].mean(), rtol=1e-4)
+  assert abs(gap[long].mean() - gap.mean()) > 1e-4 * gap.mean()
+  # kl_min_tokens reaches the KL the same way: a threshold every text passes changes
+  # nothing, one that drops texts changes the loss
+  def kl_loss(minimum):
+    c = config.copy_and_resolve_references()
+    c.loss.distill.update(weight=1.0, anchor_weight=0.0, anchor_min_tokens=0,
+                          kl_min_tokens=minimum)
+    fn = make_loss(c.loss, num_layers=run.train_model.output_layers,
+                   hidden=run.train_model.output_width)
+    return float(fn(*vecs, **train.step.loss_inputs(run.train_model, batch,
+                                                    run.teacher_params()))[0])
+  assert kl_loss(1) == pytest.approx(kl_loss(0), rel=1e-6)
+  assert abs(kl_loss(8) - kl_loss(0)) > 1e-3 * kl_loss(0)
 
 
 def test_the_loss_adds_the_teacher_terms_to_the_pair_objective(smoke_config):

@@ -11,14 +11,22 @@ import jax.numpy as jnp
 from jaxembed.losses.contrastive import candidates, info_nce_from_logits, l2_normalize
 
 
-def kl_scores(student_logits, teacher_logits, *, temperature: float = 1.0):
+def kl_scores(student_logits, teacher_logits, *, temperature: float = 1.0, rows=None):
   """mean_i KL(softmax(teacher_i / T) || softmax(student_i / T)) * T^2 (Hinton et al.
-  2015). teacher_logits may come from the data (cross-encoder scores) or the model."""
+  2015). teacher_logits may come from the data (cross-encoder scores) or the model.
+  rows: None, or [n] bools: the mean is over those rows only (0 if none)."""
   t = jax.lax.stop_gradient(teacher_logits) / temperature
   p = jax.nn.softmax(t, axis=-1)
   log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   kl = jnp.sum(p * (jax.nn.log_softmax(t, axis=-1) - log_q), axis=-1)
-  return jnp.mean(kl) * temperature ** 2
+  return _masked_mean(kl, rows) * temperature ** 2
+
+
+def _masked_mean(x, rows=None):
+  if rows is None:
+    return jnp.mean(x)
+  w = rows.astype(x.dtype)
+  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def mse_embeddings(student, teacher):
@@ -57,30 +65,35 @@ def multi_exit_self_distillation(q_layers, d_layers, exits: Sequence[int], *,
   return loss, parts
 
 
-def relational_kd(student, teacher, *, scale: float = 20.0, temperature: float = 1.0):
+def relational_kd(student, teacher, *, scale: float = 20.0, temperature: float = 1.0,
+                  rows=None):
   """Distillation of the teacher's similarity structure over a set of texts: for each
   text, KL(teacher || student) between the softmax over its scaled cosine similarities
   to every other text of the set (itself excluded). student [n, d_s] and teacher
-  [n, d_t] may differ in width (a truncated sub-model learns from the full teacher)."""
+  [n, d_t] may differ in width (a truncated sub-model learns from the full teacher).
+  rows: None, or [n] bools: the texts whose distributions are matched (the mean is
+  over them; every text still appears among the others)."""
   s, t = l2_normalize(student), l2_normalize(jax.lax.stop_gradient(teacher))
   n = s.shape[0]
   off = ~jnp.eye(n, dtype=bool)
   neg = jnp.finfo(jnp.float32).min
   s_logits = jnp.where(off, scale * (s @ s.T).astype(jnp.float32), neg)
   t_logits = jnp.where(off, scale * (t @ t.T).astype(jnp.float32), neg)
-  return kl_scores(s_logits, t_logits, temperature=temperature)
+  return kl_scores(s_logits, t_logits, temperature=temperature, rows=rows)
 
 
 def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
                          full_layer: int, scale: float = 20.0, temperature: float = 1.0,
-                         weight: float = 1.0, anchor_weight: float = 0.0):
+                         weight: float = 1.0, anchor_weight: float = 0.0,
+                         anchor_rows=None, kl_rows=None):
   """A frozen teacher's knowledge kept in every Matryoshka cell: `weight` x the mean of
   `relational_kd` over the (layer, dim) cells, weighted as the cells are, plus
   `anchor_weight` x (1 - cosine) between the full model's last layer and the teacher's
   embedding of each text (the full cell anchored to the teacher).
 
   texts_by_layer: [n, layers, width] student vectors of the batch's texts; teacher:
-  [n, d_t]. Returns (loss, {"distill/<cell>": kl, "distill": their weighted mean,
+  [n, d_t]; anchor_rows, kl_rows: None, or [n] bools, the texts the anchor holds and
+  those whose similarity distributions the KL matches (means over them). Returns (loss, {"distill/<cell>": kl, "distill": their weighted mean,
   ["anchor": 1 - cos]}).
   """
   total_w = sum(c.weight for c in cells)
@@ -90,7 +103,7 @@ def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
     for cell in cells:
       x = texts_by_layer[:, layer_index[cell.layer], :cell.dim]
       parts[f"distill/{cell.name}"] = relational_kd(x, teacher, scale=scale,
-                                                    temperature=temperature)
+                                                    temperature=temperature, rows=kl_rows)
     parts["distill"] = sum(c.weight / total_w * parts[f"distill/{c.name}"] for c in cells)
     loss = weight * parts["distill"]
   if anchor_weight:
@@ -99,6 +112,6 @@ def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
     if full.shape[-1] != t.shape[-1]:
       raise ValueError(f"the anchor needs the student's width {full.shape[-1]} to equal "
                        f"the teacher's {t.shape[-1]}")
-    parts["anchor"] = jnp.mean(1.0 - jnp.sum(full * t, axis=-1))
+    parts["anchor"] = _masked_mean(1.0 - jnp.sum(full * t, axis=-1), anchor_rows)
     loss = loss + anchor_weight * parts["anchor"]
   return loss, parts

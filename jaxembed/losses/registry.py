@@ -142,9 +142,12 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   kd = distill_settings(cfg)
 
   def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None,
-              grades=None, groups=None, pair_weight=None, teacher_weight=None):
+              grades=None, groups=None, pair_weight=None, teacher_weight=None,
+              text_tokens=None):
     """pair_weight, teacher_weight: the batch's own multipliers of the pair objective
-    and of the teacher terms (a mixture's per-dataset weights); None = 1."""
+    and of the teacher terms (a mixture's per-dataset weights); None = 1.
+    text_tokens: [n] token counts of the batch's texts, in `_texts_of_batch`'s order
+    (for loss.distill.anchor_min_tokens)."""
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
@@ -168,7 +171,9 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
       kd_loss, parts = teacher_distillation(
           student, target, cells=cells, layer_index=ctx.layer_index,
           full_layer=num_layers, scale=kd.scale, temperature=kd.temperature,
-          weight=kd.weight, anchor_weight=kd.anchor_weight)
+          weight=kd.weight, anchor_weight=kd.anchor_weight,
+          anchor_rows=_rows(kd, "anchor_min_tokens", text_tokens),
+          kl_rows=_rows(kd, "kl_min_tokens", text_tokens))
       if teacher_weight is not None:
         kd_loss = teacher_weight * kd_loss
       loss = kd.pair_weight * loss + kd_loss
@@ -187,8 +192,9 @@ def distill_settings(cfg):
   kd = cfg.get("distill")
   if kd is None:
     return None
-  for name in ("weight", "anchor_weight", "pair_weight", "scale", "temperature"):
-    value = kd[name]
+  for name in ("weight", "anchor_weight", "pair_weight", "scale", "temperature",
+               "anchor_min_tokens", "kl_min_tokens"):
+    value = kd.get(name, 0) if name.endswith("_min_tokens") else kd[name]
     if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
       raise ConfigError(f"loss.distill.{name}={value!r} must be a finite number >= 0")
   if kd.scale == 0 or kd.temperature == 0:
@@ -202,6 +208,16 @@ def distill_settings(cfg):
   if not (kd.pair_weight or kd.weight or kd.anchor_weight):
     raise ConfigError("loss.distill: every weight is 0, nothing would be trained")
   return kd
+
+
+def _rows(kd, field: str, text_tokens):
+  """The texts a teacher term holds: None (all) unless loss.distill.<field> > 0."""
+  minimum = kd.get(field, 0)
+  if not minimum:
+    return None
+  if text_tokens is None:
+    raise ValueError(f"loss.distill.{field} is set but the step passed no token counts")
+  return text_tokens >= minimum
 
 
 def _texts_of_batch(q, d, negatives=None):
