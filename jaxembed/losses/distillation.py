@@ -93,8 +93,8 @@ def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
 
   texts_by_layer: [n, layers, width] student vectors of the batch's texts; teacher:
   [n, d_t]; anchor_rows, kl_rows: None, or [n] bools, the texts the anchor holds and
-  those whose similarity distributions the KL matches (means over them). Returns (loss, {"distill/<cell>": kl, "distill": their weighted mean,
-  ["anchor": 1 - cos]}).
+  those whose similarity distributions the KL matches (means over them). Returns
+  (loss, {"distill/<cell>": kl, "distill": their weighted mean, ["anchor": 1 - cos]}).
   """
   total_w = sum(c.weight for c in cells)
   parts = {}

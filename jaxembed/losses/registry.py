@@ -147,7 +147,7 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
     """pair_weight, teacher_weight: the batch's own multipliers of the pair objective
     and of the teacher terms (a mixture's per-dataset weights); None = 1.
     text_tokens: [n] token counts of the batch's texts, in `_texts_of_batch`'s order
-    (for loss.distill.anchor_min_tokens)."""
+    (for loss.distill.anchor_min_tokens and kl_min_tokens)."""
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
