@@ -55,11 +55,13 @@ def test_packed_rows_hold_each_text_once_at_its_positions(row_length, granule):
   # segments are distinct within a row: no two texts share (row, segment)
   keys = {(s // row_length, flat["segment_ids"][s]) for s in np.flatnonzero(used)}
   assert len(keys) == sum(int((s["attention_mask"].sum(1) > 0).sum()) for s in sides)
-  # first-fit decreasing needs no more rows than the texts' tokens over the row, + 1 per
-  # text longer than half a row (a simple bound; the padded layout needs 14 rows)
+  # the row count is the rows in use rounded up to the granule, and no row is left empty
+  # before the last used one
   tokens = sum(int(s["attention_mask"].sum()) for s in sides)
   needed = -(-len(np.unique(np.flatnonzero(used) // row_length)) // granule) * granule
   assert rows == max(granule, needed) and needed * row_length >= tokens
+  in_use = np.unique(np.flatnonzero(used) // row_length)
+  np.testing.assert_array_equal(in_use, np.arange(len(in_use)))
 
 
 def test_a_text_longer_than_the_row_is_refused():
