@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed import sharding as shd, train
+from jaxembed import train
 from jaxembed.data import packing
 from jaxembed.data.pipeline import TokenizePairs
 from jaxembed.errors import ConfigError
 from jaxembed.models import Embedder
 from jaxembed.models.bert import BertConfig
+from test_sharding import train_steps
 
 BERT = BertConfig(vocab_size=97, hidden_size=32, num_layers=3, num_heads=4,
                   intermediate_size=64, max_position_embeddings=64)
@@ -138,18 +139,10 @@ def test_the_pipeline_packs_what_it_pads(smoke_config):
   assert packed["packed"]["input_ids"].shape[0] % 2 == 0
 
 
-def train_losses(config, steps=3):
-  run = train.setup(config, "/nonexistent-unused", devices=jax.devices()[:2])
-  _, shardings = train.abstract_state(run)
-  state = train.new_state(run, shardings)
-  step_fn = train.compile_train_step(run, shardings)
-  it = iter(run.dataset)
-  out = []
-  for _ in range(steps):
-    batch = next(it)
-    state, m = step_fn(state, shd.host_batch_to_global(run.mesh, batch))
-    out.append({k: float(v) for k, v in shd.local_value(m).items() if k != "finite"})
-  return out, batch
+def train_losses(config):
+  """Every loss metric of 3 steps on 2 devices, and the last batch."""
+  _, _, steps = train_steps(config, jax.devices()[:2])
+  return [{k: v for k, v in m.items() if k != "finite"} for m, _ in steps], steps[-1][1]
 
 
 def test_packed_training_follows_padded_training(smoke_config):

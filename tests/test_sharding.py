@@ -10,17 +10,25 @@ from jaxembed.errors import ConfigError
 from jaxembed import sharding as shd, train
 
 
-def run_steps(config, devices, n_steps=3):
+def train_steps(config, devices, n_steps=3):
+  """n_steps of the run's compiled step on its own data: (run, state, [(metrics as
+  floats, the batch)] per step)."""
   run = train.setup(config, "/nonexistent-unused", devices=devices)
   _, shardings = train.abstract_state(run)
   state = train.new_state(run, shardings)
   step_fn = train.compile_train_step(run, shardings)
   data = iter(run.dataset)
-  losses = []
+  steps = []
   for _ in range(n_steps):
-    state, metrics = step_fn(state, shd.host_batch_to_global(run.mesh, next(data)))
-    losses.append(float(metrics["loss"]))
-  return run, state, np.array(losses)
+    batch = next(data)
+    state, metrics = step_fn(state, shd.host_batch_to_global(run.mesh, batch))
+    steps.append(({k: float(v) for k, v in shd.local_value(metrics).items()}, batch))
+  return run, state, steps
+
+
+def run_steps(config, devices, n_steps=3):
+  run, state, steps = train_steps(config, devices, n_steps)
+  return run, state, np.array([metrics["loss"] for metrics, _ in steps])
 
 
 @pytest.mark.parametrize("mesh", [dict(data=4, fsdp=2, tensor=1),

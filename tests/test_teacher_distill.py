@@ -104,16 +104,13 @@ def test_the_anchor_skips_short_texts_by_their_token_count(smoke_config):
   params = jax.tree.unflatten(tree, [p + 0.05 * noise.normal(size=p.shape).astype(p.dtype)
                                      for p in leaves])
   batch = batch_with_negatives(run, b=8, k=1, t=16, seed=4)
-  loss, _ = run.loss_fn(*train.step.encode_pairs(run.train_model, params, batch, None,
-                                                 deterministic=True),
-                        **train.step.loss_inputs(run.train_model, batch,
-                                                 run.teacher_params()))
   vecs = train.step.encode_pairs(run.train_model, params, batch, None, deterministic=True)
-  teach = train.step.encode_pairs(run.train_model, run.teacher_params(), batch, None,
-                                  deterministic=True)
-  flat = lambda x: np.asarray(x).reshape(-1, *x.shape[-2:])[:, -1]
-  s = np.concatenate([flat(v) for v in vecs])
-  t = np.concatenate([flat(v) for v in teach])
+  extra = train.step.loss_inputs(run.train_model, batch, run.teacher_params())
+  loss, _ = run.loss_fn(*vecs, **extra)
+  # the full model's vectors and the teacher's (its last layer), anchors, positives,
+  # negatives in turn
+  s = np.concatenate([np.asarray(v).reshape(-1, *v.shape[-2:])[:, -1] for v in vecs])
+  t = np.concatenate([np.asarray(v).reshape(-1, v.shape[-1]) for v in extra["teacher"]])
   tokens = np.concatenate([batch[k]["attention_mask"].sum(-1).reshape(-1)
                            for k in ("anchor", "positive", "negatives")])
   long = tokens >= 8
@@ -129,10 +126,10 @@ def test_the_anchor_skips_short_texts_by_their_token_count(smoke_config):
                           kl_min_tokens=minimum)
     fn = make_loss(c.loss, num_layers=run.train_model.output_layers,
                    hidden=run.train_model.output_width)
-    return float(fn(*vecs, **train.step.loss_inputs(run.train_model, batch,
-                                                    run.teacher_params()))[0])
-  assert kl_loss(1) == pytest.approx(kl_loss(0), rel=1e-6)
-  assert abs(kl_loss(8) - kl_loss(0)) > 1e-3 * kl_loss(0)
+    return float(fn(*vecs, **extra)[0])
+  every = kl_loss(0)
+  assert kl_loss(1) == pytest.approx(every, rel=1e-6)
+  assert abs(kl_loss(8) - every) > 1e-3 * every
 
 
 def test_the_loss_adds_the_teacher_terms_to_the_pair_objective(smoke_config):
