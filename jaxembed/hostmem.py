@@ -74,7 +74,7 @@ def reexec_if_needed() -> None:
   runs again."""
   env = tuned_environment(os.environ)
   argv = getattr(sys, "orig_argv", None)
-  if env is None or not argv or len(argv) < 2:   # no script to run again (a REPL)
+  if env is None or len(argv or ()) < 2:   # no script to run again (a REPL)
     return
   sys.stdout.flush()
   sys.stderr.flush()

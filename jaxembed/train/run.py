@@ -155,8 +155,6 @@ def check_packing(config, model, n_batch_shards: int) -> None:
     why = "train.grad_cache_minibatch (it splits the batch by texts, not rows)"
   elif jax.process_count() > 1:
     why = f"{jax.process_count()} processes (each would pack only its own rows)"
-  elif d.source == "fashion_mnist":
-    why = "data.source='fashion_mnist' (image-caption pairs)"
   if why:
     raise ConfigError(f"data.pack_length={length} does not go with {why}; set "
                       "data.pack_length=0")
