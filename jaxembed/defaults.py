@@ -32,6 +32,13 @@ def base_config() -> ml_collections.ConfigDict:
   # saved with the weights. Shallow layers' vectors share large constant components
   # that make their cosines uninformative.
   c.model.centered_exits = False
+  # With centred exits: also project out each layer's top k principal directions of
+  # those texts' centred vectors (all-but-the-top), the last layer's excepted.
+  c.model.exit_components = 0
+  # With centred exits: after the last step, estimate those statistics again on the
+  # trained model (the same texts) and save them with it; training used the initial
+  # model's throughout, which no longer describe the trained layers.
+  c.model.refresh_exits_at_end = False
   c.model.centering_texts = 4096
   # The BERT encoder's matmul precision: float32, or bfloat16 (float32 accumulation,
   # parameters, norms and softmax; about 1.75x faster on CPUs with AVX512-BF16/AMX

@@ -30,7 +30,7 @@ from jaxembed.models import spec as model_spec
 from jaxembed.models import weights
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
-from jaxembed.models.embedder import CENTER
+from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.models.hf import flax_to_hf
 from jaxembed.version import __version__
 from jaxembed.workdir import Workdir
@@ -127,15 +127,15 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"}]
-  center = (np.asarray(jax_to_numpy(model.params[CENTER]))[layer - 1, :dim]
-            if CENTER in model.params else np.zeros(dim, np.float32))
-  if dim < cfg.hidden_size or center.any():
-    # The Matryoshka prefix as an identity slice; a centred exit's mean as its bias.
-    tensors = {"linear.weight": np.eye(cfg.hidden_size, dtype=np.float32)[:dim].copy()}
-    if center.any():
-      tensors["linear.bias"] = (-center).astype(np.float32)
+  weight, bias = exit_map(model.params, layer, cfg.hidden_size)
+  if dim < cfg.hidden_size or bias.any():
+    # The Matryoshka prefix of the exit's affine map: an identity slice, a centred
+    # exit's mean as its bias, and its removed directions in the weight.
+    tensors = {"linear.weight": weight[:dim].copy()}
+    if bias.any():
+      tensors["linear.bias"] = bias[:dim].copy()
     _write_json(os.path.join(out, "2_Dense", "config.json"), {
-        "in_features": cfg.hidden_size, "out_features": dim, "bias": bool(center.any()),
+        "in_features": cfg.hidden_size, "out_features": dim, "bias": bool(bias.any()),
         "activation_function": "torch.nn.modules.linear.Identity"})
     safetensors.numpy.save_file(tensors, os.path.join(out, "2_Dense", "model.safetensors"))
     modules.append({"idx": 2, "name": "2", "path": "2_Dense",
@@ -177,6 +177,20 @@ def export(model: EmbeddingModel, out: str, *, layer=None, dim=None,
   if format == "flax" or (format == "auto" and sentence_transformers_reason(model)):
     return export_flax(model, out, layer=layer, dim=dim, card=card)
   return export_sentence_transformers(model, out, layer=layer, dim=dim, card=card)
+
+
+def exit_map(params, layer: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+  """(W [hidden, hidden], b [hidden]) float32 with W v + b = layer `layer`'s exit of a
+  pooled vector v: the identity and zero, or with centred exits P (v - mean) where P
+  = I - U^T U removes the exit's components U (Embedder.exit_components)."""
+  weight = np.eye(hidden, dtype=np.float64)
+  center = np.zeros(hidden, np.float64)
+  if CENTER in params:
+    center = np.asarray(jax_to_numpy(params[CENTER]), np.float64)[layer - 1]
+  if COMPONENTS in params:
+    u = np.asarray(jax_to_numpy(params[COMPONENTS]), np.float64)[layer - 1]
+    weight = weight - u.T @ u
+  return weight.astype(np.float32), (-(weight @ center)).astype(np.float32)
 
 
 def jax_to_numpy(tree):

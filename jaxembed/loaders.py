@@ -25,7 +25,7 @@ from jaxembed.models import lora
 from jaxembed.models import spec as model_spec
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.build import abstract_params, model_from_spec
-from jaxembed.models.embedder import CENTER, encoder_config
+from jaxembed.models.embedder import CENTER, COMPONENTS, encoder_config
 from jaxembed.models.loading import load_encoder_weights, read_model_folder, resolve_model_path
 from jaxembed.models.onnx import read_onnx_bert
 from jaxembed.models.spec import ModelSpec
@@ -36,7 +36,8 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   """A Hugging Face / sentence-transformers folder (config.json, safetensors): BERT,
   or a Llama / Qwen2 / Mistral decoder. A `Dense` module that keeps the first d
   coordinates (how `experiments.export` truncates a Matryoshka model) becomes the
-  default dim; other Dense modules are refused."""
+  default dim, with a centred exit's bias and removed directions; other Dense modules
+  are refused."""
   folder = read_model_folder(path, field="path")
   params = load_encoder_weights(folder.weights, folder.bert)
   padding = "left" if folder.pooling == "last_token" else "right"
@@ -44,39 +45,61 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.
   cfg = folder.bert
-  dim, bias = _prefix_dense(folder.path, cfg.hidden_size)
-  if bias is not None:    # a centred exit (model.centered_exits), exported
-    center = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
-    center[-1, :len(bias)] = -bias
-    params = dict(params, **{CENTER: center})
-  spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centered_exits=bias is not None,
+  dim, center, components = _prefix_dense(folder.path, cfg.hidden_size)
+  if center is not None:    # a centred exit (model.centered_exits), exported
+    full = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
+    full[-1] = center
+    params = dict(params, **{CENTER: full})
+    if len(components):
+      u = np.zeros((cfg.num_layers,) + components.shape, np.float32)
+      u[-1] = components
+      params = dict(params, **{COMPONENTS: u})
+  spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centered_exits=center is not None,
+                   exit_components=len(components),
                    max_seq_length=tok.max_length, padding_side=padding, normalize=True,
                    dim=dim)
   return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
 
 
 def _prefix_dense(folder: str, hidden: int):
-  """(the dim a Dense module keeps, its bias or None); (None, None) without one."""
+  """(the dim a Dense module keeps or None, a centre or None, components [k, hidden]):
+  the Dense module's weight W [d, hidden] and bias b read as the first d rows of an
+  exit P (v - centre) with P = I - U^T U (`export.exit_map`); (None, None, []) without
+  one."""
+  none = (None, None, np.zeros((0, hidden), np.float32))
   modules_file = os.path.join(folder, "modules.json")
   if not os.path.isfile(modules_file):
-    return None, None
+    return none
   with open(modules_file) as f:
     modules = json.load(f)
   dense = [m for m in modules if m.get("type", "").endswith("Dense")]
   if not dense:
-    return None, None
+    return none
   sub = os.path.join(folder, dense[0]["path"])
   tensors = safetensors.numpy.load_file(os.path.join(sub, "model.safetensors"))
-  weight = tensors["linear.weight"]
+  weight = np.asarray(tensors["linear.weight"], np.float64)
   out = weight.shape[0]
-  if len(dense) > 1 or weight.shape[1] != hidden or not np.array_equal(
-      weight, np.eye(hidden, dtype=weight.dtype)[:out]):
-    raise ModelLoadError(f"{sub}: only a Dense module that keeps the first d coordinates "
-                         "(a Matryoshka truncation, with a centred exit's bias) is "
-                         "supported")
   bias = tensors.get("linear.bias")
-  return (out if out < hidden else None), (None if bias is None else
-                                           np.asarray(bias, np.float32))
+  refused = ModelLoadError(
+      f"{sub}: only a Dense module that keeps the first d coordinates (a Matryoshka "
+      "truncation, with a centred exit's bias and removed directions) is supported")
+  if len(dense) > 1 or weight.shape[1] != hidden or out > hidden:
+    raise refused
+  # I[:d] - W = (U^T U)[:d] spans U's rows; its singular vectors give back the
+  # projector (any orthonormal basis of that span gives the same P).
+  removed = np.eye(hidden)[:out] - weight
+  _, sv, vt = np.linalg.svd(removed, full_matrices=False)
+  k = int((sv > 1e-3).sum())
+  components = vt[:k]
+  rebuilt = (np.eye(hidden) - components.T @ components)[:out]
+  if not np.allclose(rebuilt, weight, atol=1e-4):
+    raise refused
+  dim = out if out < hidden else None
+  if bias is None:
+    return dim, (np.zeros(hidden, np.float32) if k else None), components.astype(np.float32)
+  # b = -W centre: any centre with W c = -b gives the same exit; the least-squares one.
+  center = -np.linalg.lstsq(weight, np.asarray(bias, np.float64), rcond=None)[0]
+  return dim, center.astype(np.float32), components.astype(np.float32)
 
 
 def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,

@@ -1,18 +1,23 @@
 """Centred exits (model.centered_exits): each layer's pooled vector minus that layer's
-mean over a sample of the training texts. The layer means against a slow per-text
-loop, the subtraction against the uncentred model, the sample's spread, and the
-means staying fixed through training while the "before" grid scores the uncentred
-model."""
+mean over a sample of the training texts, and with model.exit_components its top
+principal directions projected out. The layer means and directions against a slow
+per-text loop (the directions from the covariance's eigenvectors), the subtraction
+and projection against NumPy on the uncentred model, the sample's spread, and the
+statistics staying fixed through training while the "before" grid scores the
+uncentred model."""
 
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxembed import sharding as shd, train
 from jaxembed.models.bert import BertConfig
-from jaxembed.models.embedder import CENTER, Embedder
+from jaxembed.errors import ConfigError
+from jaxembed.models.build import check_model_config
+from jaxembed.models.embedder import CENTER, COMPONENTS, Embedder
 from jaxembed.train import centring
 from jaxembed.train.state import initial_params
 from conftest import run_train
@@ -39,6 +44,44 @@ def test_each_layer_loses_its_own_row():
   np.testing.assert_allclose(early, want[:, :2] - center[:2][None], rtol=1e-6, atol=1e-6)
 
 
+def test_components_are_projected_out():
+  cfg = BertConfig(vocab_size=60, hidden_size=16, num_layers=3, num_heads=2,
+                   intermediate_size=32, max_position_embeddings=16)
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, 60, (4, 7)), jnp.int32)
+  mask = jnp.ones_like(ids).at[1, 5:].set(0)
+  plain = Embedder(cfg)
+  params = plain.init(jax.random.PRNGKey(0), ids, mask)["params"]
+  rng = np.random.default_rng(1)
+  center = rng.normal(size=(3, 16))
+  u = np.zeros((3, 2, 16))
+  for layer in range(2):                 # the last layer's rows stay zero
+    u[layer] = np.linalg.qr(rng.normal(size=(16, 2)))[0].T
+  model = Embedder(cfg, centered_exits=True, exit_components=2)
+  full = dict(params, **{CENTER: jnp.asarray(center, jnp.float32),
+                         COMPONENTS: jnp.asarray(u, jnp.float32)})
+  v = np.asarray(plain.apply({"params": params}, ids, mask), np.float64)
+  want = np.empty_like(v)
+  for layer in range(3):                 # P (v - mean), P = I - U^T U, one layer at a time
+    p = np.eye(16) - u[layer].T @ u[layer]
+    want[:, layer] = (v[:, layer] - center[layer]) @ p.T
+  got = np.asarray(model.apply({"params": full}, ids, mask))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[:, 2], v[:, 2] - center[2], rtol=1e-5, atol=1e-5)
+  sub = np.asarray(model.clone(layers=(1, 3)).apply({"params": full}, ids, mask))
+  np.testing.assert_allclose(sub, want[:, [0, 2]], rtol=1e-5, atol=1e-5)
+  # projected vectors have no component along the removed directions
+  assert np.abs(np.einsum("bw,kw->bk", got[:, 0], u[0])).max() < 1e-5
+
+
+def test_components_need_centred_exits(smoke_config):
+  config = smoke_config(**{"model.exit_components": 2})
+  with pytest.raises(ConfigError, match="model.exit_components=2 .*centered_exits"):
+    check_model_config(config)
+  config = smoke_config(**{"model.exit_components": -1, "model.centered_exits": True})
+  with pytest.raises(ConfigError, match="model.exit_components=-1"):
+    check_model_config(config)
+
+
 def test_the_sample_spreads_over_each_source_by_weight():
   a = [f"a{i}" for i in range(100)]
   b = [f"b{i}" for i in range(1000)]
@@ -56,13 +99,14 @@ def _centred_run(smoke_config, **overrides):
 
 
 def test_layer_means_against_a_per_text_loop(smoke_config):
-  run = _centred_run(smoke_config)
+  run = _centred_run(smoke_config, **{"model.exit_components": 3})
   assert len(run.centering_texts) == 64
   _, shardings = train.abstract_state(run)
   params = initial_params(run)
-  got = centring.layer_means(run, params, list(run.centering_texts))
+  got, components = centring.exit_statistics(run, params, list(run.centering_texts))
   host = jax.tree.map(np.asarray, shd.local_value(params))
   host[CENTER] = np.zeros_like(host[CENTER])
+  host[COMPONENTS] = np.zeros_like(host[COMPONENTS])
   rows = []
   for text in run.centering_texts:      # one text at a time, no batching or sorting
     enc = run.tokenizer.encode([text])
@@ -73,22 +117,36 @@ def test_layer_means_against_a_per_text_loop(smoke_config):
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(got[1], 0.0)      # the last layer is not centred
   assert np.linalg.norm(got[0]) > 0.1
+  # The directions: the covariance's top eigenvectors (another route than the SVD),
+  # compared as projectors, and each one's largest-magnitude coordinate positive.
+  assert components.shape == (2, 3, 32)
+  centred = np.float64(rows)[:, 0] - want[0]
+  eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+  top = vectors[:, ::-1][:, :3].T
+  assert eigenvalues[-3] > 1.5 * eigenvalues[-4]   # separated: a stable subspace
+  u = np.float64(components[0])
+  np.testing.assert_allclose(u @ u.T, np.eye(3), atol=1e-5)
+  np.testing.assert_allclose(u.T @ u, top.T @ top, atol=2e-3)
+  assert (u[np.arange(3), np.abs(u).argmax(axis=1)] > 0).all()
+  np.testing.assert_array_equal(components[1], 0.0)
 
 
 def test_the_means_stay_fixed_through_training(smoke_config):
-  run = _centred_run(smoke_config)
+  run = _centred_run(smoke_config, **{"model.exit_components": 2})
   _, shardings = train.abstract_state(run)
   state = train.new_state(run, shardings)
   start = jax.tree.map(np.asarray, shd.local_value(state.params))
-  np.testing.assert_allclose(
-      start[CENTER], centring.layer_means(run, initial_params(run),
-                                          list(run.centering_texts)), rtol=1e-6)
+  means, components = centring.exit_statistics(run, initial_params(run),
+                                               list(run.centering_texts))
+  np.testing.assert_allclose(start[CENTER], means, rtol=1e-6)
+  np.testing.assert_allclose(start[COMPONENTS], components, rtol=1e-6, atol=1e-7)
   step_fn = train.compile_train_step(run, shardings)
   it = iter(run.dataset)
   for _ in range(3):
     state, _ = step_fn(state, shd.host_batch_to_global(run.mesh, next(it)))
   end = jax.tree.map(np.asarray, shd.local_value(state.params))
   np.testing.assert_array_equal(end[CENTER], start[CENTER])
+  np.testing.assert_array_equal(end[COMPONENTS], start[COMPONENTS])
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), end["encoder"],
                        start["encoder"])
   assert max(jax.tree.leaves(moved)) > 1e-5
@@ -116,3 +174,27 @@ def test_before_scores_the_uncentred_model(tmp_path, tfds_dir):
   import jaxembed
   model = jaxembed.load(str(tmp_path / "centred_True"))
   assert model.spec.centered_exits and np.abs(np.asarray(model.params[CENTER][0])).max() > 0
+
+
+def test_refreshed_at_the_end_from_the_trained_model(tmp_path, tfds_dir, smoke_config):
+  """model.refresh_exits_at_end: the saved model's means and directions are those of
+  its own trained layers (not the initial model's, which trained it)."""
+  workdir = tmp_path / "refreshed"
+  done = run_train(["--config=configs/minilm_wordnet_2d.py:smoke", f"--workdir={workdir}",
+                    f"--config.data.tfds_dir={tfds_dir}", "--config.train.steps=3",
+                    "--config.train.checkpoint_every=2", "--config.eval.before=False",
+                    "--config.train.dropout=False", "--config.model.centered_exits=True",
+                    "--config.model.centering_texts=64", "--config.model.exit_components=2",
+                    "--config.model.refresh_exits_at_end=True"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  import jaxembed
+  saved = jaxembed.load(str(workdir)).params
+  run = _centred_run(smoke_config, **{"model.exit_components": 2})
+  texts = list(run.centering_texts)
+  trained = jax.tree.map(lambda x, s: shd.host_to_global(np.asarray(x), s), dict(saved),
+                         run.param_shardings)
+  means, components = centring.exit_statistics(run, trained, texts)
+  np.testing.assert_allclose(np.asarray(saved[CENTER]), means, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(saved[COMPONENTS]), components, atol=1e-5)
+  initial, _ = centring.exit_statistics(run, initial_params(run), texts)
+  assert np.abs(means - initial).max() > 1e-3       # training moved the means

@@ -1,4 +1,4 @@
-"""Export round trips: a trained smoke model (centred exits) truncated to (layer 4, dim
+"""Export round trips: a trained smoke model (centred exits, 4 directions removed) truncated to (layer 4, dim
 128) and loaded back gives the vectors of `encode(..., layer=4, dim=128)`, through jaxembed's
 own reader always and through sentence-transformers where it is installed (set
 JAXEMBED_ST_PYTHON to a Python that has it; it is a peer library, not a dependency)."""
@@ -44,7 +44,9 @@ def trained(tmp_path_factory, tfds_dir):
                     "--config.loss.matryoshka.dims=(32,128,160)",
                     "--config.eval.layers=(4,5)", "--config.eval.dims=(128,160)",
                     # centred exits: the exported layer-4 sub-model carries its mean
-                    "--config.model.centered_exits=True"])
+                    # and its removed directions (in the Dense module's weight)
+                    "--config.model.centered_exits=True",
+                    "--config.model.exit_components=4"])
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir
 
@@ -92,7 +94,9 @@ def test_sentence_transformers_folder_round_trip(trained, tmp_path):
   modules = [m["type"].rsplit(".", 1)[1] for m in json.loads((out / "modules.json").read_text())]
   assert modules == ["Transformer", "Pooling", "Dense", "Normalize"]
   want = jaxembed.load(str(trained)).encode(TEXTS, layer=4, dim=128)
-  got = jaxembed.load(str(out)).encode(TEXTS)
+  loaded = jaxembed.load(str(out))
+  assert loaded.spec.exit_components == 4
+  got = loaded.encode(TEXTS)
   assert got.shape == (len(TEXTS), 128)
   assert cosines(got, want).min() >= 0.99999
   # The model card: the exported cell's scores before/after (from metrics.json) and
@@ -295,3 +299,45 @@ def test_query_prompt_exported_and_pooled_as_jaxembed_does(tmp_path):
   peer = st_encode(out, tmp_path, query_prompt=True)
   assert cosines(peer["q"], queries).min() >= 0.99999
   assert cosines(peer["d"], docs).min() >= 0.99999
+
+
+def _dense_folder(path, weight, bias=None):
+  import safetensors.numpy
+  (path / "2_Dense").mkdir(parents=True)
+  (path / "modules.json").write_text(json.dumps([
+      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+      {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+  tensors = {"linear.weight": np.float32(weight)}
+  if bias is not None:
+    tensors["linear.bias"] = np.float32(bias)
+  safetensors.numpy.save_file(tensors, str(path / "2_Dense" / "model.safetensors"))
+  return str(path)
+
+
+def test_dense_modules_read_back_as_an_exit(tmp_path):
+  """A Dense module's W v + b is read as the first d coordinates of P (v - centre),
+  P = I - U^T U: the rebuilt exit gives the same outputs; other matrices are refused."""
+  from jaxembed.errors import ModelLoadError
+  from jaxembed.loaders import _prefix_dense
+  rng = np.random.default_rng(0)
+  hidden, d = 24, 10
+  v = rng.normal(size=(5, hidden))
+  # a plain truncation with a centred exit's bias
+  b = rng.normal(size=d)
+  dim, center, u = _prefix_dense(_dense_folder(tmp_path / "a", np.eye(hidden)[:d], b), hidden)
+  assert dim == d and len(u) == 0
+  np.testing.assert_allclose(center, np.r_[-b, np.zeros(hidden - d)], atol=1e-6)
+  # removed directions and a bias
+  basis = np.linalg.qr(rng.normal(size=(hidden, 3)))[0].T
+  p = np.eye(hidden) - basis.T @ basis
+  mean = rng.normal(size=hidden)
+  weight, bias = p[:d], -(p @ mean)[:d]
+  dim, center, u = _prefix_dense(_dense_folder(tmp_path / "b", weight, bias), hidden)
+  assert dim == d and u.shape == (3, hidden)
+  rebuilt = (v - center) @ (np.eye(hidden) - np.float64(u).T @ u).T
+  np.testing.assert_allclose(rebuilt[:, :d], v @ weight.T + bias, atol=1e-4)
+  # the full width (no truncation) gives no default dim
+  dim, _, u = _prefix_dense(_dense_folder(tmp_path / "c", p), hidden)
+  assert dim is None and u.shape == (3, hidden)
+  with pytest.raises(ModelLoadError, match="only a Dense module"):
+    _prefix_dense(_dense_folder(tmp_path / "d", rng.normal(size=(d, hidden))), hidden)

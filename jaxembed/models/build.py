@@ -42,6 +42,15 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
   if m.centered_exits and m.encoder == "two_tower":
     raise ConfigError("model.centered_exits centres a single-tower text embedder's "
                       "layers; model.encoder='two_tower' has none to centre")
+  k = m.exit_components
+  if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    raise ConfigError(f"model.exit_components={k!r} must be an integer >= 0")
+  if k and not m.centered_exits:
+    raise ConfigError(f"model.exit_components={k} removes directions from centred exits; "
+                      "set model.centered_exits=True")
+  if m.refresh_exits_at_end and not m.centered_exits:
+    raise ConfigError("model.refresh_exits_at_end re-estimates centred exits' "
+                      "statistics; set model.centered_exits=True")
   if not isinstance(m.centering_texts, int) or m.centering_texts < 1:
     raise ConfigError(f"model.centering_texts={m.centering_texts!r} must be an integer "
                       ">= 1")
@@ -117,7 +126,8 @@ def build_model(config: ml_collections.ConfigDict, text_config):
   m = config.model
   if m.encoder != "two_tower":
     return Embedder(text_config, pooling=m.pooling, pool_heads=m.pool_heads,
-                    pool_latents=m.pool_latents, centered_exits=bool(m.centered_exits))
+                    pool_latents=m.pool_latents, centered_exits=bool(m.centered_exits),
+                    exit_components=int(m.exit_components))
   t = m.two_tower
   if t.towers not in TOWERS:
     raise ConfigError(f"model.two_tower.towers={t.towers!r}; valid values: {list(TOWERS)}")
@@ -132,7 +142,8 @@ def build_model(config: ml_collections.ConfigDict, text_config):
 def model_from_spec(spec: ModelSpec) -> Embedder:
   """The single-tower embedder a saved model describes."""
   return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
-                  pool_latents=spec.pool_latents, centered_exits=spec.centered_exits)
+                  pool_latents=spec.pool_latents, centered_exits=spec.centered_exits,
+                  exit_components=spec.exit_components)
 
 
 def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
@@ -146,6 +157,7 @@ def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
       encoder=text, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
       pool_latents=config.model.pool_latents,
       centered_exits=getattr(model, "centered_exits", False),
+      exit_components=getattr(model, "exit_components", 0),
       max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
       padding_side=config.data.padding_side, normalize=True,
       query_instruction=config.data.query_instruction,

@@ -56,6 +56,7 @@ def text_inputs(batch: int = 1, length: int = 8) -> dict:
 
 
 CENTER = "exit_center"          # the centred exits' parameter (Embedder.centered_exits)
+COMPONENTS = "exit_components"  # their removed directions (Embedder.exit_components)
 
 
 class Embedder(nn.Module):
@@ -80,6 +81,11 @@ class Embedder(nn.Module):
   # their cosine similarities; training estimates each layer's mean over its texts
   # (`train/centring.py`) and keeps the last layer's row at zero.
   centered_exits: bool = False
+  # With centred exits, also remove each layer's top `exit_components` principal
+  # directions (params['exit_components'] [num_layers, k, width], orthonormal rows, or
+  # zeros: nothing removed): v -> c - U^T U c with c = v - mean, "all-but-the-top" (Mu
+  # and Viswanath 2018). The last layer's rows stay zero.
+  exit_components: int = 0
 
   query_modality = "text"
   symmetric = True               # queries and documents through the same encoder
@@ -112,6 +118,17 @@ class Embedder(nn.Module):
           nn.initializers.zeros_init(), (None, "embed")),
           (self.bert.num_layers, self.bert.hidden_size), jnp.float32)
       pooled = pooled - center[jnp.asarray(layers) - 1][None].astype(pooled.dtype)
+    if self.exit_components:
+      if not self.centered_exits:
+        raise ValueError("Embedder.exit_components needs centered_exits")
+      u = self.param(COMPONENTS, nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), (None, None, "embed")),
+          (self.bert.num_layers, self.exit_components, self.bert.hidden_size),
+          jnp.float32)[jnp.asarray(layers) - 1]
+      c = pooled.astype(jnp.float32)
+      coords = jnp.einsum("blw,lkw->blk", c, u, precision="highest")
+      pooled = (c - jnp.einsum("blk,lkw->blw", coords, u, precision="highest")
+                ).astype(pooled.dtype)
     return nn.with_logical_constraint(pooled, ("activation_batch", None, "activation_embed"))
 
   # ------------------------------------------------------------------ interface

@@ -27,6 +27,7 @@ class ModelSpec:
   pool_heads: int = 8
   pool_latents: int = 64
   centered_exits: bool = False         # params hold 'exit_center' (Embedder)
+  exit_components: int = 0             # params hold 'exit_components' (Embedder)
   max_seq_length: int = 512
   padding_side: str = "right"
   normalize: bool = True

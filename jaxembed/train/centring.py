@@ -1,6 +1,8 @@
 """Centred exits (model.centered_exits): each layer's mean pooled vector over a sample
 of the training texts, estimated by the initial model before step 0 and subtracted
-from that layer's vectors from then on (`Embedder.centered_exits`).
+from that layer's vectors from then on (`Embedder.centered_exits`); with
+model.exit_components = k, also the top k principal directions of those centred
+vectors, projected out from then on (`Embedder.exit_components`).
 
 The shallow layers of a pretrained encoder carry large components shared by every
 text (all-MiniLM-L6-v2's layer 1: mean pairwise cosine 0.43 at 64 dims, 0.62 at 384,
@@ -19,8 +21,9 @@ import numpy as np
 
 from jaxembed import sharding as shd
 from jaxembed.api import BatchEncoder
+from jaxembed.errors import ConfigError
 from jaxembed.models import lora
-from jaxembed.models.embedder import CENTER
+from jaxembed.models.embedder import CENTER, COMPONENTS
 
 
 def centring_sample(texts_by_source, weights, n: int) -> list[str]:
@@ -36,30 +39,60 @@ def centring_sample(texts_by_source, weights, n: int) -> list[str]:
   return out
 
 
-def layer_means(run, params, texts, batch_size: int = 128) -> np.ndarray:
-  """[num_layers, width] float32: row l - 1 is the mean over `texts` of layer l's pooled
-  vector under `params` (their centres ignored), for l below the last; the last row
-  is zero."""
+def exit_statistics(run, params, texts, batch_size: int = 128):
+  """(means [num_layers, width], components [num_layers, k, width]) float32, k =
+  model.exit_components: row l - 1 of `means` is the mean over `texts` of layer l's
+  pooled vector under `params` (their centres and components ignored), and of
+  `components` the top k right singular vectors of those vectors minus that mean
+  (orthonormal rows, largest first, each signed so that its largest-magnitude
+  coordinate is positive), for l below the last; the last layer's rows are zero."""
   model = run.model
   layers, width = model.output_layers, model.output_width
+  k = getattr(model, "exit_components", 0)
   means = np.zeros((layers, width), np.float32)
+  components = np.zeros((layers, k, width), np.float32)
   if layers < 2 or not texts:
-    return means
-  params = dict(lora.merge(params, run.lora_scale), **{CENTER: shd.host_to_global(
-      np.zeros((layers, width), np.float32), run.param_shardings[CENTER])})
+    return means, components
+  zeros = {CENTER: np.zeros((layers, width), np.float32)}
+  if k:
+    zeros[COMPONENTS] = components
+  params = dict(lora.merge(params, run.lora_scale), **{
+      name: shd.host_to_global(value, run.param_shardings[name])
+      for name, value in zeros.items()})
   shallow = model.up_to(layers - 1)
   encoder = BatchEncoder(shallow, params, run.tokenizer, layers=layers - 1, width=width,
                          rules=run.rules)
-  vectors = encoder(texts, batch_size=batch_size)
-  means[:layers - 1] = vectors.astype(np.float64).mean(axis=0)
-  return means
+  vectors = encoder(texts, batch_size=batch_size).astype(np.float64)
+  means[:layers - 1] = vectors.mean(axis=0)
+  if k:
+    if k > min(len(texts), width):
+      raise ConfigError(f"model.exit_components={k} exceeds the {len(texts)} centring "
+                        f"texts or the width {width}")
+    for layer in range(layers - 1):
+      _, _, vt = np.linalg.svd(vectors[:, layer] - vectors[:, layer].mean(axis=0),
+                               full_matrices=False)
+      top = vt[:k]
+      sign = np.sign(top[np.arange(k), np.abs(top).argmax(axis=1)])
+      components[layer] = top * sign[:, None]
+  return means, components
+
+
+def layer_means(run, params, texts, batch_size: int = 128) -> np.ndarray:
+  """[num_layers, width]: the means of `exit_statistics`."""
+  return exit_statistics(run, params, texts, batch_size)[0]
 
 
 def with_exit_centres(run, params):
-  """`params` with 'exit_center' set to the layer means of the run's centring sample."""
+  """`params` with 'exit_center' set to the layer means of the run's centring sample
+  (and 'exit_components' to their top principal directions, model.exit_components)."""
   t0 = time.time()
-  means = layer_means(run, params, list(run.centering_texts))
-  logging.info("centred exits: layer means of %d training texts in %.1f s (norms by "
-               "layer: %s)", len(run.centering_texts), time.time() - t0,
+  means, components = exit_statistics(run, params, list(run.centering_texts))
+  logging.info("centred exits: layer means%s of %d training texts in %.1f s (norms by "
+               "layer: %s)", f" and {components.shape[1]} principal directions"
+               if components.shape[1] else "", len(run.centering_texts), time.time() - t0,
                ", ".join(f"{x:.2f}" for x in np.linalg.norm(means, axis=1)))
-  return dict(params, **{CENTER: shd.host_to_global(means, run.param_shardings[CENTER])})
+  out = {CENTER: means}
+  if COMPONENTS in params:
+    out[COMPONENTS] = components
+  return dict(params, **{name: shd.host_to_global(value, run.param_shardings[name])
+                         for name, value in out.items()})

@@ -27,8 +27,8 @@ from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import NonFiniteError
 from jaxembed.evals import grid as grid_eval
-from jaxembed.models.embedder import CENTER
-from jaxembed.train import inputs
+from jaxembed.models.embedder import CENTER, COMPONENTS
+from jaxembed.train import centring, inputs
 from jaxembed.train import stages as stages_lib
 from jaxembed.train.evaluation import evaluate
 from jaxembed.train.run import Run, setup
@@ -183,7 +183,8 @@ class Loop:
       return None  # trained before metrics were asked for: nothing to compare with
     params = self.state.params
     if self.uncentred_before:
-      params = dict(params, **{CENTER: jax.tree.map(jnp.zeros_like, params[CENTER])})
+      params = dict(params, **{name: jax.tree.map(jnp.zeros_like, params[name])
+                               for name in (CENTER, COMPONENTS) if name in params})
     rows = evaluate(run, params, "before")
     # The log first, the cache last: a run killed in between evaluates again.
     wd.drop_log_entries(Workdir.EVAL_LOG, lambda r: r.get("label") == "before")
@@ -263,6 +264,10 @@ class Loop:
       if logged:
         self.log(step, metrics, t_last, n_last)
         t_last, n_last = time.time(), step
+      if step == total and config.model.refresh_exits_at_end:
+        # The exits' statistics of the trained model, saved with its last checkpoint.
+        self.state = self.state.replace(
+            params=centring.with_exit_centres(run, self.state.params))
       if step % config.train.checkpoint_every == 0 or step == total:
         self.save(step)
       if every and step % every == 0 and step < total:

@@ -24,7 +24,7 @@ from jaxembed.losses import registry
 from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_params, make_loss
 from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
-from jaxembed.models.embedder import CENTER
+from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.train import inputs
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
@@ -88,7 +88,7 @@ def check_distill_config(config, model) -> None:
     logging.warning("loss.distill with model.init=%r: the teacher is the model's random "
                     "initial weights (useful for tests only)", config.model.init)
   # The centred exits' means are data statistics, not random parameters.
-  extra = sorted(set(abstract_boxed_params(model)) - {"encoder", CENTER})
+  extra = sorted(set(abstract_boxed_params(model)) - {"encoder", CENTER, COMPONENTS})
   if config.model.encoder == "two_tower" or extra:
     raise ConfigError(
         f"loss.distill: the teacher would include randomly initialised parameters "
@@ -228,10 +228,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   elif config.optim.trainable:
     trainable = trainable_mask(shapes, config.optim.trainable)
   if CENTER in shapes:
-    # The centred exits' means are statistics of the initial model, never trained.
+    # The centred exits' means (and directions) are statistics of the model's vectors
+    # (train/centring.py), never trained.
     if trainable is None:
       trainable = jax.tree.map(lambda _: True, shapes)
-    trainable = dict(trainable, **{CENTER: False})
+    trainable = dict(trainable, **{name: False for name in (CENTER, COMPONENTS)
+                                   if name in shapes})
   tx, schedule = make_optimizer(config.optim, config.train.steps, trainable)
 
   if config.data.seq_len > text_config.max_position_embeddings:
