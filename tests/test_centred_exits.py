@@ -23,13 +23,18 @@ from jaxembed.train.state import initial_params
 from conftest import run_train
 
 
-def test_each_layer_loses_its_own_row():
+def _tiny():
+  """A 3-layer, 16-wide random BERT embedder, its parameters and a padded batch."""
   cfg = BertConfig(vocab_size=60, hidden_size=16, num_layers=3, num_heads=2,
                    intermediate_size=32, max_position_embeddings=16)
   ids = jnp.asarray(np.random.default_rng(0).integers(1, 60, (4, 7)), jnp.int32)
   mask = jnp.ones_like(ids).at[1, 5:].set(0)
   plain = Embedder(cfg)
-  params = plain.init(jax.random.PRNGKey(0), ids, mask)["params"]
+  return cfg, plain, plain.init(jax.random.PRNGKey(0), ids, mask)["params"], ids, mask
+
+
+def test_each_layer_loses_its_own_row():
+  cfg, plain, params, ids, mask = _tiny()
   center = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
   centred = Embedder(cfg, centered_exits=True)
   with_center = dict(params, **{CENTER: jnp.asarray(center)})
@@ -45,12 +50,7 @@ def test_each_layer_loses_its_own_row():
 
 
 def test_components_are_projected_out():
-  cfg = BertConfig(vocab_size=60, hidden_size=16, num_layers=3, num_heads=2,
-                   intermediate_size=32, max_position_embeddings=16)
-  ids = jnp.asarray(np.random.default_rng(0).integers(1, 60, (4, 7)), jnp.int32)
-  mask = jnp.ones_like(ids).at[1, 5:].set(0)
-  plain = Embedder(cfg)
-  params = plain.init(jax.random.PRNGKey(0), ids, mask)["params"]
+  cfg, plain, params, ids, mask = _tiny()
   rng = np.random.default_rng(1)
   center = rng.normal(size=(3, 16))
   u = np.zeros((3, 2, 16))

@@ -77,11 +77,6 @@ def exit_statistics(run, params, texts, batch_size: int = 128):
   return means, components
 
 
-def layer_means(run, params, texts, batch_size: int = 128) -> np.ndarray:
-  """[num_layers, width]: the means of `exit_statistics`."""
-  return exit_statistics(run, params, texts, batch_size)[0]
-
-
 def with_exit_centres(run, params):
   """`params` with 'exit_center' set to the layer means of the run's centring sample
   (and 'exit_components' to their top principal directions, model.exit_components)."""
