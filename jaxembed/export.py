@@ -128,7 +128,8 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"}]
   weight, bias = exit_map(model.params, layer, cfg.hidden_size)
-  if dim < cfg.hidden_size or bias.any():
+  if dim < cfg.hidden_size or bias.any() or not np.array_equal(
+      weight, np.eye(cfg.hidden_size, dtype=weight.dtype)):
     # The Matryoshka prefix of the exit's affine map: an identity slice, a centred
     # exit's mean as its bias, and its removed directions in the weight.
     tensors = {"linear.weight": weight[:dim].copy()}
