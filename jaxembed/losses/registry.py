@@ -146,8 +146,9 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
               text_tokens=None):
     """pair_weight, teacher_weight: the batch's own multipliers of the pair objective
     and of the teacher terms (a mixture's per-dataset weights); None = 1.
-    text_tokens: [n] token counts of the batch's texts, in `_texts_of_batch`'s order
-    (for loss.distill.anchor_min_tokens and kl_min_tokens)."""
+    text_tokens: the token counts of the batch's texts, laid out as `teacher`
+    (anchors [batch], positives [batch][, negatives [batch, k]]), for
+    loss.distill.anchor_min_tokens and kl_min_tokens."""
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
@@ -168,12 +169,13 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
       if teacher is None:
         raise ValueError("loss.distill is set but the step passed no teacher embeddings")
       student, target = _texts_of_batch(q, d, negatives), _texts_of_batch(*teacher)
+      tokens = None if text_tokens is None else _texts_of_batch(*text_tokens)
       kd_loss, parts = teacher_distillation(
           student, target, cells=cells, layer_index=ctx.layer_index,
           full_layer=num_layers, scale=kd.scale, temperature=kd.temperature,
           weight=kd.weight, anchor_weight=kd.anchor_weight,
-          anchor_rows=_rows(kd, "anchor_min_tokens", text_tokens),
-          kl_rows=_rows(kd, "kl_min_tokens", text_tokens))
+          anchor_rows=_rows(kd, "anchor_min_tokens", tokens),
+          kl_rows=_rows(kd, "kl_min_tokens", tokens))
       if teacher_weight is not None:
         kd_loss = teacher_weight * kd_loss
       loss = kd.pair_weight * loss + kd_loss

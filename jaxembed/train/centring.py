@@ -39,6 +39,13 @@ def centring_sample(texts_by_source, weights, n: int) -> list[str]:
   return out
 
 
+def without_exit_statistics(run, params):
+  """`params` with the exits' means and directions zeroed: the uncentred model."""
+  return dict(params, **{name: shd.host_to_global(np.zeros(params[name].shape, np.float32),
+                                                  run.param_shardings[name])
+                         for name in (CENTER, COMPONENTS) if name in params})
+
+
 def exit_statistics(run, params, texts, batch_size: int = 128):
   """(means [num_layers, width], components [num_layers, k, width]) float32, k =
   model.exit_components: row l - 1 of `means` is the mean over `texts` of layer l's
@@ -53,12 +60,7 @@ def exit_statistics(run, params, texts, batch_size: int = 128):
   components = np.zeros((layers, k, width), np.float32)
   if layers < 2 or not texts:
     return means, components
-  zeros = {CENTER: np.zeros((layers, width), np.float32)}
-  if k:
-    zeros[COMPONENTS] = components
-  params = dict(lora.merge(params, run.lora_scale), **{
-      name: shd.host_to_global(value, run.param_shardings[name])
-      for name, value in zeros.items()})
+  params = without_exit_statistics(run, lora.merge(params, run.lora_scale))
   shallow = model.up_to(layers - 1)
   encoder = BatchEncoder(shallow, params, run.tokenizer, layers=layers - 1, width=width,
                          rules=run.rules)

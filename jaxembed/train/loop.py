@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -27,7 +26,7 @@ from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import NonFiniteError
 from jaxembed.evals import grid as grid_eval
-from jaxembed.models.embedder import CENTER, COMPONENTS
+from jaxembed.models.embedder import CENTER
 from jaxembed.train import centring, inputs
 from jaxembed.train import stages as stages_lib
 from jaxembed.train.evaluation import evaluate
@@ -183,8 +182,7 @@ class Loop:
       return None  # trained before metrics were asked for: nothing to compare with
     params = self.state.params
     if self.uncentred_before:
-      params = dict(params, **{name: jax.tree.map(jnp.zeros_like, params[name])
-                               for name in (CENTER, COMPONENTS) if name in params})
+      params = centring.without_exit_statistics(run, params)
     rows = evaluate(run, params, "before")
     # The log first, the cache last: a run killed in between evaluates again.
     wd.drop_log_entries(Workdir.EVAL_LOG, lambda r: r.get("label") == "before")

@@ -46,12 +46,11 @@ def loss_inputs(model: nn.Module, batch, teacher_params=None) -> dict:
     extra["groups"] = batch["group"]
   if teacher_params is not None:
     extra["teacher"] = teacher_embeddings(model, teacher_params, batch)
-    # each text's token count, for terms that hold only some texts
-    # (loss.distill.anchor_min_tokens), in the order of the teacher's vectors
-    sides = [batch["anchor"], batch["positive"]] + (
-        [batch["negatives"]] if "negatives" in batch else [])
-    extra["text_tokens"] = jnp.concatenate(
-        [jnp.sum(s["attention_mask"], axis=-1).reshape(-1) for s in sides])
+    # each text's token count, laid out as the teacher's vectors, for terms that hold
+    # only some texts (loss.distill.anchor_min_tokens)
+    extra["text_tokens"] = tuple(
+        jnp.sum(batch[side]["attention_mask"], axis=-1)
+        for side in ("anchor", "positive", "negatives") if side in batch)
   if "pair_weight" in batch:      # a mixture's per-dataset weights
     extra["pair_weight"] = jnp.mean(batch["pair_weight"])
   if "teacher_weight" in batch and teacher_params is not None:
