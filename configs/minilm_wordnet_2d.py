@@ -5,20 +5,22 @@
 Starts from all-MiniLM-L6-v2's weights and trains every (layer, dim) cell of layers
 1..6 x dims {32, 64, 128, 256, 384}, all cells from one encoder pass, in bfloat16
 matmuls (float32 weights), 400 steps of 32 pairs packed into rows of 32 tokens
-(data.pack_length). The recipe ('refreshed'):
+(data.pack_length). The recipe ('exact_teacher'):
 InfoNCE (scale 20, in-batch negatives) on the pairs, plus distillation of the frozen
 pretrained model into every cell (KL between the teacher's and the cell's in-batch
-similarity distributions over the batch's texts) and an anchor of the full cell to the
-teacher (10 x (1 - cosine)) on every text of 5 tokens or more (single words are left
-free to move: loss.distill.anchor_min_tokens); two thirds of the batches are WordNet
-pairs, one third FOLDOC computing-dictionary pairs; every layer below the last is
-centred (its mean pooled vector over 4,096 training texts, estimated before step 0, is
-subtracted: model.centered_exits), and after the last step those means are estimated
-again on the trained model and saved with it (model.refresh_exits_at_end). Evaluates
+similarity distributions over the batch's texts of 5 tokens or more) and an anchor of
+the full cell to the teacher (10 x (1 - cosine)) on the same texts: single words are
+free of both teacher terms (loss.distill.anchor_min_tokens, kl_min_tokens) and left to
+the pair loss; dropout off (train.dropout), so the student starts as the teacher
+exactly; two thirds of the batches are WordNet pairs, one third FOLDOC
+computing-dictionary pairs; every layer below the last is centred (its mean pooled
+vector over 4,096 training texts, estimated before step 0, is subtracted:
+model.centered_exits), and after the last step those means are estimated again on the
+trained model and saved with it (model.refresh_exits_at_end). Evaluates
 the grid before and after on held-out WordNet retrieval, out-of-domain retrieval
 (manual pages, Python docstrings: never trained on), Lee, SimLex-999, WordSim-353,
 and classification/clustering sets.
-About 6 minutes on 2 AMD EPYC cores; see README.md and experiments/RESULTS.md.
+About 5 minutes on 2 CPU cores; see README.md and experiments/RESULTS.md.
 
 Arguments (comma-separated after the file name):
   smoke                  tiny random model, seconds (tests)
@@ -27,7 +29,8 @@ Arguments (comma-separated after the file name):
                          (8,256) (10,512) (12,768); halved in layers and width for this
                          6-layer, 384-wide model, with the KL term to the full model.
   variant=mrl            1D Matryoshka (Kusupati et al. 2022): dims at the last layer.
-  recipe=free_words      the default without the refresh: the exits keep the initial
+  recipe=refreshed       the default with dropout on and the KL on single words too
+  recipe=free_words      that without the refresh: the exits keep the initial
                          model's means
   recipe=distill_centred free_words with the anchor on every text (single words too)
   recipe=distill         that without centred exits
@@ -42,14 +45,15 @@ from configs import common
 VARIANTS = ("variant=starbucks", "variant=mrl", "smoke,variant=starbucks",
             "recipe=pairs", "recipe=distill", "recipe=distill_only", "smoke,recipe=distill",
             "smoke,recipe=distill_centred", "recipe=distill_centred", "recipe=free_words",
-            "smoke,recipe=refreshed")
-RECIPES = ("refreshed", "free_words", "distill_centred", "distill", "pairs", "distill_only")
+            "smoke,recipe=refreshed", "recipe=refreshed", "smoke,recipe=exact_teacher")
+RECIPES = ("exact_teacher", "refreshed", "free_words", "distill_centred", "distill", "pairs",
+           "distill_only")
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, variant="grid", recipe="")
   # The smoke model (tests) keeps the plain float32 pair loss unless a recipe is named.
-  args.recipe = args.recipe or ("pairs" if args.smoke else "refreshed")
+  args.recipe = args.recipe or ("pairs" if args.smoke else "exact_teacher")
   c = common.base_config()
   if not args.smoke:
     c.model.dtype = "bfloat16"
@@ -60,8 +64,8 @@ def get_config(arg=None):
     c.data.pack_granule = 16
   if args.recipe not in RECIPES:
     raise ValueError(f"recipe={args.recipe!r}; valid: {', '.join(RECIPES)}")
-  if args.recipe in ("refreshed", "free_words", "distill_centred", "distill",
-                     "distill_only"):
+  if args.recipe in ("exact_teacher", "refreshed", "free_words", "distill_centred",
+                     "distill", "distill_only"):
     # The frozen pretrained model teaches every cell its similarity structure, the full
     # cell stays anchored to it, and a third of the batches are computing text
     # (FOLDOC) that WordNet lacks.
@@ -71,21 +75,31 @@ def get_config(arg=None):
                       {"source": "foldoc", "weight": 1.0})
   if args.recipe == "distill_only":
     c.loss.distill.pair_weight = 0.0
-  if args.recipe in ("refreshed", "free_words", "distill_centred"):
+  if args.recipe in ("exact_teacher", "refreshed", "free_words", "distill_centred"):
     # Each layer below the last minus its mean over the training texts (estimated
     # before step 0): the shallow layers' shared components no longer drown their
     # cosines, and the full model is unchanged.
     c.model.centered_exits = True
-  if args.recipe in ("refreshed", "free_words"):
+  if args.recipe in ("exact_teacher", "refreshed", "free_words"):
     # The anchor holds texts of 5 tokens or more ([CLS] + 3 word pieces + [SEP]): the
     # pair loss may move single words (WordNet lemmas, FOLDOC terms), which lifts word
     # similarity at the full size without the out-of-domain cost of freeing sentences.
     c.loss.distill.anchor_min_tokens = 5
-  if args.recipe == "refreshed":
+  if args.recipe in ("exact_teacher", "refreshed"):
     # After the last step the layer means are estimated again on the trained model:
     # training moves the shallow layers' mean, and centring them by the initial model's
     # leaves a shared component in every vector.
     c.model.refresh_exits_at_end = True
+  if args.recipe == "exact_teacher":
+    # Dropout off: the student starts as the teacher exactly, so the teacher terms start
+    # at their optimum and move the model only as far as the pair loss and the shallow
+    # cells ask; with dropout on, matching the deterministic teacher through dropped
+    # units pulls the full model away from it (the anchor's 1 - cos starts at 0.04, and
+    # the teacher alone, recipe=distill_only, lowers the full cell's docstrings).
+    c.train.dropout = False
+    # Single words are free of the KL too, not only of the anchor: the pair loss shapes
+    # them (word similarity) while the teacher keeps every sentence's neighbourhood.
+    c.loss.distill.kl_min_tokens = 5
   if args.variant == "starbucks":
     c.loss.matryoshka.mode = "pairs"
     c.loss.matryoshka.pairs = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
