@@ -49,14 +49,28 @@ VARIANTS = ("variant=starbucks", "variant=mrl", "smoke,variant=starbucks",
             "smoke,recipe=distill_centred", "recipe=distill_centred", "recipe=free_words",
             "smoke,recipe=refreshed", "recipe=refreshed", "smoke,recipe=exact_teacher",
             "recipe=loose_anchor")
-RECIPES = ("exact_teacher", "loose_anchor", "refreshed", "free_words", "distill_centred",
-           "distill", "pairs", "distill_only")
+# Each recipe and the one it builds on (it takes every setting of that one, then its
+# own: see get_config); the first is the default.
+PARENT = {"exact_teacher": "refreshed", "loose_anchor": "exact_teacher",
+          "refreshed": "free_words", "free_words": "distill_centred",
+          "distill_centred": "distill", "distill": None, "pairs": None,
+          "distill_only": "distill"}
+RECIPES = tuple(PARENT)
+
+
+def _lineage(recipe: str) -> set[str]:
+  """`recipe` and every recipe it builds on."""
+  out = set()
+  while recipe is not None:
+    out.add(recipe)
+    recipe = PARENT[recipe]
+  return out
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, variant="grid", recipe="")
   # The smoke model (tests) keeps the plain float32 pair loss unless a recipe is named.
-  args.recipe = args.recipe or ("pairs" if args.smoke else "exact_teacher")
+  args.recipe = args.recipe or ("pairs" if args.smoke else RECIPES[0])
   c = common.base_config()
   if not args.smoke:
     c.model.dtype = "bfloat16"
@@ -67,8 +81,8 @@ def get_config(arg=None):
     c.data.pack_granule = 16
   if args.recipe not in RECIPES:
     raise ValueError(f"recipe={args.recipe!r}; valid: {', '.join(RECIPES)}")
-  if args.recipe in ("exact_teacher", "loose_anchor", "refreshed", "free_words",
-                     "distill_centred", "distill", "distill_only"):
+  lineage = _lineage(args.recipe)
+  if "distill" in lineage:
     # The frozen pretrained model teaches every cell its similarity structure, the full
     # cell stays anchored to it, and a third of the batches are computing text
     # (FOLDOC) that WordNet lacks.
@@ -76,25 +90,24 @@ def get_config(arg=None):
     c.loss.distill.anchor_weight = 10.0
     c.data.mixture = ({"source": "wordnet", "weight": 2.0},
                       {"source": "foldoc", "weight": 1.0})
-  if args.recipe == "distill_only":
+  if "distill_only" in lineage:
     c.loss.distill.pair_weight = 0.0
-  if args.recipe in ("exact_teacher", "loose_anchor", "refreshed", "free_words",
-                     "distill_centred"):
+  if "distill_centred" in lineage:
     # Each layer below the last minus its mean over the training texts (estimated
     # before step 0): the shallow layers' shared components no longer drown their
     # cosines, and the full model is unchanged.
     c.model.centered_exits = True
-  if args.recipe in ("exact_teacher", "loose_anchor", "refreshed", "free_words"):
+  if "free_words" in lineage:
     # The anchor holds texts of 5 tokens or more ([CLS] + 3 word pieces + [SEP]): the
     # pair loss may move single words (WordNet lemmas, FOLDOC terms), which lifts word
     # similarity at the full size without the out-of-domain cost of freeing sentences.
     c.loss.distill.anchor_min_tokens = 5
-  if args.recipe in ("exact_teacher", "loose_anchor", "refreshed"):
+  if "refreshed" in lineage:
     # After the last step the layer means are estimated again on the trained model:
     # training moves the shallow layers' mean, and centring them by the initial model's
     # leaves a shared component in every vector.
     c.model.refresh_exits_at_end = True
-  if args.recipe in ("exact_teacher", "loose_anchor"):
+  if "exact_teacher" in lineage:
     # Dropout off: the student starts as the teacher exactly, so the teacher terms start
     # at their optimum and move the model only as far as the pair loss and the shallow
     # cells ask; with dropout on, matching the deterministic teacher through dropped
@@ -104,7 +117,7 @@ def get_config(arg=None):
     # Single words are free of the KL too, not only of the anchor: the pair loss shapes
     # them (word similarity) while the teacher keeps every sentence's neighbourhood.
     c.loss.distill.kl_min_tokens = 5
-  if args.recipe == "loose_anchor":
+  if "loose_anchor" in lineage:
     # A third of the anchor: the full model moves further toward the pairs (word
     # similarity, Lee) and gives back part of its docstring retrieval (RESULTS.md).
     c.loss.distill.anchor_weight = 3.0
