@@ -2,8 +2,9 @@ r"""The default recipe's ablation: pair loss only vs pairs + teacher distillatio
 distillation alone vs pairs + teacher with centred exits vs that with single words left
 free of the anchor (free_words) vs that with the exits' means estimated again after
 training (refreshed) vs that with dropout off and single words free of the KL too
-(exact_teacher, the default) vs that with a third of the anchor (loose_anchor), over
-seeds, on the in-domain and out-of-domain columns.
+(exact_teacher, the default) vs that with a third of the anchor (loose_anchor) vs
+that with batches of 64 pairs and the teacher terms weighted by dataset (split_teacher),
+over seeds, on the in-domain and out-of-domain columns.
 
   python -m experiments.ood_ablation --out=runs/ood_ablation
 
@@ -30,7 +31,7 @@ from absl import app, flags
 
 CONFIG = "configs/minilm_wordnet_2d.py"
 RECIPES = ("pairs", "distill", "distill_only", "distill_centred", "free_words", "refreshed",
-           "exact_teacher", "loose_anchor")
+           "exact_teacher", "loose_anchor", "split_teacher")
 CELLS = ((1, 32), (1, 64), (2, 32), (2, 64), (3, 128), (4, 256), (6, 32), (6, 384))
 COLUMNS = (("manpages/mrr_at_10", "man pages MRR@10"), ("docstrings/mrr_at_10", "docstrings MRR@10"),
            ("wordnet/mrr_at_10", "WordNet MRR@10"), ("lee/spearman", "Lee"),
