@@ -33,7 +33,8 @@ Arguments (comma-separated after the file name):
                          full size, less out of domain
   recipe=split_teacher   the default with batches of 64 pairs and the teacher terms
                          weighted by dataset (WordNet 0.2, FOLDOC 2): in domain at the
-                         full size as the old recipe, less out of domain
+                         full size within about a point of the old recipe, less out
+                         of domain
   recipe=refreshed       the default with dropout on and the KL on single words too
   recipe=free_words      that without the refresh: the exits keep the initial
                          model's means
@@ -122,8 +123,8 @@ def get_config(arg=None):
     # them (word similarity) while the teacher keeps every sentence's neighbourhood.
     c.loss.distill.kl_min_tokens = 5
   if "split_teacher" in lineage:
-    # The teacher holds the computing text (FOLDOC: the genre of manual pages and
-    # docstrings) at twice its weight and WordNet's at a fifth, and batches are twice
+    # The teacher holds the computing text (FOLDOC, technical as manual pages and
+    # docstrings are) at twice its weight and WordNet's at a fifth, and batches are twice
     # as large: the pair loss moves the full model on WordNet (definitions, examples,
     # words) while the teacher keeps it on technical text (RESULTS.md).
     c.train.batch_size = 64
