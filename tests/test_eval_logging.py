@@ -75,3 +75,33 @@ def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
   labels = [json.loads(l)["label"]
             for l in (workdir / "eval_log.jsonl").read_text().splitlines()]
   assert labels == ["before", "step 4", "step 8", "after"]
+
+
+def test_the_writer_loads_without_torch_and_torch_still_imports(tmp_path):
+  """tensorboardX would import PyTorch (seconds of every run's start); the writer keeps
+  it out, writes a scalar and an image TensorBoard reads back, and leaves torch
+  importable."""
+  import subprocess
+  import sys
+  from conftest import REPO, user_env
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  code = f"""
+import sys
+import numpy as np
+from jaxembed.train.summary import MetricWriter
+w = MetricWriter({str(tmp_path)!r})
+w.scalars(3, {{"loss": 1.5}}, prefix="train/")
+w.images(3, {{"grid": np.zeros((4, 5, 3), np.uint8)}})
+w.close()
+assert "torch" not in sys.modules, "tensorboardX pulled in torch"
+import torch
+print("torch", torch.ones(2).sum().item())
+"""
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env=user_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "torch 2.0" in done.stdout
+  acc = EventAccumulator(str(tmp_path))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(3, 1.5)]
+  assert [e.step for e in acc.Images("grid")] == [3]

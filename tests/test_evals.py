@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 
 from jaxembed.evals.retrieval import dense_retrieval_metrics
-from jaxembed.evals.sts import spearman
+from jaxembed.evals.sts import pearson, spearman
 from jaxembed.evals.tasks import RetrievalTask
 
 
@@ -46,6 +46,11 @@ def test_spearman_matches_rank_correlation_by_hand():
   rx, ry = scipy.stats.rankdata(x), scipy.stats.rankdata(y)
   want = np.corrcoef(rx, ry)[0, 1]
   assert spearman(x, y) == pytest.approx(want, abs=1e-12)
+  # scipy's own rho and r, with ties on both sides, and NaN for a constant side
+  z = np.round(y)
+  assert spearman(x, z) == pytest.approx(scipy.stats.spearmanr(x, z).statistic, abs=1e-12)
+  assert pearson(y, z) == pytest.approx(scipy.stats.pearsonr(y, z).statistic, abs=1e-12)
+  assert np.isnan(spearman(x, np.ones(40)))
 
 
 def test_retrieval_task_from_pairs():
