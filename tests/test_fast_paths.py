@@ -178,8 +178,8 @@ def test_bfloat16_matmuls_stay_close_to_float32():
   # Gradients too.
   def loss(model):
     return lambda p: (model.apply(p, ids, mask) ** 2).mean()
-  g32 = jax.grad(loss(m32))(params)
-  g16 = jax.grad(loss(m16))(params)
+  g32 = jax.jit(jax.grad(loss(m32)))(params)
+  g16 = jax.jit(jax.grad(loss(m16)))(params)
   v32 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g32)])
   v16 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g16)])
   assert np.dot(v32, v16) / np.linalg.norm(v32) / np.linalg.norm(v16) > 0.995

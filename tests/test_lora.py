@@ -56,9 +56,10 @@ def test_the_factors_gradient_is_the_chain_rule_of_the_kernels(smoke_config):
   def loss(p):
     q, d, n = encode_pairs(run.model, p, batch, None, deterministic=True)
     return run.loss_fn(q, d, n, rng=jax.random.PRNGKey(0), loss_params=None)[0]
-  got = jax.grad(lambda p: loss(lora.merge(p, s)))(params)["lora"]
+  # jitted: op by op, the two gradients took most of a minute
+  got = jax.jit(jax.grad(lambda p: loss(lora.merge(p, s))))(params)["lora"]
   merged = lora.merge(params, s)
-  kernel_grad = jax.grad(loss)(merged)        # the gradient at the merged kernels
+  kernel_grad = jax.jit(jax.grad(loss))(merged)   # the gradient at the merged kernels
   assert set(got) == {k.replace("/", ".") for k in flat(state.params)
                       if any(re.search(t, k) for t in TARGETS)}
   for key, g in got.items():

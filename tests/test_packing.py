@@ -103,6 +103,7 @@ def test_packed_vectors_and_gradients_equal_the_padded_ones(pooling):
   pbatch = packed_batch(batch, 32)
   assert pbatch["packed"]["input_ids"].size < 24 * 16      # fewer slots than padded
 
+  @jax.jit    # one compile per layout: op by op, this test took a minute
   def vectors(p, b):
     return model.apply({"params": p}, b, method="encode_pairs")
 
@@ -115,7 +116,8 @@ def test_packed_vectors_and_gradients_equal_the_padded_ones(pooling):
     a, q, n = vectors(p, b)
     return jnp.sum(a * q) + jnp.sum(jnp.tanh(n))
 
-  g_ref, g_got = jax.grad(loss)(params, batch), jax.grad(loss)(params, pbatch)
+  grad = jax.jit(jax.grad(loss))
+  g_ref, g_got = grad(params, batch), grad(params, pbatch)
   for (path, r), g in zip(jax.tree_util.tree_leaves_with_path(g_ref), jax.tree.leaves(g_got)):
     scale = float(np.abs(r).max())
     assert float(np.abs(np.asarray(g) - r).max()) <= 1e-5 * max(scale, 1.0), path
