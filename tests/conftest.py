@@ -1,14 +1,21 @@
 """Eight CPU devices for every test (set before jax is imported), one prepared
 WordNet dataset shared by the whole session, and one compilation cache shared by the
 test processes and the runs they start (the same programs are compiled by many tests;
-a cached executable is the one a compile would give)."""
+a cached executable is the one a compile would give).
+
+Tests compile far more than they compute (tiny models, a few steps each), so every test
+process and every run a test starts compiles with LLVM's optimisation off
+(COMPILE_FAST): about a fifth less time a test. The programs are the same XLA programs;
+only the machine code is less optimised.
+"""
 
 import os
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+COMPILE_FAST = "--xla_backend_optimization_level=0"
+_USER_XLA_FLAGS = f"{os.environ.get('XLA_FLAGS', '')} {COMPILE_FAST}".strip()
+os.environ["XLA_FLAGS"] = f"{_USER_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXEMBED_COMPILATION_CACHE", os.path.join(
     tempfile.gettempdir(), f"jaxembed-tests-xla-{os.getuid()}"))
@@ -45,10 +52,9 @@ def smoke_config(tfds_dir):
 
 
 def user_env(env=None) -> dict:
-  """The environment of a user's process: one CPU device unless asked."""
-  full_env = dict(os.environ, **(env or {}))
-  full_env.pop("XLA_FLAGS", None)
-  return full_env
+  """The environment of a user's process: one CPU device unless asked (COMPILE_FAST
+  kept)."""
+  return dict(os.environ, XLA_FLAGS=_USER_XLA_FLAGS, **(env or {}))
 
 
 def run_train(args, cwd=REPO, timeout=300, env=None):

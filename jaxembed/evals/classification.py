@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.optimize
 
 from jaxembed.evals.retrieval import top_k
 
@@ -55,7 +56,6 @@ def fit_logistic(x, y, c: float = 1.0, max_iter: int = 1000):
     grad = np.concatenate([(x.T @ g + w).ravel(), g.sum(axis=0)])
     return loss, grad
 
-  import scipy.optimize  # here, not at the top: a second of every run's start otherwise
   res = scipy.optimize.minimize(objective, np.zeros(d * k + k), jac=True,
                                 method="L-BFGS-B",
                                 options={"maxiter": max_iter, "gtol": 1e-8, "ftol": 1e-12})
