@@ -14,7 +14,12 @@ import sys
 import tempfile
 
 COMPILE_FAST = "--xla_backend_optimization_level=0"
-_USER_XLA_FLAGS = f"{os.environ.get('XLA_FLAGS', '')} {COMPILE_FAST}".strip()
+# The flags of a user's process: the caller's, less any device count (pytest-xdist's
+# workers inherit the one set below), plus COMPILE_FAST once.
+_USER_XLA_FLAGS = " ".join(
+    [f for f in os.environ.get("XLA_FLAGS", "").split()
+     if not f.startswith("--xla_force_host_platform_device_count=") and f != COMPILE_FAST]
+    + [COMPILE_FAST])
 os.environ["XLA_FLAGS"] = f"{_USER_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXEMBED_COMPILATION_CACHE", os.path.join(
@@ -54,7 +59,7 @@ def smoke_config(tfds_dir):
 def user_env(env=None) -> dict:
   """The environment of a user's process: one CPU device unless asked (COMPILE_FAST
   kept)."""
-  return dict(os.environ, XLA_FLAGS=_USER_XLA_FLAGS, **(env or {}))
+  return {**os.environ, "XLA_FLAGS": _USER_XLA_FLAGS, **(env or {})}
 
 
 def run_train(args, cwd=REPO, timeout=300, env=None):
