@@ -20,7 +20,14 @@ _USER_XLA_FLAGS = " ".join(
     [f for f in os.environ.get("XLA_FLAGS", "").split()
      if not f.startswith("--xla_force_host_platform_device_count=") and f != COMPILE_FAST]
     + [COMPILE_FAST])
-os.environ["XLA_FLAGS"] = f"{_USER_XLA_FLAGS} --xla_force_host_platform_device_count=8"
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a process with `devices` CPU devices (COMPILE_FAST included)."""
+  return f"{_USER_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"
+
+
+os.environ["XLA_FLAGS"] = xla_flags(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXEMBED_COMPILATION_CACHE", os.path.join(
     tempfile.gettempdir(), f"jaxembed-tests-xla-{os.getuid()}"))

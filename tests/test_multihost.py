@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxembed
-from conftest import COMPILE_FAST, REPO, run_train
+from conftest import REPO, run_train, xla_flags
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_two_processes_match_one(tmp_path, tfds_dir):
             "--config.train.log_every=1", "--config.eval.before=False"]
   multi = tmp_path / "multi"
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS=f"{COMPILE_FAST} --xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   procs = [subprocess.Popen(
       [sys.executable, "-m", "experiments.train", *common, f"--workdir={multi}",
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
@@ -46,7 +46,7 @@ def test_two_processes_match_one(tmp_path, tfds_dir):
 
   single = tmp_path / "single"
   done = run_train(common + [f"--workdir={single}"],
-                   env={"XLA_FLAGS": f"{COMPILE_FAST} --xla_force_host_platform_device_count=4"})
+                   env={"XLA_FLAGS": xla_flags(4)})
   assert done.returncode == 0, done.stderr[-3000:]
 
   a, b = losses(multi), losses(single)
