@@ -164,6 +164,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-6
   c.optim.grad_clip = 1.0
+  # > 0: AdamW also pulls each weight toward its value at step 0 (the pretrained one),
+  # decoupled like its weight decay: update += decay_to_init * (w - w_0) before the
+  # learning rate (L2-SP, Li et al. 2018). Keeps a copy of the starting weights in the
+  # optimizer state.
+  c.optim.decay_to_init = 0.0
   # Regular expressions (re.search) over parameter paths such as
   # 'encoder/layer_5/attention/query/kernel' or 'pooler/...': only matching parameters
   # train (the objective's own, 'loss/...', always do); () trains everything. Frozen

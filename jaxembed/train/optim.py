@@ -6,7 +6,10 @@ import logging
 import math
 import re
 
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxembed.errors import ConfigError
@@ -20,8 +23,9 @@ def make_schedule(cfg, total_steps: int):
   """Linear warmup to cfg.learning_rate, then constant / linear / cosine to zero."""
   if cfg.schedule not in SCHEDULES:
     raise ConfigError(f"optim.schedule={cfg.schedule!r}; valid values: {list(SCHEDULES)}")
-  for name in ("learning_rate", "weight_decay", "b1", "b2", "eps", "grad_clip"):
-    value = cfg[name]
+  for name in ("learning_rate", "weight_decay", "b1", "b2", "eps", "grad_clip",
+               "decay_to_init"):
+    value = cfg.get(name, 0.0)
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
       raise ConfigError(f"optim.{name}={value!r} must be a finite number >= 0")
   if cfg.learning_rate <= 0:
@@ -72,6 +76,34 @@ def trainable_mask(params, patterns):
   return jax.tree_util.tree_unflatten(treedef, keep)
 
 
+class DecayToInitState(NamedTuple):
+  init: Any      # the parameters at step 0, laid out like the parameters
+
+
+def decay_to_init(rate: float) -> optax.GradientTransformation:
+  """Adds rate * (params - params at step 0) to the updates: decoupled weight decay
+  toward the starting point instead of toward zero (L2-SP, Li et al. 2018, in AdamW's
+  decoupled form). Put before the learning-rate scaling, it pulls every weight back
+  toward the pretrained one in proportion to how far it has moved, whatever input the
+  model sees: a constraint on the function everywhere, where an output anchor to the
+  teacher holds only the texts it is computed on."""
+
+  def init(params):
+    # A copy, not the same buffers: the state is donated with the parameters. (Under
+    # optax.tree_map_params `params` is a placeholder without a shape: kept as is.)
+    return DecayToInitState(init=jax.tree.map(
+        lambda p: jnp.copy(p) if hasattr(p, "shape") else p, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("decay_to_init needs the parameters (tx.update(g, s, params))")
+    updates = jax.tree.map(lambda u, p, p0: u + rate * (p - p0).astype(u.dtype),
+                           updates, params, state.init)
+    return updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg, total_steps: int, trainable=None):
   """Returns (optax transformation, schedule). trainable: a tree of bools like the
   parameters (`trainable_mask`); the frozen ones get no update and no optimizer state
@@ -79,7 +111,17 @@ def make_optimizer(cfg, total_steps: int, trainable=None):
   schedule = make_schedule(cfg, total_steps)
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f"optim.name={cfg.name!r}; valid values: {list(OPTIMIZERS)}")
-  if cfg.name == "adamw":
+  to_init = float(cfg.get("decay_to_init", 0.0))
+  if to_init and cfg.name != "adamw":
+    raise ConfigError(f"optim.decay_to_init={to_init} needs optim.name='adamw' (it is "
+                      f"decoupled decay, applied with AdamW's), not {cfg.name!r}")
+  if cfg.name == "adamw" and to_init:
+    # optax.adamw's chain with the pull toward the start beside its decay toward 0.
+    opt = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                      optax.add_decayed_weights(cfg.weight_decay),
+                      decay_to_init(to_init),
+                      optax.scale_by_learning_rate(schedule))
+  elif cfg.name == "adamw":
     opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                       weight_decay=cfg.weight_decay)
   else:
