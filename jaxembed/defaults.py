@@ -167,7 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: AdamW also pulls each weight toward its value at step 0 (the pretrained one),
   # decoupled like its weight decay: update += decay_to_init * (w - w_0) before the
   # learning rate (L2-SP, Li et al. 2018). Keeps a copy of the starting weights in the
-  # optimizer state.
+  # optimizer state (saved with it: a resumed run pulls toward the same start; under
+  # config.stages each stage's fresh optimizer pulls toward that stage's start).
   c.optim.decay_to_init = 0.0
   # Regular expressions (re.search) over parameter paths such as
   # 'encoder/layer_5/attention/query/kernel' or 'pooler/...': only matching parameters

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-
 from typing import Any, NamedTuple
 
 import jax
