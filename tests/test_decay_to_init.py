@@ -7,10 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxembed import defaults, sharding as shd, train
+from jaxembed import defaults
 from jaxembed.errors import ConfigError
-from jaxembed.train.optim import DecayToInitState, make_optimizer, param_path
-from test_train_step import batch_with_negatives
+from jaxembed.train.optim import DecayToInitState, make_optimizer
+from test_freezing import compiled, flat
 
 
 def optim_config(**overrides):
@@ -75,27 +75,20 @@ def test_the_train_step_keeps_its_own_copy_of_the_start(smoke_config):
   config = smoke_config(**{"optim.decay_to_init": 1e3, "optim.learning_rate": 1e-3,
                            "optim.warmup_steps": 0, "train.dropout": False})
   config.mesh.update(data=4, fsdp=2)
-  run = train.setup(config, "/nonexistent-unused")
-  _, shardings = train.abstract_state(run)
-  state = train.new_state(run, shardings)
-  start = {param_path(kp): np.asarray(v) for kp, v in
-           jax.tree_util.tree_flatten_with_path(state.params)[0]}
-  step_fn = train.compile_train_step(run, shardings)
-  batch = shd.host_batch_to_global(run.mesh, batch_with_negatives(run))
+  _, state, step_fn, batch = compiled(config)
+  start = flat(state.params)
   for _ in range(3):                       # the state is donated at every step
     state, _ = step_fn(state, batch)
   held = [x for x in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
       x, DecayToInitState)) if isinstance(x, DecayToInitState)]
   assert len(held) == 1
-  kept = {param_path(kp): np.asarray(v) for kp, v in
-          jax.tree_util.tree_flatten_with_path(held[0].init)[0]}
+  kept = flat(held[0].init)
   assert kept.keys() == start.keys()
   for key, value in start.items():
     np.testing.assert_array_equal(kept[key], value, err_msg=key)
   # Laid out like the parameters it copies (fsdp shards included).
   assert jax.tree.map(lambda x: x.sharding, held[0].init) == jax.tree.map(
       lambda x: x.sharding, state.params)
-  now = {param_path(kp): np.asarray(v) for kp, v in
-         jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  now = flat(state.params)
   moved = sum(not np.array_equal(now[k], start[k]) for k in start)
   assert moved > len(start) // 2

@@ -24,7 +24,7 @@ def make_schedule(cfg, total_steps: int):
     raise ConfigError(f"optim.schedule={cfg.schedule!r}; valid values: {list(SCHEDULES)}")
   for name in ("learning_rate", "weight_decay", "b1", "b2", "eps", "grad_clip",
                "decay_to_init"):
-    value = cfg.get(name, 0.0)
+    value = cfg[name]
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
       raise ConfigError(f"optim.{name}={value!r} must be a finite number >= 0")
   if cfg.learning_rate <= 0:
@@ -110,19 +110,17 @@ def make_optimizer(cfg, total_steps: int, trainable=None):
   schedule = make_schedule(cfg, total_steps)
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f"optim.name={cfg.name!r}; valid values: {list(OPTIMIZERS)}")
-  to_init = float(cfg.get("decay_to_init", 0.0))
+  to_init = float(cfg.decay_to_init)
   if to_init and cfg.name != "adamw":
     raise ConfigError(f"optim.decay_to_init={to_init} needs optim.name='adamw' (it is "
                       f"decoupled decay, applied with AdamW's), not {cfg.name!r}")
-  if cfg.name == "adamw" and to_init:
-    # optax.adamw's chain with the pull toward the start beside its decay toward 0.
+  if cfg.name == "adamw":
+    # optax.adamw's own chain (the same state), with the pull toward the start, when
+    # asked for, beside its decay toward 0.
+    pull = [decay_to_init(to_init)] if to_init else []
     opt = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-                      optax.add_decayed_weights(cfg.weight_decay),
-                      decay_to_init(to_init),
+                      optax.add_decayed_weights(cfg.weight_decay), *pull,
                       optax.scale_by_learning_rate(schedule))
-  elif cfg.name == "adamw":
-    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay)
   else:
     opt = optax.sgd(schedule, momentum=cfg.b1)
   chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
