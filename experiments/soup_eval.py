@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxembed import train
 from jaxembed.errors import ConfigError
+from jaxembed.train import centring
 from jaxembed.train.merge import parse_ingredients, soup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/minilm_wordnet_2d.py")
@@ -35,7 +36,12 @@ def main(argv):
     if path != "pretrained" and not os.path.isdir(os.path.join(path, "checkpoints")):
       raise ConfigError(f"--ingredients: {path} is not a training workdir (no checkpoints/)")
   run = train.setup(_CONFIG.value, tempfile.mkdtemp(prefix="soup-"))
-  rows = train.evaluate(run, soup(run, ingredients), "soup")
+  params = soup(run, ingredients)
+  if run.config.model.refresh_exits_at_end:
+    # As training does after its last step: the exits' means of the model evaluated
+    # (the soup's), not the average of its ingredients' means.
+    params = centring.with_exit_centres(run, params)
+  rows = train.evaluate(run, params, "soup")
   result = {"ingredients": [{"path": p, "weight": w} for p, w in ingredients],
             "rows": rows}
   if _OUT.value:
