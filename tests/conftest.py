@@ -84,14 +84,16 @@ def start_train(args, **popen_kwargs):
                           env=user_env(), **popen_kwargs)
 
 
+def read_log(workdir, name: str = "train_log.jsonl") -> list[dict]:
+  """A workdir's JSON-lines log through the product's own reader, which drops a line
+  torn by a writer still appending to it (tests poll logs of running processes)."""
+  from jaxembed.workdir import Workdir
+  return Workdir(str(workdir)).read_log(name)
+
+
 def logged_steps(workdir) -> list[int]:
-  """The steps of a workdir's train_log.jsonl, in order."""
-  import json
-  path = os.path.join(workdir, "train_log.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(l)["step"] for l in f if l.strip()]
+  """The steps of a workdir's train_log.jsonl, in order (a torn last line dropped)."""
+  return [r["step"] for r in read_log(workdir)]
 
 
 def sigterm_after_step(args, workdir, step: int, timeout: float = 240):
