@@ -1,6 +1,8 @@
 """Cost of training the whole 2D Matryoshka grid against plain InfoNCE, per step.
 
-  python benchmarks/grid_overhead.py [--steps=8] [--config=configs/minilm_wordnet_2d.py]
+  python benchmarks/grid_overhead.py [--steps=8] [--config=arm=pairs]
+
+(--config: an argument of configs/ood_ablation.py.)
 
 The default job's workload (all-MiniLM-L6-v2, global batch 32, 32 tokens): the same
 jitted train step, once with the full grid (layers 1..6 x dims 32..384, 30 cells) and
@@ -21,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from configs import minilm_wordnet_2d  # noqa: E402
+from configs import ood_ablation  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
 
 
@@ -34,11 +36,11 @@ def build(config):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=8)
-  parser.add_argument("--config", default="recipe=pairs",
-                      help="config argument, e.g. smoke")
+  parser.add_argument("--config", default="arm=pairs",
+                      help="configs/ood_ablation.py's argument, e.g. smoke,arm=pairs")
   args = parser.parse_args()
-  grid_cfg = minilm_wordnet_2d.get_config(args.config)
-  plain_cfg = minilm_wordnet_2d.get_config(args.config)
+  grid_cfg = ood_ablation.get_config(args.config)
+  plain_cfg = ood_ablation.get_config(args.config)
   plain_cfg.loss.matryoshka.mode = "none"
   for cfg in (grid_cfg, plain_cfg):
     cfg.model.dtype, cfg.eval.ood = "", ()           # float32, as measured in README.md

@@ -20,17 +20,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from configs import minilm_wordnet_2d  # noqa: E402
+from configs import ood_ablation  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--config", default="recipe=pairs",
-                      help="config argument, e.g. smoke")
+  parser.add_argument("--config", default="arm=pairs",
+                      help="configs/ood_ablation.py's argument, e.g. smoke,arm=pairs")
   args = parser.parse_args()
-  config = minilm_wordnet_2d.get_config(args.config)
+  config = ood_ablation.get_config(args.config)
   config.model.dtype, config.eval.ood = "", ()     # float32, as measured in README.md
   run = train.setup(config, "/nonexistent-unused")
   _, shardings = train.abstract_state(run)

@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.vs_sentence_transformers import cpu_name  # noqa: E402
-from configs import minilm_wordnet_2d  # noqa: E402
+from configs import common  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
 try:   # the shared layers; in older trees they lived in models/bert.py
   from jaxembed.models import layers  # noqa: E402
@@ -50,8 +50,9 @@ BATCH, TOKENS = 32, 64
 
 
 def config(dtype, dropout=True, grid=True):
-  c = minilm_wordnet_2d.get_config("recipe=pairs")  # the pair loss alone
+  c = common.pair_loss_config()
   c.data.seq_len = TOKENS
+  c.data.pack_length = 0
   c.train.batch_size = BATCH
   c.train.dropout = dropout
   c.model.bert_overrides.dtype = dtype

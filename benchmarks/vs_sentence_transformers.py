@@ -162,12 +162,13 @@ class Jaxembed:
   def __init__(self, folder: str, dtype: str = "float32"):
     import jax
     sys.path.insert(0, ROOT)
-    from configs import minilm_wordnet_2d
+    from configs import common
     from jaxembed import load, sharding as shd, train
     self.jax, self.shd = jax, shd
     ids, self.texts, self.pieces = workload(folder)
-    c = minilm_wordnet_2d.get_config("recipe=pairs")  # the pair loss alone
+    c = common.pair_loss_config()
     c.data.seq_len = TRAIN_TOKENS
+    c.data.pack_length = 0            # the batches below are padded, as the peer's
     c.model.bert_overrides.dtype = dtype
     c.eval.ood = ()
     c.eval.wordnet_queries = 0

@@ -30,6 +30,23 @@ def base_config() -> ml_collections.ConfigDict:
   return defaults.base_config()
 
 
+def pair_loss_config(tiny: bool = False) -> ml_collections.ConfigDict:
+  """The pair loss alone on all-MiniLM-L6-v2 (InfoNCE, scale 20, in-batch negatives,
+  WordNet pairs, every (layer, dim) cell): the base of the studies that compare
+  objectives, heads or exits, and the ablation's `pairs` arm. bfloat16 matmuls and
+  training rows packed to 32 tokens; `tiny`: the smoke model (float32) instead."""
+  c = base_config()
+  if tiny:
+    return smoke(c)
+  c.model.dtype = "bfloat16"
+  # The pairs are short (25 real tokens a pair in 64 padded slots): packed into rows of
+  # 32 tokens, a multiple of 16 rows (two shapes in practice); benchmarks/packing.py
+  # measures the step against padded rows.
+  c.data.pack_length = 32
+  c.data.pack_granule = 16
+  return c
+
+
 def study_scale(c: ml_collections.ConfigDict, *, accelerator: bool,
                 smoke: bool) -> ml_collections.ConfigDict:
   """The scale of a MiniLM study's arm: on 2 CPU cores, 500 queries per retrieval set

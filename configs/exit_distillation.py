@@ -18,7 +18,7 @@ Arguments (comma-separated):
   smoke             tiny random model (tests)
 """
 
-from configs import common, minilm_wordnet_2d
+from configs import common
 
 VARIANTS = ("arm=exits", "arm=last_only", "arm=self_distill,accelerator",
             "smoke,arm=exits", "smoke,arm=last_only")
@@ -30,7 +30,7 @@ def get_config(arg=None):
   args = common.parse_arg(arg, arm="self_distill", accelerator=False, smoke=False)
   if args.arm not in ARMS:
     raise ValueError(f"arm={args.arm!r}; valid: {', '.join(ARMS)}")
-  c = minilm_wordnet_2d.get_config("recipe=pairs" + (",smoke" if args.smoke else ""))
+  c = common.pair_loss_config(tiny=args.smoke)
   exits, width = (EXITS, 384) if not args.smoke else ((1, 2), 32)
   c.train.steps = 80
   m = c.loss.matryoshka

@@ -32,7 +32,7 @@ Arguments (comma-separated):
   smoke           tiny random model (tests)
 """
 
-from configs import common, minilm_wordnet_2d
+from configs import common
 
 VARIANTS = ("arm=grid", "arm=grid_kl", "arm=2dmse", "arm=separate,cell=3:64",
             "arm=starbucks,accelerator", "arm=mrl", "arm=plain", "smoke,arm=grid",
@@ -46,7 +46,7 @@ def get_config(arg=None):
   args = common.parse_arg(arg, arm="grid", cell="", accelerator=False, smoke=False)
   if args.arm not in ARMS:
     raise ValueError(f"arm={args.arm!r}; valid: {', '.join(ARMS)}")
-  c = minilm_wordnet_2d.get_config("recipe=pairs" + (",smoke" if args.smoke else ""))
+  c = common.pair_loss_config(tiny=args.smoke)
   pairs = SMOKE_PAIRS if args.smoke else PAIRS
   c.train.steps = 8 if args.smoke else 80
   m = c.loss.matryoshka

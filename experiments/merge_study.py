@@ -43,7 +43,8 @@ _SPECIALIST_SEEDS = flags.DEFINE_list(
     "for the table; the claim compares the merges with joint training); default: all")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
 
-CONFIG_ARG = "recipe=pairs,variant=mrl"
+# The base: the pair loss alone, 1D Matryoshka at the last layer.
+CONFIG_ARG = "pair_loss,variant=mrl"
 KINDS = {"A": ("gloss_example",), "B": ("lemma_gloss",),
          "joint": ("gloss_example", "lemma_gloss")}
 MODELS = ("A", "B", "joint", "uniform", "task_arithmetic", "self_positioning")
@@ -55,8 +56,9 @@ COLUMNS = (("wordnet/mrr_at_10", "WordNet MRR@10"), ("manpages/mrr_at_10", "man 
 
 
 def run_config(name: str, seed: int, *, for_eval: bool = False):
-  from configs import minilm_wordnet_2d
-  c = minilm_wordnet_2d.get_config(CONFIG_ARG)
+  from configs import common
+  c = common.pair_loss_config()
+  c.loss.matryoshka.mode = "mrl"
   c.seed = seed
   c.data.pair_kinds = KINDS[name]
   c.loss.matryoshka.dims = (384,)            # the pair loss at the full size only

@@ -8,8 +8,8 @@ over seeds, on the in-domain and out-of-domain columns.
 
   python -m experiments.ood_ablation --out=runs/ood_ablation
 
-Runs `experiments.train --config=configs/minilm_wordnet_2d.py:recipe=R --config.seed=S`
-for every recipe R and seed S into <out>/<R>_s<S> (a finished run is kept, an
+Runs `experiments.train --config=configs/ood_ablation.py:arm=R --config.seed=S`
+for every arm (recipe) R and seed S into <out>/<R>_s<S> (a finished run is kept, an
 interrupted one resumes), evaluates "before" (the pretrained model, the same for every
 arm) once, then writes <out>/results.json (every cell's metrics per run) and
 <out>/table.md (mean +- std over seeds, made from results.json alone:
@@ -29,7 +29,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-CONFIG = "configs/minilm_wordnet_2d.py"
+CONFIG = "configs/ood_ablation.py"
 RECIPES = ("pairs", "distill", "distill_only", "distill_centred", "free_words", "refreshed",
            "exact_teacher", "loose_anchor", "split_teacher")
 CELLS = ((1, 32), (1, 64), (2, 32), (2, 64), (3, 128), (4, 256), (6, 32), (6, 384))
@@ -74,7 +74,7 @@ def run_all(out: str, recipes, seeds, extra) -> dict:
             (_metrics(os.path.join(out, n)) or {}).get("before") for n in os.listdir(out)
             if os.path.isdir(os.path.join(out, n)))
         args = [sys.executable, "-m", "experiments.train",
-                f"--config={CONFIG}:recipe={recipe}", f"--workdir={workdir}",
+                f"--config={CONFIG}:arm={recipe}", f"--workdir={workdir}",
                 f"--config.seed={seed}", f"--config.eval.before={first}", *extra]
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(args[1:])}", flush=True)
         t0 = time.time()

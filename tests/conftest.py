@@ -49,9 +49,11 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_config(tfds_dir):
-  from configs import minilm_wordnet_2d
-  def make(arg="smoke", **overrides):
-    c = minilm_wordnet_2d.get_config(arg)
+  """make(arg, **overrides): a config of configs/ood_ablation.py (default: the tiny
+  model with the pair loss alone) on the shared data, with dotted-key overrides."""
+  from configs import ood_ablation
+  def make(arg="smoke,arm=pairs", **overrides):
+    c = ood_ablation.get_config(arg)
     c.data.tfds_dir = tfds_dir
     for key, value in overrides.items():
       node = c

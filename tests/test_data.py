@@ -51,10 +51,12 @@ def test_text_fields_reads_the_raw_records_as_tfds_does(builder, monkeypatch):
   got = pipeline.text_fields(source, ("anchor", "positive"))
   assert got == expected and len(got) > 2_000
   assert all(isinstance(t, str) for t in got)
+  assert pipeline.text_fields(source, ("anchor", "positive"), limit=7) == expected[:14]
   monkeypatch.undo()
   # A source that is not tfds' (or a field that is not Text) goes through the records.
   rows = [{"anchor": "a", "positive": "b"}, {"anchor": "c", "positive": "d"}]
   assert pipeline.text_fields(rows) == ["a", "b", "c", "d"]
+  assert pipeline.text_fields(rows, limit=1) == ["a", "b"]
 
 
 def test_missing_wordnet_dir(tmp_path):

@@ -151,7 +151,7 @@ def test_packed_training_follows_padded_training(smoke_config):
   """The distillation recipe (pair loss, teacher terms, centred exits, a two-dataset
   mixture), dropout off, on 2 devices: the same batches packed and padded give the
   same losses step after step."""
-  arg = "smoke,recipe=distill_centred"
+  arg = "smoke,arm=distill_centred"
   ref, _ = train_losses(smoke_config(arg, **{"train.dropout": False}))
   got, batch = train_losses(smoke_config(arg, **{"train.dropout": False,
                                                   "data.pack_length": 32,

@@ -16,11 +16,11 @@ from jaxembed.train import stages
 from jaxembed.workdir import Workdir
 
 STAGED = '''
-from configs import minilm_wordnet_2d
+from configs import common
 
 
 def get_config(arg=None):
-  c = minilm_wordnet_2d.get_config("smoke")
+  c = common.pair_loss_config(tiny=True)
   c.train.log_every = 1
   c.train.checkpoint_every = 50
   c.stages = (

@@ -67,8 +67,7 @@ def make_inputs(config, model, tokenizer):
   if getattr(model, "centered_exits", False):
     # The records a run trains on: the first data.max_train_examples of each source.
     limit = d.max_train_examples
-    centering = centring_sample([pipeline.text_fields(s)[:None if limit is None else 2 * limit]
-                                 for s in sources],
+    centering = centring_sample([pipeline.text_fields(s, limit=limit) for s in sources],
                                 [c["weight"] for c in components],
                                 config.model.centering_texts)
   return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources), centering

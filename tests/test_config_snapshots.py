@@ -1,0 +1,69 @@
+"""The config files build the runs they built before the default config became plain
+assignments and its recipe lineage the ablation's arms (configs/ood_ablation.py):
+every configuration equals its snapshot (tests/fixtures/make_config_snapshots.py,
+taken at the commit before that change), so the committed results tables stay
+reproducible from the new files."""
+
+import importlib
+import json
+import os
+
+import pytest
+
+from conftest import REPO
+
+with open(os.path.join(REPO, "tests", "fixtures", "config_snapshots.json")) as f:
+  SNAPSHOTS = json.load(f)["configs"]
+
+# New name -> snapshot name: the default config's lineage recipes moved to
+# ood_ablation's arm=; "smoke" of the default config now runs the default recipe.
+RECIPES = ("exact_teacher", "loose_anchor", "split_teacher", "refreshed", "free_words",
+           "distill_centred", "distill", "pairs", "distill_only")
+MOVED = {
+    "minilm_wordnet_2d:": "minilm_wordnet_2d:",
+    "minilm_wordnet_2d:smoke": "minilm_wordnet_2d:smoke,recipe=exact_teacher",
+    "ood_ablation:": "minilm_wordnet_2d:",
+    **{f"ood_ablation:arm={r}": f"minilm_wordnet_2d:recipe={r}" for r in RECIPES},
+    **{f"ood_ablation:smoke,arm={r}": f"minilm_wordnet_2d:smoke,recipe={r}"
+       for r in RECIPES},
+}
+# Deliberate differences, each a smoke (test) config: the smoke model used to override
+# split_teacher's batch of 64 with its own 16; the arm now keeps its batch.
+CHANGED = {"ood_ablation:smoke,arm=split_teacher": {"train.batch_size": (16, 64)}}
+
+
+def _build(key):
+  name, arg = key.split(":", 1)
+  module = importlib.import_module(f"configs.{name}")
+  return json.loads(module.get_config(arg or None).to_json_best_effort())
+
+
+# Old smoke configs of the pair loss with a variant: the smoke now runs the default
+# recipe, which had no smoke variant snapshot.
+NO_SNAPSHOT = {"minilm_wordnet_2d:smoke,variant=starbucks"}
+
+
+def _cases():
+  cases = dict(MOVED)
+  for key in SNAPSHOTS:
+    if "recipe=" not in key and key not in cases and key not in NO_SNAPSHOT:
+      cases[key] = key
+  return sorted(cases.items())
+
+
+@pytest.mark.parametrize("new, old", _cases(), ids=[n for n, _ in _cases()])
+def test_the_config_builds_its_snapshot(new, old):
+  got, want = _build(new), SNAPSHOTS[old]
+  for path, (before, after) in CHANGED.get(new, {}).items():
+    node_got, node_want = got, want
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node_got, node_want = node_got[p], node_want[p]
+    assert (node_want[leaf], node_got[leaf]) == (before, after)
+    node_got[leaf] = node_want[leaf]
+  assert got == want
+
+
+def test_every_lineage_recipe_has_an_arm():
+  from configs import ood_ablation
+  assert set(ood_ablation.ARMS) == set(RECIPES)
