@@ -3,14 +3,16 @@
   python benchmarks/nan_check.py [--steps=40] [--config=smoke]
 
 The same jitted train step (all-MiniLM-L6-v2, global batch 32, 32 tokens, the
-30-cell grid, dropout on) compiled twice: with the check (metrics['finite'] from the
-loss and the gradient norm; the loop reads the flags only at log and checkpoint
-steps) and without it. Timed on the same batches, interleaved; the last line is the
+30-cell grid, dropout on) compiled twice: as the run compiles it, with the check
+(metrics['finite'] from the loss and the gradient norm; the loop reads the flags only
+at log and checkpoint steps), and with that output dropped, so that XLA removes the
+check. Timed on the same batches, interleaved; the last line is the
 ratio of median step times. Measured on 2 CPU cores (Intel Xeon): 0.985 with 40
 steps each (16 steps gave 1.023: the noise is about 2.5%).
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -34,10 +36,18 @@ def main():
   config.model.dtype, config.eval.ood = "", ()     # float32, as measured in README.md
   run = train.setup(config, "/nonexistent-unused")
   _, shardings = train.abstract_state(run)
-  arms = {}
-  for name, check in (("checked", True), ("unchecked", False)):
-    arms[name] = [train.new_state(run, shardings),
-                  train.compile_train_step(run, shardings, check_finite=check)]
+  step = functools.partial(train.train_step, forward=run.forward, loss_fn=run.loss_fn,
+                           tx=run.tx)
+
+  def unchecked(state, batch):
+    state, metrics = step(state, batch)
+    return state, {k: v for k, v in metrics.items() if k != "finite"}
+
+  arms = {"checked": [train.new_state(run, shardings), train.compile_train_step(run, shardings)],
+          "unchecked": [train.new_state(run, shardings), shd.mesh_jit(
+              unchecked, run.mesh, run.rules,
+              in_shardings=(shardings, shd.batch_sharding(run.mesh)),
+              out_shardings=(shardings, shd.replicated(run.mesh)), donate_argnums=0)]}
   data = iter(run.dataset)
   batches = [next(data) for _ in range(args.steps + 1)]
   times = {name: [] for name in arms}

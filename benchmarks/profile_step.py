@@ -66,7 +66,7 @@ def step_variant(c):
   run = train.setup(c, "/nonexistent-unused")
   _, shardings = train.abstract_state(run)
   state = train.new_state(run, shardings)
-  return run, state, train.compile_train_step(run, shardings, check_finite=True)
+  return run, state, train.compile_train_step(run, shardings)
 
 
 def batches(run, n, rng):

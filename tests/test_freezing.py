@@ -37,7 +37,7 @@ def test_frozen_parameters_stay_put_and_have_no_optimizer_state(smoke_config):
   before = flat(state.params)
   trainable = {k for k in before if k.startswith("loss/") or (
       k.startswith("encoder/layer_1/") and k.split("/")[2] in ("attention", "output"))}
-  assert {k for k, t in flat(run.trainable).items() if t} == trainable
+  assert {k for k, t in flat(run.view.trainable).items() if t} == trainable
   assert "loss/log_scale" in trainable and len(trainable) < len(before) // 2
 
   # The reference: the gradient of the same loss on the same batch with nothing frozen.

@@ -50,7 +50,7 @@ def test_the_factors_gradient_is_the_chain_rule_of_the_kernels(smoke_config):
   # b starts at zero (then a's gradient is zero); give it values to test both.
   factors = perturbed_factors(state, 0)
   params = dict(state.params, lora=factors)
-  s = run.lora_scale
+  s = run.view.lora_scale
   assert s == pytest.approx(8.0 / 4)
 
   def loss(p):
@@ -111,10 +111,10 @@ def test_unmerged_without_dropout_equals_the_merged_model(smoke_config):
   run, state, _, batch = compiled(config)
   factors = perturbed_factors(state, 2)
   params = dict(state.params, lora=factors)
-  merged = encode_pairs(run.model, lora.merge(params, run.lora_scale), batch, None,
+  merged = encode_pairs(run.model, lora.merge(params, run.view.lora_scale), batch, None,
                         deterministic=True)
   base = {k: v for k, v in params.items() if k != "lora"}
-  with lora.unmerged(factors, run.lora_scale, 0.0, jax.random.key(0)):
+  with lora.unmerged(factors, run.view.lora_scale, 0.0, jax.random.key(0)):
     unmerged = encode_pairs(run.model, base, batch, None, deterministic=True)
   for m, u in zip(merged, unmerged):
     np.testing.assert_allclose(np.asarray(u), np.asarray(m), rtol=1e-5, atol=1e-5)

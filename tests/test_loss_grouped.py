@@ -8,7 +8,7 @@ import pytest
 
 from jaxembed import defaults
 from jaxembed.losses import info_nce, multi_positive_pairs, sigmoid_loss
-from jaxembed.losses.registry import grouped_names, make_loss
+from jaxembed.losses.registry import BatchInputs, grouped_names, make_loss
 from loss_refs import float64, lse, unit  # noqa: F401 (float64 is autouse)
 from test_losses import numeric_grad
 
@@ -89,8 +89,8 @@ def test_grouped_objectives_through_the_registry():
   want = np.mean([float(multi_positive_pairs(ql[:, l, :k], dl[:, l, :k], groups=groups,
                                              scale=cfg.scale, symmetric=True))
                   for l in range(2) for k in (4, 8)])
-  assert float(fn(ql, dl, groups=groups)[0]) == pytest.approx(want, rel=1e-9)
+  assert float(fn(ql, dl, inputs=BatchInputs(groups=groups))[0]) == pytest.approx(want, rel=1e-9)
   assert float(fn(ql, dl)[0]) != pytest.approx(want, rel=1e-3)
   cfg.name = "info_nce"
   plain = make_loss(cfg, num_layers=2, hidden=8)
-  assert float(plain(ql, dl, groups=groups)[0]) == float(plain(ql, dl)[0])
+  assert float(plain(ql, dl, inputs=BatchInputs(groups=groups))[0]) == float(plain(ql, dl)[0])

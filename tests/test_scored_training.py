@@ -14,7 +14,7 @@ import pytest
 
 from jaxembed import sharding as shd, train
 from jaxembed.errors import ConfigError, DataError
-from jaxembed.losses.registry import make_loss
+from jaxembed.losses.registry import BatchInputs, make_loss
 
 
 def write_sts(path, rows):
@@ -88,18 +88,18 @@ def test_ranking_losses_per_cell_match_a_float64_loop(smoke_config, name):
   q, d = rng.normal(size=(7, 2, 32)), rng.normal(size=(7, 2, 32))
   grades = np.array([0.0, 1.0, 1.0, 4.0, 2.5, 0.0, 5.0])
   fn = make_loss(config.loss, num_layers=2, hidden=32)
-  loss, aux = fn(jnp.float32(q), jnp.float32(d), grades=jnp.float32(grades))
+  loss, aux = fn(jnp.float32(q), jnp.float32(d), inputs=BatchInputs(grades=jnp.float32(grades)))
   want = per_cell_reference(q, d, grades, name, 7.0, (0.3, 2.0))
   np.testing.assert_allclose(float(loss), want, rtol=2e-5)
   assert "loss/L1_D8" in aux and "loss/L2_D32" in aux
   # The grades decide the value: reversed grades give another loss.
-  reversed_loss, _ = fn(jnp.float32(q), jnp.float32(d), grades=jnp.float32(-grades))
+  reversed_loss, _ = fn(jnp.float32(q), jnp.float32(d), inputs=BatchInputs(grades=jnp.float32(-grades)))
   assert abs(float(reversed_loss) - float(loss)) > 1e-2
   with pytest.raises(ValueError, match="no scores"):
     fn(jnp.float32(q), jnp.float32(d))
   with pytest.raises(ValueError, match="hard negatives"):
     fn(jnp.float32(q), jnp.float32(d), jnp.float32(rng.normal(size=(7, 1, 2, 32))),
-       grades=jnp.float32(grades))
+       inputs=BatchInputs(grades=jnp.float32(grades)))
 
 
 def test_the_files_grades_reach_the_step_with_their_texts(smoke_config, tmp_path):

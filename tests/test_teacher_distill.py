@@ -12,7 +12,7 @@ from jaxembed import sharding as shd, train
 from jaxembed.errors import ConfigError
 from jaxembed.losses import build_cells
 from jaxembed.losses.distillation import relational_kd, teacher_distillation
-from jaxembed.losses.registry import make_loss
+from jaxembed.losses.registry import BatchInputs, make_loss
 from test_train_step import batch_with_negatives
 
 
@@ -105,12 +105,12 @@ def test_the_anchor_skips_short_texts_by_their_token_count(smoke_config):
                                      for p in leaves])
   batch = batch_with_negatives(run, b=8, k=1, t=16, seed=4)
   vecs = train.step.encode_pairs(run.train_model, params, batch, None, deterministic=True)
-  extra = train.step.loss_inputs(run.train_model, batch, run.teacher_params())
-  loss, _ = run.loss_fn(*vecs, **extra)
+  extra = run.forward.loss_inputs(batch, run.teacher_params())
+  loss, _ = run.loss_fn(*vecs, inputs=extra)
   # the full model's vectors and the teacher's (its last layer), anchors, positives,
   # negatives in turn
   s = np.concatenate([np.asarray(v).reshape(-1, *v.shape[-2:])[:, -1] for v in vecs])
-  t = np.concatenate([np.asarray(v).reshape(-1, v.shape[-1]) for v in extra["teacher"]])
+  t = np.concatenate([np.asarray(v).reshape(-1, v.shape[-1]) for v in extra.teacher])
   tokens = np.concatenate([batch[k]["attention_mask"].sum(-1).reshape(-1)
                            for k in ("anchor", "positive", "negatives")])
   long = tokens >= 8
@@ -126,7 +126,7 @@ def test_the_anchor_skips_short_texts_by_their_token_count(smoke_config):
                           kl_min_tokens=minimum)
     fn = make_loss(c.loss, num_layers=run.train_model.output_layers,
                    hidden=run.train_model.output_width)
-    return float(fn(*vecs, **extra)[0])
+    return float(fn(*vecs, inputs=extra)[0])
   every = kl_loss(0)
   assert kl_loss(1) == pytest.approx(every, rel=1e-6)
   assert abs(kl_loss(8) - every) > 1e-3 * every
@@ -142,7 +142,7 @@ def test_the_loss_adds_the_teacher_terms_to_the_pair_objective(smoke_config):
   pairs, _ = plain(q, d, negs)
   config.loss.distill.update(weight=0.7, anchor_weight=0.3, pair_weight=0.5)
   with_teacher = make_loss(config.loss, num_layers=2, hidden=32)
-  loss, aux = with_teacher(q, d, negs, teacher=teacher)
+  loss, aux = with_teacher(q, d, negs, inputs=BatchInputs(teacher=teacher))
   texts = jnp.concatenate([q, d, negs.reshape(12, 2, 32)])
   cells = build_cells("grid", num_layers=2, hidden=32, layers=(1, 2), dims=(8, 16, 32))
   kd, _ = teacher_distillation(texts, jnp.concatenate(
@@ -154,7 +154,7 @@ def test_the_loss_adds_the_teacher_terms_to_the_pair_objective(smoke_config):
   with pytest.raises(ValueError, match="no teacher"):
     with_teacher(q, d, negs)
   config.loss.distill.pair_weight = 0.0            # distillation alone
-  alone, aux = make_loss(config.loss, num_layers=2, hidden=32)(q, d, negs, teacher=teacher)
+  alone, aux = make_loss(config.loss, num_layers=2, hidden=32)(q, d, negs, inputs=BatchInputs(teacher=teacher))
   np.testing.assert_allclose(float(alone), float(kd), rtol=1e-5)
   assert "loss/pairs" not in aux
 
@@ -175,8 +175,8 @@ def test_a_batch_weighs_the_pair_and_teacher_terms_of_its_dataset(smoke_config):
                                weight=0.7, anchor_weight=0.3)
   loss_fn = make_loss(config.loss, num_layers=2, hidden=32)
   for pw, tw in ((1.0, 0.0), (0.0, 2.0), (0.25, 3.0)):
-    loss, aux = loss_fn(q, d, teacher=teacher, pair_weight=jnp.float32(pw),
-                        teacher_weight=jnp.float32(tw))
+    loss, aux = loss_fn(q, d, inputs=BatchInputs(teacher=teacher, pair_weight=jnp.float32(pw),
+                                                 teacher_weight=jnp.float32(tw)))
     np.testing.assert_allclose(float(loss), 0.5 * pw * float(pairs) + tw * float(kd),
                                rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(aux["loss/pairs"]), float(pairs), rtol=1e-6)

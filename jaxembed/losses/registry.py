@@ -1,8 +1,8 @@
 """Objectives by name, built from the `loss` section of a config.
 
 Every training objective is `loss_fn(q_layers, d_layers, negatives=None, *, rng,
-loss_params) -> (loss, {name: scalar})` over the pooled vectors of every layer from one
-encoder pass. An objective is registered with `@register(name, learnable=...)` on its
+loss_params, inputs) -> (loss, {name: scalar})` over the pooled vectors of every layer
+from one encoder pass (`inputs`: the batch's `BatchInputs`). An objective is registered with `@register(name, learnable=...)` on its
 builder, `builder(cfg, ctx) -> fn(q, d, negatives, *, rng, scale, bias)`; the registry
 adds the one learnable-temperature path: with `loss.learnable_temperature`, `loss_params`
 (kept in the train state under params["loss"] and optimised with the encoder) holds
@@ -35,6 +35,24 @@ class Objective:
   init_params: Callable | None = None   # cfg -> {'log_scale', ...} when learnable
   scored: bool = False        # ranks graded pairs: fn(..., grades=[batch] scores)
   grouped: bool = False       # reads the batch's groups: fn(..., groups=[batch] ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchInputs:
+  """What an objective may read from a batch besides its vectors (each None when the
+  batch or the run has none): graded pairs' `grades` [batch]; `groups` [batch] (same
+  group: positives of each other); the frozen teacher's vectors `teacher` (anchors
+  [batch, width], positives[, negatives [batch, k, width]]) and `text_tokens`, each
+  text's token count laid out like them (loss.distill.anchor_min_tokens,
+  kl_min_tokens); `pair_weight` and `teacher_weight`, the batch's own multipliers of
+  the pair objective and of the teacher terms (a mixture's per-dataset weights;
+  None = 1)."""
+  grades: object = None
+  groups: object = None
+  teacher: object = None
+  text_tokens: object = None
+  pair_weight: object = None
+  teacher_weight: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,14 +159,11 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   fn = objective.build(cfg, ctx)
   kd = distill_settings(cfg)
 
-  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None, teacher=None,
-              grades=None, groups=None, pair_weight=None, teacher_weight=None,
-              text_tokens=None):
-    """pair_weight, teacher_weight: the batch's own multipliers of the pair objective
-    and of the teacher terms (a mixture's per-dataset weights); None = 1.
-    text_tokens: the token counts of the batch's texts, laid out as `teacher`
-    (anchors [batch], positives [batch][, negatives [batch, k]]), for
-    loss.distill.anchor_min_tokens and kl_min_tokens."""
+  def loss_fn(q, d, negatives=None, *, rng=None, loss_params=None,
+              inputs: BatchInputs = BatchInputs()):
+    """inputs: what the objective reads from the batch besides the vectors."""
+    grades, groups, teacher = inputs.grades, inputs.groups, inputs.teacher
+    pair_weight, teacher_weight = inputs.pair_weight, inputs.teacher_weight
     lp = loss_params or {}
     scale = jnp.exp(lp["log_scale"]) if "log_scale" in lp else None
     loss, aux = 0.0, {}
@@ -169,7 +184,8 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
       if teacher is None:
         raise ValueError("loss.distill is set but the step passed no teacher embeddings")
       student, target = _texts_of_batch(q, d, negatives), _texts_of_batch(*teacher)
-      tokens = None if text_tokens is None else _texts_of_batch(*text_tokens)
+      tokens = (None if inputs.text_tokens is None
+                else _texts_of_batch(*inputs.text_tokens))
       kd_loss, parts = teacher_distillation(
           student, target, cells=cells, layer_index=ctx.layer_index,
           full_layer=num_layers, scale=kd.scale, temperature=kd.temperature,

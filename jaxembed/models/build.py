@@ -156,8 +156,7 @@ def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
   return ModelSpec(
       encoder=text, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
       pool_latents=config.model.pool_latents,
-      centered_exits=getattr(model, "centered_exits", False),
-      exit_components=getattr(model, "exit_components", 0),
+      centered_exits=model.centered_exits, exit_components=model.exit_components,
       max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
       padding_side=config.data.padding_side, normalize=True,
       query_instruction=config.data.query_instruction,

@@ -17,7 +17,10 @@ model they hold:
   `symmetric`: whether queries and documents go through the same encoder;
   `pretrained_paths`: where in the parameter tree the pretrained text encoder's
   `{'encoder': ...}` goes; `supports_hard_negatives`, `supports_grad_cache`,
-  `supports_packing` (packed training batches: data/packing.py).
+  `supports_packing` (packed training batches: data/packing.py),
+  `supports_early_exit` (a train step computing only the layers its loss reads);
+  `centered_exits`, `exit_components`: the exits' statistics the params hold
+  (train/centring.py; False and 0 for a model without them).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class Embedder(nn.Module):
   symmetric = True               # queries and documents through the same encoder
   supports_hard_negatives = True
   supports_grad_cache = True
+  supports_early_exit = True     # the train step may stop at the deepest layer it reads
   pretrained_paths = (("encoder",),)
 
   @nn.compact

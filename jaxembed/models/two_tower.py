@@ -90,6 +90,9 @@ class TwoTower(nn.Module):
   supports_hard_negatives = False
   supports_grad_cache = False
   supports_packing = False
+  supports_early_exit = False    # one output "layer": nothing to stop early at
+  centered_exits = False         # (model.centered_exits is for a single tower)
+  exit_components = 0
 
   @property
   def text_config(self):

@@ -22,7 +22,6 @@ import numpy as np
 from jaxembed import sharding as shd
 from jaxembed.api import BatchEncoder
 from jaxembed.errors import ConfigError
-from jaxembed.models import lora
 from jaxembed.models.embedder import CENTER, COMPONENTS
 
 
@@ -55,12 +54,12 @@ def exit_statistics(run, params, texts, batch_size: int = 128):
   coordinate is positive), for l below the last; the last layer's rows are zero."""
   model = run.model
   layers, width = model.output_layers, model.output_width
-  k = getattr(model, "exit_components", 0)
+  k = model.exit_components
   means = np.zeros((layers, width), np.float32)
   components = np.zeros((layers, k, width), np.float32)
   if layers < 2 or not texts:
     return means, components
-  params = without_exit_statistics(run, lora.merge(params, run.lora_scale))
+  params = without_exit_statistics(run, run.view.merged(params))
   shallow = model.up_to(layers - 1)
   encoder = BatchEncoder(shallow, params, run.tokenizer, layers=layers - 1, width=width,
                          rules=run.rules)

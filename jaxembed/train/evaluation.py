@@ -18,7 +18,6 @@ from jaxembed import sharding as shd
 from jaxembed.api import BatchEncoder
 from jaxembed.evals import grid as grid_eval
 from jaxembed.evals.tasks import ZeroShotTask
-from jaxembed.models import lora
 
 
 def _text_encoder(run, params, method: str):
@@ -52,8 +51,7 @@ def _image_encoder(run, params):
 
 def evaluate(run, params, label: str) -> list[dict]:
   """One row per (layer, dim) cell of the eval grid: {'layer', 'dim', '<task>/<metric>'}."""
-  if run.lora_scale:
-    params = lora.merge(params, run.lora_scale)
+  params = run.view.merged(params)
   t0 = time.time()
   e = run.config.eval
   documents = _text_encoder(run, params, "encode_documents")

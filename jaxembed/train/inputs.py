@@ -64,7 +64,7 @@ def make_inputs(config, model, tokenizer):
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
   centering = []
-  if getattr(model, "centered_exits", False):
+  if model.centered_exits:
     # The records a run trains on: the first data.max_train_examples of each source.
     limit = d.max_train_examples
     centering = centring_sample([pipeline.text_fields(s, limit=limit) for s in sources],

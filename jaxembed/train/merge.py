@@ -39,10 +39,9 @@ from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
 from jaxembed.export import export
 from jaxembed.loaders import load
-from jaxembed.models import lora
 from jaxembed.train.run import setup
 from jaxembed.train.state import abstract_state, start_params
-from jaxembed.train.step import encode_pairs, loss_inputs
+from jaxembed.train.step import Forward, encode_pairs
 from jaxembed.workdir import Workdir
 
 METHODS = ("uniform", "task_arithmetic", "self_positioning")
@@ -75,12 +74,12 @@ def load_params(run, path: str):
   factors is not the sum of their products)."""
   if path == "pretrained":
     # θ0 as a run starts from it (with its centred exits' means, which training keeps).
-    return lora.merge(start_params(run), run.lora_scale)
+    return run.view.merged(start_params(run))
   ckpt = Checkpointer(os.path.join(path, "checkpoints"), read_only=True)
   try:
     if ckpt.latest_step() is None:
       raise ConfigError(f"{path}: the workdir has no checkpoint yet")
-    return lora.merge(ckpt.restore_params(abstract_state(run)[0].params), run.lora_scale)
+    return run.view.merged(ckpt.restore_params(abstract_state(run)[0].params))
   finally:
     ckpt.close()
 
@@ -112,12 +111,10 @@ def _probe_loss(run):
   key = jax.random.PRNGKey(0)
 
   def loss(alphas, base, taus, batch, teacher):
-    params = combine(base, taus, alphas)
-    if run.lora_scale:
-      params = lora.merge(params, run.lora_scale)
+    params = run.view.merged(combine(base, taus, alphas))
     vectors = encode_pairs(run.model, params, batch, None, deterministic=True)
     value, _ = run.loss_fn(*vectors, rng=key, loss_params=params.get("loss"),
-                           **loss_inputs(run.model, batch, teacher))
+                           inputs=Forward(run.model).loss_inputs(batch, teacher))
     return value
   return loss
 

@@ -28,6 +28,7 @@ from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.train import inputs
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
+from jaxembed.train.step import Forward, ParamView
 from jaxembed.workdir import Workdir
 
 
@@ -49,8 +50,7 @@ class Run:
   eval_tasks: list
   param_shardings: Any
   loss_params: dict          # the objective's own initial parameters ({} if none)
-  trainable: Any = None      # bools like the params (optim.trainable); None: all train
-  lora_scale: float = 0.0    # alpha / rank with optim.lora (params['lora']); 0: none
+  view: ParamView = ParamView()  # freezing (optim.trainable) and LoRA (optim.lora)
   train_depth: int = 0       # blocks the train step computes (< the model's: early exit)
   centering_texts: tuple = ()  # model.centered_exits: the texts whose layer means centre
 
@@ -62,6 +62,12 @@ class Run:
     if self.train_depth and self.train_depth < self.model.output_layers:
       return self.model.up_to(self.train_depth)
     return self.model
+
+  @property
+  def forward(self) -> Forward:
+    """The train step's forward pass and gradient (`step.Forward`)."""
+    return Forward(self.train_model, self.view, deterministic=not self.config.train.dropout,
+                   grad_cache_minibatch=self.config.train.grad_cache_minibatch)
 
   @property
   def text_config(self):
@@ -205,7 +211,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
                       hidden=model.output_width, mesh=mesh)
   loss_params = init_loss_params(config.loss)
   train_depth = 0
-  if hasattr(model, "early_exit"):          # a text Embedder: it can stop early
+  if model.supports_early_exit:
     train_depth = deepest_layer(config.loss, num_layers=model.output_layers,
                                 hidden=model.output_width)
   param_shardings = shd.param_shardings(abstract_boxed_params(model), mesh, rules)
@@ -214,7 +220,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
                            loss={k: shd.replicated(mesh) for k in loss_params})
   lora_cfg = config.optim.lora
   lora.check(lora_cfg)
-  if float(lora_cfg.dropout) and getattr(text_config, "scan_layers", False):
+  if float(lora_cfg.dropout) and text_config.scan_layers:
     raise ConfigError("optim.lora.dropout acts on each layer's activations, which a "
                       "scanned stack does not expose: set model.decoder.scan_layers=False")
   shapes = abstract_params(model, loss_params, lora_cfg)
@@ -235,6 +241,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
     trainable = dict(trainable, **{name: False for name in (CENTER, COMPONENTS)
                                    if name in shapes})
   tx, schedule = make_optimizer(config.optim, config.train.steps, trainable)
+  view = ParamView(trainable, lora_scale, float(lora_cfg.dropout))
 
   if config.data.seq_len > text_config.max_position_embeddings:
     raise ConfigError(f"data.seq_len={config.data.seq_len} exceeds the model's "
@@ -248,6 +255,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
              schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
-             param_shardings=param_shardings, loss_params=loss_params, trainable=trainable,
-             lora_scale=lora_scale, train_depth=train_depth,
+             param_shardings=param_shardings, loss_params=loss_params, view=view,
+             train_depth=train_depth,
              centering_texts=tuple(centering_texts))

@@ -132,7 +132,7 @@ def start_params(run, start: dict | None = None):
   layer means estimated on a fresh start (model.centered_exits; a stage's `start`
   keeps its own)."""
   params = initial_params(run, start)
-  if start is None and getattr(run.model, "centered_exits", False):
+  if start is None and run.model.centered_exits:
     params = centring.with_exit_centres(run, params)
   return params
 
