@@ -74,6 +74,19 @@ class Checkpointer:
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     return out["params"]
 
+  def saved_param_shapes(self, step: int | None = None) -> dict:
+    """The `params` item's tree as saved at `step` (default: the latest), as
+    ShapeDtypeStructs, read from the checkpoint's metadata (no array is read)."""
+    step = self.latest_step() if step is None else step
+    reader = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={"params": ocp.StandardCheckpointHandler()})
+    try:
+      tree = reader.item_metadata(step)["params"]
+    finally:
+      reader.close()
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(tree))
+
   def reached_preemption(self, step: int) -> bool:
     """True when the cluster (TPU maintenance, SLURM) announced a preemption; all
     hosts agree on the step. Needs jax.distributed; False otherwise."""

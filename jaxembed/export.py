@@ -28,8 +28,6 @@ from jaxembed.api import EmbeddingModel
 from jaxembed.errors import ConfigError
 from jaxembed.models import spec as model_spec
 from jaxembed.models import weights
-from jaxembed.models.bert import BertConfig
-from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.models.hf import flax_to_hf
 from jaxembed.version import __version__
@@ -53,12 +51,9 @@ def _check(model: EmbeddingModel, layer, dim):
 
 def sentence_transformers_reason(model: EmbeddingModel) -> str | None:
   """Why `model` cannot be a sentence-transformers folder (None if it can)."""
-  cfg = model.bert
-  if not isinstance(cfg, (BertConfig, DecoderConfig)):
-    return f"the encoder is a {type(cfg).__name__}, which has no Hugging Face layout"
-  if isinstance(cfg, DecoderConfig) and cfg.attention != "causal":
-    return ("the decoder attends bidirectionally; transformers' Llama/Qwen2 models are "
-            "causal")
+  problem = model.bert.hf_export_problem()
+  if problem:
+    return problem
   if model.pooling not in ST_POOLING:
     return f"pooling {model.pooling!r} has trainable parameters sentence-transformers lacks"
   return None
@@ -75,23 +70,6 @@ def _prepare(out: str):
   if os.path.exists(out) and os.listdir(out):
     raise ConfigError(f"--out={out} exists and is not empty; choose a new folder")
   os.makedirs(out, exist_ok=True)
-
-
-def _tokenizer_config(model: EmbeddingModel, tokenizer_json: dict) -> dict:
-  tok = model.tokenizer
-  if isinstance(model.bert, BertConfig):
-    return {"tokenizer_class": "BertTokenizer", "model_max_length": tok.max_length,
-            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-            "cls_token": "[CLS]", "mask_token": "[MASK]"}
-  # A decoder: positions count real tokens only, so its hidden states do not depend
-  # on the padding side; causal attention on right padding gives transformers' exact
-  # values (its default positions ignore left padding). The tokenizer class follows
-  # the tokenizer.json (transformers otherwise rebuilds the model type's own
-  # pipeline from the vocabulary): a WordPiece vocabulary is a BertTokenizer.
-  wordpiece = tokenizer_json.get("model", {}).get("type") == "WordPiece"
-  return {"tokenizer_class": "BertTokenizer" if wordpiece else "TokenizersBackend",
-          "model_max_length": tok.max_length, "padding_side": "right",
-          "pad_token": tok.pad_token, "model_input_names": ["input_ids", "attention_mask"]}
 
 
 def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
@@ -115,7 +93,9 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   tok.no_truncation()
   tok.save(os.path.join(out, "tokenizer.json"))
   _write_json(os.path.join(out, "tokenizer_config.json"),
-              _tokenizer_config(model, json.loads(tok.to_str())))
+              model.bert.hf_tokenizer_config(model.tokenizer.max_length,
+                                             model.tokenizer.pad_token,
+                                             json.loads(tok.to_str())))
   _write_json(os.path.join(out, "sentence_bert_config.json"),
               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": False})
   # jaxembed attends to a query instruction but does not pool it (nor the [CLS] before

@@ -20,7 +20,6 @@ from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ModelLoadError
-from jaxembed.losses.registry import init_loss_params
 from jaxembed.models import lora
 from jaxembed.models import spec as model_spec
 from jaxembed.models.bert import BertConfig
@@ -173,7 +172,11 @@ def from_workdir(path: str) -> EmbeddingModel:
   if ckpt.latest_step() is None:
     raise ModelLoadError(f"{path}: the workdir has no checkpoint yet")
   lora_cfg = config.optim.get("lora")    # absent from workdirs of older versions
-  shapes = abstract_params(model_from_spec(spec), init_loss_params(config.loss), lora_cfg)
+  shapes = abstract_params(model_from_spec(spec), {}, lora_cfg)
+  # An objective's own parameters (a learnable temperature): as the checkpoint has them.
+  loss_params = ckpt.saved_param_shapes().get("loss")
+  if loss_params:
+    shapes = dict(shapes, loss=loss_params)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                         shapes)

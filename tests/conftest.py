@@ -130,7 +130,8 @@ def start_train_until(args, marker: str, err_path, timeout: float = 240):
   return run
 
 
-def smoke_args(workdir, tfds_dir, *extra) -> list[str]:
+def smoke_args(workdir, tfds_dir, *extra,
+               config: str = "configs/minilm_wordnet_2d.py:smoke") -> list[str]:
   """experiments.train's arguments for a smoke run in `workdir` on the shared data."""
-  return ["--config=configs/minilm_wordnet_2d.py:smoke", f"--workdir={workdir}",
+  return [f"--config={config}", f"--workdir={workdir}",
           f"--config.data.tfds_dir={tfds_dir}", *extra]

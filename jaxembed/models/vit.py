@@ -49,6 +49,10 @@ class ViTConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
+  def hf_export_problem(self) -> str | None:
+    """Why this encoder has no Hugging Face layout to export to."""
+    return "the encoder is a ViTConfig, which has no Hugging Face layout"
+
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2

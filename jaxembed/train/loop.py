@@ -26,8 +26,7 @@ from jaxembed import sharding as shd
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import NonFiniteError
 from jaxembed.evals import grid as grid_eval
-from jaxembed.models.embedder import CENTER
-from jaxembed.train import centring, inputs
+from jaxembed.train import inputs
 from jaxembed.train import stages as stages_lib
 from jaxembed.train.evaluation import evaluate
 from jaxembed.train.run import Run, setup
@@ -122,9 +121,9 @@ class Loop:
   # log and checkpoint steps keeps the host from waiting on every step.
   pending: list = dataclasses.field(default_factory=list)
   pending_from: int = 0
-  # The grid "before" scores the model the run starts from: with model.centered_exits
-  # on pretrained weights, that model as published (its layers not yet centred).
-  uncentred_before: bool = False
+  # The run starts from the pretrained model (not an earlier stage's): the grid
+  # "before" scores it as published (`Run.as_published`).
+  fresh_start: bool = False
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -181,8 +180,8 @@ class Loop:
     if int(shd.local_value(self.state.step)) != 0:
       return None  # trained before metrics were asked for: nothing to compare with
     params = self.state.params
-    if self.uncentred_before:
-      params = centring.without_exit_statistics(run, params)
+    if self.fresh_start:
+      params = run.as_published(params)
     rows = evaluate(run, params, "before")
     # The log first, the cache last: a run killed in between evaluates again.
     wd.drop_log_entries(Workdir.EVAL_LOG, lambda r: r.get("label") == "before")
@@ -262,10 +261,10 @@ class Loop:
       if logged:
         self.log(step, metrics, t_last, n_last)
         t_last, n_last = time.time(), step
-      if step == total and config.model.refresh_exits_at_end:
-        # The exits' statistics of the trained model, saved with its last checkpoint.
-        self.state = self.state.replace(
-            params=centring.with_exit_centres(run, self.state.params))
+      if step == total:
+        # Work on the trained model that its last checkpoint keeps (Run.end_hooks).
+        for hook in run.end_hooks:
+          self.state = self.state.replace(params=hook(run, self.state.params))
       if step % config.train.checkpoint_every == 0 or step == total:
         self.save(step)
       if every and step % every == 0 and step < total:
@@ -339,12 +338,12 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal, previous=None,
   wd = run.workdir
   wd.lock()
   try:
-    return _locked(run, config, wd, stop, previous, final_eval)
+    return _restore_and_train(run, config, wd, stop, previous, final_eval)
   finally:
     wd.unlock()
 
 
-def _locked(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
+def _restore_and_train(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
             final_eval: bool = True) -> Result:
   resuming = wd.check_config(config)
   wd.check_fingerprint(inputs.data_fingerprint(config), resuming)
@@ -371,7 +370,6 @@ def _locked(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
   try:
     return Loop(run=run, state=state, step_fn=step_fn, ckpt=ckpt, data_iter=data_iter,
                 writer=writer, stop=stop,
-                uncentred_before=previous is None and CENTER in state.params
-                ).run_to_end(final_eval)
+                fresh_start=previous is None).run_to_end(final_eval)
   finally:
     writer.close()

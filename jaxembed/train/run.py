@@ -25,7 +25,7 @@ from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_
 from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.models.embedder import CENTER, COMPONENTS
-from jaxembed.train import inputs
+from jaxembed.train import centring, inputs
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
 from jaxembed.train.step import Forward, ParamView
@@ -52,6 +52,10 @@ class Run:
   loss_params: dict          # the objective's own initial parameters ({} if none)
   view: ParamView = ParamView()  # freezing (optim.trainable) and LoRA (optim.lora)
   train_depth: int = 0       # blocks the train step computes (< the model's: early exit)
+  # (run, params) -> params, each in turn on the trained model after the last step,
+  # before its checkpoint: e.g. the exits' statistics re-estimated
+  # (model.refresh_exits_at_end). The loop calls them without knowing what they do.
+  end_hooks: tuple = ()
   centering_texts: tuple = ()  # model.centered_exits: the texts whose layer means centre
 
   @property
@@ -77,6 +81,11 @@ class Run:
   def distill(self) -> bool:
     """Whether the objective learns from the frozen pretrained model (loss.distill)."""
     return distill_settings(self.config.loss) is not None
+
+  def as_published(self, params):
+    """The starting model as its folder gives it, for the grid "before": without the
+    exits' statistics that model.centered_exits adds (a no-op without them)."""
+    return centring.without_exit_statistics(self, params)
 
   def teacher_params(self):
     """The frozen teacher: the pretrained weights, freshly loaded (on a resume too),
@@ -256,5 +265,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
              schedule=schedule, loss_fn=loss_fn, dataset=dataset, eval_tasks=eval_tasks,
              param_shardings=param_shardings, loss_params=loss_params, view=view,
-             train_depth=train_depth,
+             train_depth=train_depth, end_hooks=(
+                 (centring.with_exit_centres,) if config.model.refresh_exits_at_end else ()),
              centering_texts=tuple(centering_texts))
