@@ -43,7 +43,7 @@ def main():
   plain_cfg = ood_ablation.get_config(args.config)
   plain_cfg.loss.matryoshka.mode = "none"
   for cfg in (grid_cfg, plain_cfg):
-    cfg.model.dtype, cfg.eval.ood = "", ()           # float32, as measured in README.md
+    cfg.model.dtype, cfg.eval.ood = "", ()           # float32, as measured in benchmarks/README.md
   runs = {}
   for name, cfg in (("grid", grid_cfg), ("plain", plain_cfg)):
     run, state, step = build(cfg)

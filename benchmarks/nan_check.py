@@ -33,7 +33,7 @@ def main():
                       help="configs/ood_ablation.py's argument, e.g. smoke,arm=pairs")
   args = parser.parse_args()
   config = ood_ablation.get_config(args.config)
-  config.model.dtype, config.eval.ood = "", ()     # float32, as measured in README.md
+  config.model.dtype, config.eval.ood = "", ()     # float32, as measured in docs/reliability.md
   run = train.setup(config, "/nonexistent-unused")
   _, shardings = train.abstract_state(run)
   step = functools.partial(train.train_step, forward=run.forward, loss_fn=run.loss_fn,

@@ -120,8 +120,8 @@ class BatchEncoder:
     batch_size = _count(batch_size, "batch_size", low=1)
     out = np.zeros((len(texts), self.layers, self.width), np.float32)
     # Longest first by token count, so each batch holds texts of about one length and
-    # is padded little (characters are a poor proxy: on a mix of word lists, glosses
-    # and man pages, sorting by them left 44% of the padded tokens as padding).
+    # is padded little (characters are a poor proxy for tokens on mixed texts:
+    # benchmarks/README.md).
     order = np.argsort(-self.tokenizer.lengths(texts, instruction), kind="stable")
     bar = tqdm.tqdm(total=len(texts), desc=progress, unit="text", disable=not progress,
                     file=sys.stderr, mininterval=1.0, dynamic_ncols=True)

@@ -41,8 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.refresh_exits_at_end = False
   c.model.centering_texts = 4096
   # The BERT encoder's matmul precision: float32, or bfloat16 (float32 accumulation,
-  # parameters, norms and softmax; about 1.75x faster on CPUs with AVX512-BF16/AMX
-  # and on accelerators). "" keeps the model folder's (float32).
+  # parameters, norms and softmax; faster on CPUs with AVX512-BF16/AMX and on
+  # accelerators: benchmarks/README.md). "" keeps the model folder's (float32).
   c.model.dtype = ""
   # BertConfig fields to replace (e.g. num_layers for a tiny random smoke model).
   c.model.bert_overrides = ml_collections.ConfigDict()

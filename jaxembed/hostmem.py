@@ -4,14 +4,13 @@ An XLA CPU executable takes its scratch space (every intermediate of the step: 1
 for the MiniLM train step at 32 pairs x 64 tokens) from malloc at each call and frees
 it after. glibc serves a block that large from a fresh mmap and unmaps it on free, so
 each step the kernel maps and zeroes the whole region again, one 4 KiB page fault at
-a time (360,000 faults a step there, about 15% of the CPU time). With
+a time (benchmarks/README.md counts the faults and their share of the step). With
 
   MALLOC_ARENA_MAX=1          every thread allocates from the main heap,
   MALLOC_MMAP_MAX_=0          large blocks come from that heap, not from mmap,
   MALLOC_TRIM_THRESHOLD_=64G  freed memory stays mapped for the next step,
 
-the second step onwards reuses the same pages (about 12,000 faults a step; the step
-runs 15-18% faster, benchmarks/README.md). These are read once, when the process
+the second step onwards reuses the same pages (benchmarks/README.md). These are read once, when the process
 starts (`mallopt` cannot set a trim threshold above 2 GiB, which the freed top of
 the heap exceeds here), so the command-line entry points call `reexec_if_needed()`
 first: it starts the same command again, same process id, with them added to its

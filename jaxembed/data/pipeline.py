@@ -236,9 +236,9 @@ def as_numpy_records(source, limit: int | None = None,
 def text_fields(source, fields=("anchor", "positive"), limit: int | None = None
                 ) -> list[str]:
   """Every text in `fields` of every record of `source` (of its first `limit` records),
-  in record order (field by field within a record). A tfds array_record source whose fields are all Text features is
-  read as raw tf.train.Example bytes and parsed with protobuf, about 10x faster than
-  tfds' per-record numpy deserialisation (a 240k-pair training set in ~5 s, not ~20);
+  in record order (field by field within a record). A tfds array_record source whose
+  fields are all Text features is read as raw tf.train.Example bytes and parsed with
+  protobuf, faster than tfds' per-record numpy deserialisation (benchmarks/README.md);
   any other source goes through `as_numpy_records`."""
   raw_source = getattr(source, "data_source", None)
   features = getattr(getattr(source, "dataset_info", None), "features", None)

@@ -59,9 +59,8 @@ class Tokenizer:
     `padding_side`.
 
     `pad_to` fixes the length; otherwise the longest text is rounded up to a multiple
-    of `pad_multiple` (few distinct shapes, so few compilations at inference; 8
-    rather than 16 made the encode benchmark 6% faster, its texts being padded 3%
-    beyond their batch's longest instead of 7.5%).
+    of `pad_multiple` (few distinct shapes, so few compilations at inference, and
+    little padding beyond the batch's longest: benchmarks/README.md).
     With an `instruction`, each text is encoded as instruction + text and a
     `pool_mask` is added: the attention mask without the instruction's tokens (found
     by their character offsets) and the special tokens before them ([CLS], BOS), which

@@ -146,8 +146,9 @@ def attention(q, k, v, key_mask, *, dtype: str = "float32", dropout_rate: float 
   """Softmax attention, q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (H a multiple of Hkv:
   grouped-query attention), `key_mask` broadcastable to [B, H, Tq, Tk] (True = attend).
 
-  Written as head-major batched matmuls (XLA's CPU batched dot is 3x faster on
-  [B, H, T, D] than on the einsum's interleaved layout), the 1/sqrt(D) scale folded
+  Written as head-major batched matmuls (XLA's CPU batched dot is faster on
+  [B, H, T, D] than on the einsum's interleaved layout: benchmarks/README.md,
+  "Measurements behind design choices"), the 1/sqrt(D) scale folded
   into q, the softmax in float32 and the two matmuls in `dtype` with float32
   accumulation. `dropout_rate` > 0 with a `dropout_rng` drops attention probabilities (the
   fused `jax.nn.dot_product_attention` cannot), with `keep_mask`.
@@ -168,8 +169,8 @@ def attention(q, k, v, key_mask, *, dtype: str = "float32", dropout_rate: float 
   logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
   # The softmax's division is deferred past the second matmul: exp(s - max) @ v, then
   # divided by the row sums: [B, H, Tq, D] divisions instead of [B, H, Tq, Tk], one
-  # pass less over the scores (the attention alone 2.6x faster on a 2-core CPU at
-  # B 128, T 112). Dropout scales elements, so it commutes with the division.
+  # pass less over the scores (benchmarks/README.md). Dropout scales elements, so it
+  # commutes with the division.
   probs = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   denom = probs.sum(axis=-1, keepdims=True)
   if dropout_rate > 0.0 and dropout_rng is not None:
