@@ -15,6 +15,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from benchmarks import tiny  # noqa: E402
 from jaxembed import sharding as shd  # noqa: E402
 from jaxembed.losses import info_nce  # noqa: E402
 from jaxembed.losses.blockwise import ring_info_nce  # noqa: E402
@@ -31,11 +32,13 @@ def temp_bytes(mesh, global_batch: int, dim: int, blockwise: bool, chunk: int = 
   return step.lower(x, x).compile().memory_analysis().temp_size_in_bytes
 
 
-def table(batches=(8192, 16384, 32768, 65536), dim=64):
+def table(batches=tiny.size((8192, 16384, 32768, 65536), (64, 128)), dim=64,
+          chunk=tiny.size(512, 8)):
   mesh = shd.make_mesh(dict(data=-1))
   rows = []
   for b in batches:
-    rows.append((b, temp_bytes(mesh, b, dim, False), temp_bytes(mesh, b, dim, True)))
+    rows.append((b, temp_bytes(mesh, b, dim, False, chunk),
+                 temp_bytes(mesh, b, dim, True, chunk)))
   return rows
 
 

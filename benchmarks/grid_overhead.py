@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from benchmarks import tiny  # noqa: E402
 from configs import ood_ablation  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
 
@@ -39,8 +40,8 @@ def main():
   parser.add_argument("--config", default="arm=pairs",
                       help="configs/ood_ablation.py's argument, e.g. smoke,arm=pairs")
   args = parser.parse_args()
-  grid_cfg = ood_ablation.get_config(args.config)
-  plain_cfg = ood_ablation.get_config(args.config)
+  grid_cfg = tiny.config(ood_ablation.get_config(args.config))
+  plain_cfg = tiny.config(ood_ablation.get_config(args.config))
   plain_cfg.loss.matryoshka.mode = "none"
   for cfg in (grid_cfg, plain_cfg):
     cfg.model.dtype, cfg.eval.ood = "", ()           # float32, as measured in benchmarks/README.md

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from benchmarks import tiny  # noqa: E402
 from configs import ood_ablation  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
 
@@ -32,15 +33,15 @@ def main():
   parser.add_argument("--config", default="arm=pairs",
                       help="configs/ood_ablation.py's argument, e.g. smoke,arm=pairs")
   args = parser.parse_args()
-  config = ood_ablation.get_config(args.config)
+  config = tiny.config(ood_ablation.get_config(args.config))
   config.model.dtype, config.eval.ood = "", ()     # float32, as measured in docs/reliability.md
   run = train.setup(config, "/nonexistent-unused")
   _, shardings = train.abstract_state(run)
-  step = functools.partial(train.train_step, forward=run.forward, loss_fn=run.loss_fn,
-                           tx=run.tx)
+  pure_step = functools.partial(train.train_step, forward=run.forward,
+                                loss_fn=run.loss_fn, tx=run.tx)
 
   def unchecked(state, batch):
-    state, metrics = step(state, batch)
+    state, metrics = pure_step(state, batch)
     return state, {k: v for k, v in metrics.items() if k != "finite"}
 
   arms = {"checked": [train.new_state(run, shardings), train.compile_train_step(run, shardings)],

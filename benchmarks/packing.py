@@ -26,13 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import tiny  # noqa: E402
 from benchmarks.vs_sentence_transformers import cpu_name  # noqa: E402
 from configs import minilm_wordnet_2d  # noqa: E402
 from jaxembed import hostmem, sharding as shd, train  # noqa: E402
 
 
 def setup(pack_length: int, granule: int):
-  c = minilm_wordnet_2d.get_config()
+  c = tiny.config(minilm_wordnet_2d.get_config())
   c.data.pack_length = pack_length
   c.data.pack_granule = granule
   run = train.setup(c, "/nonexistent-unused", devices=jax.devices()[:1])

@@ -34,6 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import tiny  # noqa: E402
 from benchmarks.vs_sentence_transformers import cpu_name  # noqa: E402
 from configs import common  # noqa: E402
 from jaxembed import sharding as shd, train  # noqa: E402
@@ -46,11 +47,11 @@ try:   # the host malloc policy of the entry points; absent in older trees
 except ImportError:
   hostmem = None
 
-BATCH, TOKENS = 32, 64
+BATCH, TOKENS = tiny.size(32, 4), tiny.size(64, 16)
 
 
 def config(dtype, dropout=True, grid=True):
-  c = common.pair_loss_config()
+  c = tiny.config(common.pair_loss_config())
   c.data.seq_len = TOKENS
   c.data.pack_length = 0
   c.train.batch_size = BATCH

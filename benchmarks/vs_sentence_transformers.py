@@ -41,8 +41,11 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_BATCH, TRAIN_TOKENS, TRAIN_STEPS = 32, 64, 6
-ENCODE_TEXTS, ENCODE_WORDPIECES, ENCODE_BATCH = 2048, 112, 128
+sys.path.insert(0, ROOT)
+from benchmarks.tiny import size  # noqa: E402
+
+TRAIN_BATCH, TRAIN_TOKENS, TRAIN_STEPS = size(32, 4), size(64, 16), size(6, 1)
+ENCODE_TEXTS, ENCODE_WORDPIECES, ENCODE_BATCH = size(2048, 16), 112, size(128, 8)
 DIMS = (384, 256, 128, 64, 32)
 
 

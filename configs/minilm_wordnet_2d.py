@@ -31,7 +31,7 @@ def default_recipe(c):
   c.loss.distill.kl_min_tokens = 5
   c.data.mixture = ({"source": "wordnet", "weight": 2.0},
                     {"source": "foldoc", "weight": 1.0})
-  c.model.centered_exits = True          # layers 1..5 minus their mean pooled vector
+  c.model.centred_exits = True          # layers 1..5 minus their mean pooled vector
   c.model.refresh_exits_at_end = True    # those means re-estimated on the trained model
   c.train.dropout = False                # the student starts as the teacher exactly
   return c

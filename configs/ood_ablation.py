@@ -27,7 +27,7 @@ VARIANTS = ("arm=pairs", "arm=distill", "arm=distill_only", "arm=distill_centred
 _REFRESHED = {"train.dropout": True, "loss.distill.kl_min_tokens": 0}
 _FREE_WORDS = {**_REFRESHED, "model.refresh_exits_at_end": False}
 _DISTILL_CENTRED = {**_FREE_WORDS, "loss.distill.anchor_min_tokens": 0}
-_DISTILL = {**_DISTILL_CENTRED, "model.centered_exits": False}
+_DISTILL = {**_DISTILL_CENTRED, "model.centred_exits": False}
 # Each arm: the fields it sets on the default job (None: the pair loss alone).
 ARMS = {
     "exact_teacher": {},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import warnings
 from typing import Sequence
 
 import jax
@@ -150,7 +151,7 @@ class EmbeddingModel:
 
   def __init__(self, spec: ModelSpec, params, tokenizer: Tokenizer, *, rules=()):
     self.spec = spec
-    self.bert = spec.encoder          # BertConfig | DecoderConfig
+    self.encoder_config = spec.encoder    # BertConfig | DecoderConfig
     # The sub-model `encode` uses when layer/dim are not given (an exported one).
     self.default_layer = spec.layer
     self.default_dim = spec.dim
@@ -165,7 +166,14 @@ class EmbeddingModel:
 
   @property
   def num_layers(self) -> int:
-    return self.bert.num_layers
+    return self.encoder_config.num_layers
+
+  @property
+  def bert(self):
+    """The encoder's config, under its old name (it holds decoder configs too)."""
+    warnings.warn("EmbeddingModel.bert is now EmbeddingModel.encoder_config",
+                  DeprecationWarning, stacklevel=2)
+    return self.encoder_config
 
   def with_dtype(self, dtype: str) -> "EmbeddingModel":
     """The same model with its matmuls in `dtype` ('bfloat16': float32 parameters and
@@ -179,7 +187,7 @@ class EmbeddingModel:
 
   @property
   def hidden_size(self) -> int:
-    return self.bert.hidden_size
+    return self.encoder_config.hidden_size
 
   def encode_all_layers(self, texts: Sequence[str], *, batch_size: int = 64,
                         progress: str | None = None, instruction: str = "") -> np.ndarray:
@@ -190,7 +198,7 @@ class EmbeddingModel:
 
   @functools.cached_property
   def _token_forward(self):
-    encoder = make_encoder(self.bert, name=None)
+    encoder = make_encoder(self.encoder_config, name=None)
     return jax.jit(lambda p, ids, mask, layer: encoder.apply(
         {"params": p["encoder"]}, ids, mask, depth=layer)[layer], static_argnums=3)
 

@@ -5,6 +5,8 @@ on it."""
 
 from __future__ import annotations
 
+import logging
+
 import ml_collections
 
 from jaxembed.errors import ConfigError
@@ -28,10 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pool_latents = 64                          # latent: NV-Embed's r (paper: 512)
   # Subtract from each layer's pooled vector that layer's mean over the training texts
   # (the last layer's stays 0: the full model is unchanged), estimated by the initial
-  # model on `centering_texts` texts spread over the training data before step 0 and
+  # model on `centring_texts` texts spread over the training data before step 0 and
   # saved with the weights. Shallow layers' vectors share large constant components
   # that make their cosines uninformative.
-  c.model.centered_exits = False
+  c.model.centred_exits = False
   # With centred exits: also project out each layer's top k principal directions of
   # those texts' centred vectors (all-but-the-top), the last layer's excepted.
   c.model.exit_components = 0
@@ -39,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
   # trained model (the same texts) and save them with it; training used the initial
   # model's throughout, which no longer describe the trained layers.
   c.model.refresh_exits_at_end = False
-  c.model.centering_texts = 4096
+  c.model.centring_texts = 4096
   # The BERT encoder's matmul precision: float32, or bfloat16 (float32 accumulation,
   # parameters, norms and softmax; faster on CPUs with AVX512-BF16/AMX and on
   # accelerators: benchmarks/README.md). "" keeps the model folder's (float32).
@@ -232,6 +234,36 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Fields renamed (old dotted name -> new): a config or workdir that uses an old name
+# still loads (`migrate`), with a warning naming the new one.
+RENAMED = {"model.centered_exits": "model.centred_exits",
+           "model.centering_texts": "model.centring_texts"}
+
+
+def migrate(config, source: str = "config"):
+  """`config` (a ConfigDict, or the dict of a saved config.json) with every field of
+  RENAMED under its new name, in place and returned; a warning for each."""
+  for old, new in RENAMED.items():
+    (section, old_key), new_key = old.split("."), new.split(".")[1]
+    node = config.get(section)
+    if node is None or old_key not in node:
+      continue
+    logging.warning("%s: the field %s is now %s (renamed; the old name still works "
+                    "for now)", source, old, new)
+    if isinstance(node, ml_collections.ConfigDict):
+      with node.unlocked():
+        node[new_key] = node[old_key]
+        del node[old_key]
+    else:
+      node[new_key] = node.pop(old_key)
+  return config
+
+
+# Sections whose keys are not fixed here: their owner checks them (the encoder config
+# checks model.bert_overrides' fields against its own, build.check_model_config).
+OPEN_SECTIONS = ("model.bert_overrides",)
+
+
 def check_fields(config: ml_collections.ConfigDict,
                  schema: ml_collections.ConfigDict | None = None, prefix: str = "") -> None:
   """Every field of `config` must exist in `schema` (default: `base_config()`); a
@@ -243,5 +275,5 @@ def check_fields(config: ml_collections.ConfigDict,
       raise ConfigError(f"unknown config field {name!r}; valid fields"
                         f"{' in ' + prefix.rstrip('.') if prefix else ''}: "
                         f"{sorted(schema.keys())}")
-    if isinstance(schema[key], ml_collections.ConfigDict) and key != "bert_overrides":
+    if isinstance(schema[key], ml_collections.ConfigDict) and name not in OPEN_SECTIONS:
       check_fields(config[key], schema[key], name + ".")

@@ -51,7 +51,7 @@ def _check(model: EmbeddingModel, layer, dim):
 
 def sentence_transformers_reason(model: EmbeddingModel) -> str | None:
   """Why `model` cannot be a sentence-transformers folder (None if it can)."""
-  problem = model.bert.hf_export_problem()
+  problem = model.encoder_config.hf_export_problem()
   if problem:
     return problem
   if model.pooling not in ST_POOLING:
@@ -80,7 +80,7 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
                       "--format=flax")
   layer, dim = _check(model, layer, dim)
   _prepare(out)
-  cfg = dataclasses.replace(model.bert, num_layers=layer, scan_layers=False, remat=False)
+  cfg = dataclasses.replace(model.encoder_config, num_layers=layer, scan_layers=False, remat=False)
   params = weights.unscan_layout(jax_to_numpy({"encoder": model.params["encoder"]}),
                                  model.num_layers)
   params = weights.truncate_layers(params, layer)
@@ -93,7 +93,7 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   tok.no_truncation()
   tok.save(os.path.join(out, "tokenizer.json"))
   _write_json(os.path.join(out, "tokenizer_config.json"),
-              model.bert.hf_tokenizer_config(model.tokenizer.max_length,
+              model.encoder_config.hf_tokenizer_config(model.tokenizer.max_length,
                                              model.tokenizer.pad_token,
                                              json.loads(tok.to_str())))
   _write_json(os.path.join(out, "sentence_bert_config.json"),
@@ -165,13 +165,13 @@ def exit_map(params, layer: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
   pooled vector v: the identity and zero, or with centred exits P (v - mean) where P
   = I - U^T U removes the exit's components U (Embedder.exit_components)."""
   weight = np.eye(hidden, dtype=np.float64)
-  center = np.zeros(hidden, np.float64)
+  centre = np.zeros(hidden, np.float64)
   if CENTER in params:
-    center = np.asarray(jax_to_numpy(params[CENTER]), np.float64)[layer - 1]
+    centre = np.asarray(jax_to_numpy(params[CENTER]), np.float64)[layer - 1]
   if COMPONENTS in params:
     u = np.asarray(jax_to_numpy(params[COMPONENTS]), np.float64)[layer - 1]
     weight = weight - u.T @ u
-  return weight.astype(np.float32), (-(weight @ center)).astype(np.float32)
+  return weight.astype(np.float32), (-(weight @ centre)).astype(np.float32)
 
 
 def jax_to_numpy(tree):

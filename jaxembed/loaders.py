@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from jaxembed import compilation_cache
+from jaxembed import compilation_cache, defaults
 from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.data.tokenizer import Tokenizer
@@ -38,22 +38,22 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   default dim, with a centred exit's bias and removed directions; other Dense modules
   are refused."""
   folder = read_model_folder(path, field="path")
-  params = load_encoder_weights(folder.weights, folder.bert)
+  params = load_encoder_weights(folder.weights, folder.encoder_config)
   padding = "left" if folder.pooling == "last_token" else "right"
   tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length, padding)
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.
-  cfg = folder.bert
-  dim, center, components = _prefix_dense(folder.path, cfg.hidden_size)
-  if center is not None:    # a centred exit (model.centered_exits), exported
+  cfg = folder.encoder_config
+  dim, centre, components = _prefix_dense(folder.path, cfg.hidden_size)
+  if centre is not None:    # a centred exit (model.centred_exits), exported
     full = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
-    full[-1] = center
+    full[-1] = centre
     params = dict(params, **{CENTER: full})
     if len(components):
       u = np.zeros((cfg.num_layers,) + components.shape, np.float32)
       u[-1] = components
       params = dict(params, **{COMPONENTS: u})
-  spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centered_exits=center is not None,
+  spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centred_exits=centre is not None,
                    exit_components=len(components),
                    max_seq_length=tok.max_length, padding_side=padding, normalize=True,
                    dim=dim)
@@ -97,8 +97,8 @@ def _prefix_dense(folder: str, hidden: int):
   if bias is None:
     return dim, (np.zeros(hidden, np.float32) if k else None), components.astype(np.float32)
   # b = -W centre: any centre with W c = -b gives the same exit; the least-squares one.
-  center = -np.linalg.lstsq(weight, np.asarray(bias, np.float64), rcond=None)[0]
-  return dim, center.astype(np.float32), components.astype(np.float32)
+  centre = -np.linalg.lstsq(weight, np.asarray(bias, np.float64), rcond=None)[0]
+  return dim, centre.astype(np.float32), components.astype(np.float32)
 
 
 def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
@@ -161,7 +161,7 @@ def _workdir_spec(wd: Workdir, config: ml_collections.ConfigDict) -> ModelSpec:
 def from_workdir(path: str) -> EmbeddingModel:
   """The latest checkpoint's parameters with the run's model and tokenizer."""
   wd = Workdir(path)
-  config = ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
+  config = ml_collections.ConfigDict(defaults.migrate(wd.read_json(Workdir.CONFIG)))
   spec = _workdir_spec(wd, config)
   if spec.architecture == "two_tower":
     raise ModelLoadError(f"{path}: a two-tower run; jaxembed.load returns single-tower "

@@ -121,7 +121,7 @@ class Workdir:
     in RESUMABLE may differ (the new values apply from here on)."""
     if not self.exists(self.CONFIG):
       return False
-    saved = self.read_json(self.CONFIG)
+    saved = defaults.migrate(self.read_json(self.CONFIG), str(self / self.CONFIG))
     now = json.loads(config.to_json_best_effort())
     # A field added to jaxembed after the run started, at its default, is the old run.
     default = json.loads(defaults.base_config().to_json_best_effort())
@@ -194,7 +194,7 @@ class Workdir:
       with open(hf_config) as f:
         self.write(f"{self.MODEL_DIR}/config.json", f.read())
     else:   # weights from an ONNX file: the config comes from its shapes
-      self.write(f"{self.MODEL_DIR}/config.json", json.dumps(model_folder.bert.to_hf()))
+      self.write(f"{self.MODEL_DIR}/config.json", json.dumps(model_folder.encoder_config.to_hf()))
     with open(model_folder.tokenizer) as f:
       self.write(f"{self.MODEL_DIR}/tokenizer.json", f.read())
     self.write(f"{self.MODEL_DIR}/{model_spec.FILENAME}", spec.to_json())

@@ -1,4 +1,4 @@
-"""Centred exits (model.centered_exits): each layer's pooled vector minus that layer's
+"""Centred exits (model.centred_exits): each layer's pooled vector minus that layer's
 mean over a sample of the training texts, and with model.exit_components its top
 principal directions projected out. The layer means and directions against a slow
 per-text loop (the directions from the covariance's eigenvectors), the subtraction
@@ -36,7 +36,7 @@ def _tiny():
 def test_each_layer_loses_its_own_row():
   cfg, plain, params, ids, mask = _tiny()
   center = np.random.default_rng(1).normal(size=(3, 16)).astype(np.float32)
-  centred = Embedder(cfg, centered_exits=True)
+  centred = Embedder(cfg, centred_exits=True)
   with_center = dict(params, **{CENTER: jnp.asarray(center)})
   want = np.asarray(plain.apply({"params": params}, ids, mask))
   got = np.asarray(centred.apply({"params": with_center}, ids, mask))
@@ -56,7 +56,7 @@ def test_components_are_projected_out():
   u = np.zeros((3, 2, 16))
   for layer in range(2):                 # the last layer's rows stay zero
     u[layer] = np.linalg.qr(rng.normal(size=(16, 2)))[0].T
-  model = Embedder(cfg, centered_exits=True, exit_components=2)
+  model = Embedder(cfg, centred_exits=True, exit_components=2)
   full = dict(params, **{CENTER: jnp.asarray(center, jnp.float32),
                          COMPONENTS: jnp.asarray(u, jnp.float32)})
   v = np.asarray(plain.apply({"params": params}, ids, mask), np.float64)
@@ -75,9 +75,9 @@ def test_components_are_projected_out():
 
 def test_components_need_centred_exits(smoke_config):
   config = smoke_config(**{"model.exit_components": 2})
-  with pytest.raises(ConfigError, match="model.exit_components=2 .*centered_exits"):
+  with pytest.raises(ConfigError, match="model.exit_components=2 .*centred_exits"):
     check_model_config(config)
-  config = smoke_config(**{"model.exit_components": -1, "model.centered_exits": True})
+  config = smoke_config(**{"model.exit_components": -1, "model.centred_exits": True})
   with pytest.raises(ConfigError, match="model.exit_components=-1"):
     check_model_config(config)
 
@@ -92,7 +92,7 @@ def test_the_sample_spreads_over_each_source_by_weight():
 
 
 def _centred_run(smoke_config, **overrides):
-  config = smoke_config(**{"model.centered_exits": True, "model.centering_texts": 64,
+  config = smoke_config(**{"model.centred_exits": True, "model.centring_texts": 64,
                            "train.dropout": False, **overrides})
   config.loss.distill.update(weight=1.0, anchor_weight=1.0)   # allowed with a teacher
   return train.setup(config, "/nonexistent-unused", devices=jax.devices()[:2])
@@ -100,15 +100,15 @@ def _centred_run(smoke_config, **overrides):
 
 def test_layer_means_against_a_per_text_loop(smoke_config):
   run = _centred_run(smoke_config, **{"model.exit_components": 3})
-  assert len(run.centering_texts) == 64
+  assert len(run.centring_texts) == 64
   _, shardings = train.abstract_state(run)
   params = initial_params(run)
-  got, components = centring.exit_statistics(run, params, list(run.centering_texts))
+  got, components = centring.exit_statistics(run, params, list(run.centring_texts))
   host = jax.tree.map(np.asarray, shd.local_value(params))
   host[CENTER] = np.zeros_like(host[CENTER])
   host[COMPONENTS] = np.zeros_like(host[COMPONENTS])
   rows = []
-  for text in run.centering_texts:      # one text at a time, no batching or sorting
+  for text in run.centring_texts:      # one text at a time, no batching or sorting
     enc = run.tokenizer.encode([text])
     rows.append(np.asarray(run.model.apply({"params": host}, enc["input_ids"],
                                            enc["attention_mask"]))[0])
@@ -137,7 +137,7 @@ def test_the_means_stay_fixed_through_training(smoke_config):
   state = train.new_state(run, shardings)
   start = jax.tree.map(np.asarray, shd.local_value(state.params))
   means, components = centring.exit_statistics(run, initial_params(run),
-                                               list(run.centering_texts))
+                                               list(run.centring_texts))
   np.testing.assert_allclose(start[CENTER], means, rtol=1e-6)
   np.testing.assert_allclose(start[COMPONENTS], components, rtol=1e-6, atol=1e-7)
   step_fn = train.compile_train_step(run, shardings)
@@ -170,14 +170,14 @@ def test_before_scores_the_uncentred_model(tmp_path, tfds_dir):
   for centred in (False, True):
     workdir = tmp_path / f"centred_{centred}"
     done = run_train(common + [f"--workdir={workdir}",
-                               f"--config.model.centered_exits={centred}"])
+                               f"--config.model.centred_exits={centred}"])
     assert done.returncode == 0, done.stderr[-3000:]
     grids[centred] = json.loads((workdir / "metrics.json").read_text())
   assert grids[True]["before"] == grids[False]["before"]
   assert grids[True]["after"] != grids[False]["after"]
   import jaxembed
   model = jaxembed.load(str(tmp_path / "centred_True"))
-  assert model.spec.centered_exits and np.abs(np.asarray(model.params[CENTER][0])).max() > 0
+  assert model.spec.centred_exits and np.abs(np.asarray(model.params[CENTER][0])).max() > 0
 
 
 def test_refreshed_at_the_end_from_the_trained_model(tmp_path, tfds_dir, smoke_config):
@@ -187,14 +187,14 @@ def test_refreshed_at_the_end_from_the_trained_model(tmp_path, tfds_dir, smoke_c
   done = run_train([PAIRS, f"--workdir={workdir}",
                     f"--config.data.tfds_dir={tfds_dir}", "--config.train.steps=3",
                     "--config.train.checkpoint_every=2", "--config.eval.before=False",
-                    "--config.train.dropout=False", "--config.model.centered_exits=True",
-                    "--config.model.centering_texts=64", "--config.model.exit_components=2",
+                    "--config.train.dropout=False", "--config.model.centred_exits=True",
+                    "--config.model.centring_texts=64", "--config.model.exit_components=2",
                     "--config.model.refresh_exits_at_end=True"])
   assert done.returncode == 0, done.stderr[-3000:]
   import jaxembed
   saved = jaxembed.load(str(workdir)).params
   run = _centred_run(smoke_config, **{"model.exit_components": 2})
-  texts = list(run.centering_texts)
+  texts = list(run.centring_texts)
   trained = jax.tree.map(lambda x, s: shd.host_to_global(np.asarray(x), s), dict(saved),
                          run.param_shardings)
   means, components = centring.exit_statistics(run, trained, texts)

@@ -4,13 +4,16 @@ every configuration equals its snapshot (tests/fixtures/make_config_snapshots.py
 taken at the commit before that change), so the committed results tables stay
 reproducible from the new files."""
 
+import copy
 import importlib
 import json
+import logging
 import os
 
 import pytest
 
 from conftest import REPO
+from jaxembed import defaults
 
 with open(os.path.join(REPO, "tests", "fixtures", "config_snapshots.json")) as f:
   SNAPSHOTS = json.load(f)["configs"]
@@ -53,7 +56,8 @@ def _cases():
 
 @pytest.mark.parametrize("new, old", _cases(), ids=[n for n, _ in _cases()])
 def test_the_config_builds_its_snapshot(new, old):
-  got, want = _build(new), SNAPSHOTS[old]
+  # The snapshot spells model.centered_exits / centering_texts as they were then.
+  got, want = _build(new), defaults.migrate(copy.deepcopy(SNAPSHOTS[old]))
   for path, (before, after) in CHANGED.get(new, {}).items():
     node_got, node_want = got, want
     *parents, leaf = path.split(".")
@@ -67,3 +71,28 @@ def test_the_config_builds_its_snapshot(new, old):
 def test_every_lineage_recipe_has_an_arm():
   from configs import ood_ablation
   assert set(ood_ablation.ARMS) == set(RECIPES)
+
+
+def test_renamed_fields_still_load_with_a_warning(caplog):
+  """A config file, a saved config.json or a saved model spec that uses a field's old
+  name loads under the new one, with a warning naming it."""
+  from jaxembed.models import spec as model_spec
+  c = defaults.base_config()
+  c.model.centered_exits = True                  # an old config file's assignment
+  c.model.centering_texts = 512
+  with caplog.at_level(logging.WARNING):
+    defaults.migrate(c)
+  defaults.check_fields(c)
+  assert c.model.centred_exits is True and c.model.centring_texts == 512
+  assert "model.centred_exits" in caplog.text and "model.centring_texts" in caplog.text
+  saved = {"model": {"centered_exits": True}}   # a workdir's config.json
+  assert defaults.migrate(saved) == {"model": {"centred_exits": True}}
+  old = json.loads(model_spec.ModelSpec(encoder=_bert()).to_json())
+  old["centered_exits"] = old.pop("centred_exits") or True
+  assert model_spec.ModelSpec.from_dict(old).centred_exits is True
+
+
+def _bert():
+  from jaxembed.models.bert import BertConfig
+  return BertConfig(vocab_size=8, hidden_size=4, num_layers=1, num_heads=1,
+                    intermediate_size=8)

@@ -13,7 +13,7 @@ from conftest import run_train
 def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   workdir = tmp_path / "run"
-  args = ["--config=configs/minilm_wordnet_2d.py:smoke", f"--workdir={workdir}",
+  args = ["--config=configs/ood_ablation.py:smoke,arm=pairs", f"--workdir={workdir}",
           f"--config.data.tfds_dir={tfds_dir}", "--config.train.steps=12",
           "--config.train.eval_every=4", "--config.train.checkpoint_every=4",
           "--config.eval.wordsim=True", "--config.eval.polarity=True",

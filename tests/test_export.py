@@ -45,7 +45,7 @@ def trained(tmp_path_factory, tfds_dir):
                     "--config.eval.layers=(4,5)", "--config.eval.dims=(128,160)",
                     # centred exits: the exported layer-4 sub-model carries its mean
                     # and its removed directions (in the Dense module's weight)
-                    "--config.model.centered_exits=True",
+                    "--config.model.centred_exits=True",
                     "--config.model.exit_components=4"])
   assert done.returncode == 0, done.stderr[-3000:]
   return workdir
@@ -235,7 +235,7 @@ def test_causal_decoder_exports_to_a_hugging_face_folder(tmp_path, kind):
                        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
   assert ran.returncode == 0, ran.stderr[-3000:]
   peer = np.load(npz)
-  encoder = make_encoder(model.bert, name=None)
+  encoder = make_encoder(model.encoder_config, name=None)
   worst = 0.0
   for i, text in enumerate(TEXTS):
     enc = model.tokenizer.encode([text])

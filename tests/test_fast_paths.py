@@ -205,37 +205,6 @@ def test_bfloat16_training_follows_float32(smoke_config):
   assert l32[-1] < l32[0] and l16[-1] < l16[0]
 
 
-def test_accelerator_benchmark_runs_end_to_end_in_dry_run():
-  """benchmarks/gpu.sh --dry-run: the accelerator script's whole path (batch search,
-  compiled cost analysis, train and encode rates) on a tiny shape."""
-  import os
-  import subprocess
-  import sys
-  from conftest import REPO, user_env
-  out = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "--dtype=float32"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env=user_env({"PYTHON": sys.executable}))
-  assert out.returncode == 0, out.stderr[-2000:]
-  lines = out.stdout.splitlines()
-  assert any(line.startswith("train: batch 8 pairs") for line in lines), out.stdout
-  assert any("GFLOP/step" in line and "MFU" in line for line in lines), out.stdout
-  assert any(line.startswith("encode: ") for line in lines), out.stdout
-  assert os.access(os.path.join(REPO, "benchmarks", "gpu.sh"), os.X_OK)
-
-
-def test_every_benchmark_script_compiles():
-  """No benchmark is run by the tests (speed is not a test), so at least each must
-  parse: a mis-indented line once left vs_sentence_transformers.py unrunnable."""
-  import glob
-  import os
-  from conftest import REPO
-  scripts = sorted(glob.glob(os.path.join(REPO, "benchmarks", "*.py")))
-  assert len(scripts) >= 7
-  for path in scripts:
-    with open(path) as f:
-      compile(f.read(), path, "exec")      # SyntaxError (IndentationError) fails here
-
-
 def test_token_lengths_are_what_encode_gives():
   from jaxembed.data.tokenizer import Tokenizer
   import jaxembed

@@ -66,7 +66,7 @@ def test_hidden_states_match_transformers(folder, reference):
   from jaxembed.models.decoder import DecoderEncoder
   import tokenizers
   torch, _, model = reference
-  cfg = folder.bert
+  cfg = folder.encoder_config
   assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads) == (30, 576, 9, 3)
   params = load_encoder_weights(folder.weights, cfg)["encoder"]
   tok = tokenizers.Tokenizer.from_file(folder.tokenizer)

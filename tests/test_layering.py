@@ -257,7 +257,7 @@ def _duck_typing(path):
 
 def test_no_duck_typing_on_models_in_train():
   """The trainer asks a model what it can do through the embedder interface's
-  properties (supports_*, centered_exits, ...), never with hasattr/getattr."""
+  properties (supports_*, centred_exits, ...), never with hasattr/getattr."""
   bad = [f"{module_name(p)}:{line} on {target}" for p in modules()
          if os.sep + "train" + os.sep in p for line, target in _duck_typing(p)]
   assert not bad, "duck typing on models in jaxembed/train:\n" + "\n".join(bad)

@@ -174,7 +174,7 @@ def test_trainable_pooler_on_a_pretrained_encoder(smoke_config):
   _, shardings = train.abstract_state(run)
   state = train.new_state(run, shardings)
   folder = read_model_folder(config.model.path)
-  want = load_bert_safetensors(folder.weights, folder.bert)["encoder"]
+  want = load_bert_safetensors(folder.weights, folder.encoder_config)["encoder"]
   got = shd.local_value(state.params["encoder"])
   np.testing.assert_array_equal(got["layer_3"]["intermediate"]["kernel"],
                                 want["layer_3"]["intermediate"]["kernel"])

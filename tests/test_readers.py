@@ -92,7 +92,7 @@ def test_beir_folder_and_sts_file_train_and_evaluate_through_config(tmp_path, tf
       f"a {w} sat here,the {w} sat there,{s}\n" for w, s in
       (("cat", 4.5), ("dog", 4.0), ("ship", 1.0), ("tree", 2.5), ("lamp", 3.0))))
   workdir = tmp_path / "run"
-  done = run_train(["--config=configs/minilm_wordnet_2d.py:smoke", f"--workdir={workdir}",
+  done = run_train(["--config=configs/ood_ablation.py:smoke,arm=pairs", f"--workdir={workdir}",
                     f"--config.data.tfds_dir={tfds_dir}", "--config.data.source=beir",
                     f"--config.data.beir_dir={beir}", f"--config.eval.beir_dir={beir}",
                     f"--config.eval.sts_files=('{sts}',)", "--config.eval.wordnet_queries=0",

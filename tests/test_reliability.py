@@ -375,7 +375,8 @@ def test_changed_training_file_is_refused_on_resume(tmp_path, tfds_dir):
                           for i in range(64)))
   args = smoke_args(tmp_path / "run", tfds_dir, "--config.data.source=file",
                     f"--config.data.train_file={data}", "--config.eval.before=False",
-                    "--config.optim.warmup_steps=1")
+                    "--config.optim.warmup_steps=1",
+                    config="configs/ood_ablation.py:smoke,arm=pairs")
   assert run_train(args + ["--config.train.steps=2"]).returncode == 0
   with open(data, "a") as f:
     f.write(json.dumps({"anchor": "new", "positive": "row"}) + "\n")

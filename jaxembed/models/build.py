@@ -39,20 +39,20 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
   if m.encoder not in ENCODERS:
     raise ConfigError(f"model.encoder={m.encoder!r}; valid values: {list(ENCODERS)}")
   check_pooling(m.pooling)
-  if m.centered_exits and m.encoder == "two_tower":
-    raise ConfigError("model.centered_exits centres a single-tower text embedder's "
+  if m.centred_exits and m.encoder == "two_tower":
+    raise ConfigError("model.centred_exits centres a single-tower text embedder's "
                       "layers; model.encoder='two_tower' has none to centre")
   k = m.exit_components
   if not isinstance(k, int) or isinstance(k, bool) or k < 0:
     raise ConfigError(f"model.exit_components={k!r} must be an integer >= 0")
-  if k and not m.centered_exits:
+  if k and not m.centred_exits:
     raise ConfigError(f"model.exit_components={k} removes directions from centred exits; "
-                      "set model.centered_exits=True")
-  if m.refresh_exits_at_end and not m.centered_exits:
+                      "set model.centred_exits=True")
+  if m.refresh_exits_at_end and not m.centred_exits:
     raise ConfigError("model.refresh_exits_at_end re-estimates centred exits' "
-                      "statistics; set model.centered_exits=True")
-  if not isinstance(m.centering_texts, int) or m.centering_texts < 1:
-    raise ConfigError(f"model.centering_texts={m.centering_texts!r} must be an integer "
+                      "statistics; set model.centred_exits=True")
+  if not isinstance(m.centring_texts, int) or m.centring_texts < 1:
+    raise ConfigError(f"model.centring_texts={m.centring_texts!r} must be an integer "
                       ">= 1")
   if config.data.padding_side not in ("right", "left"):
     raise ConfigError(f"data.padding_side={config.data.padding_side!r}; valid values: "
@@ -77,9 +77,9 @@ def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
                         "['bert', 'decoder']")
   if kind == "decoder":
     cfg = _decoder_config(config, folder)
-  elif not isinstance(folder.bert, BertConfig):
+  elif not isinstance(folder.encoder_config, BertConfig):
     raise ConfigError(f"model.encoder='bert' but model.path={config.model.path!r} holds a "
-                      f"{type(folder.bert).__name__}; set model.encoder='decoder'")
+                      f"{type(folder.encoder_config).__name__}; set model.encoder='decoder'")
   else:
     overrides = dict(config.model.bert_overrides)
     valid = {f.name for f in dataclasses.fields(BertConfig)}
@@ -93,7 +93,7 @@ def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
       overrides["dtype"] = dtype
     if not config.train.dropout:
       overrides.update(hidden_dropout=0.0, attention_dropout=0.0)
-    cfg = BertConfig(**{**dataclasses.asdict(folder.bert), **overrides})
+    cfg = BertConfig(**{**dataclasses.asdict(folder.encoder_config), **overrides})
   if config.model.pooling in TRAINABLE and cfg.hidden_size % config.model.pool_heads:
     raise ConfigError(f"model.pool_heads={config.model.pool_heads} must divide the hidden "
                       f"size {cfg.hidden_size} (model.pooling={config.model.pooling!r})")
@@ -107,15 +107,15 @@ def _decoder_config(config, folder) -> DecoderConfig:
   # A random decoder takes its shape from model.decoder whatever the folder holds (a
   # Llama folder or a BERT one lends its tokenizer's vocabulary only); a pretrained one
   # keeps the folder's shape and takes only the runtime fields.
-  if isinstance(folder.bert, DecoderConfig) and config.model.init != "random":
-    return DecoderConfig(**{**dataclasses.asdict(folder.bert),
+  if isinstance(folder.encoder_config, DecoderConfig) and config.model.init != "random":
+    return DecoderConfig(**{**dataclasses.asdict(folder.encoder_config),
                             **{k: d[k] for k in _DECODER_RUNTIME}})
   if config.model.init == "pretrained":
     raise ConfigError(f"model.encoder='decoder' with model.init='pretrained' needs a "
                       f"Llama/Qwen2/Mistral folder; model.path={config.model.path!r} holds "
                       "a BERT. Use model.init='random' to train a decoder from scratch on "
                       "its tokenizer")
-  return DecoderConfig(**{**d, "vocab_size": folder.bert.vocab_size,
+  return DecoderConfig(**{**d, "vocab_size": folder.encoder_config.vocab_size,
                           "max_position_embeddings": max(d["max_position_embeddings"],
                                                          config.data.seq_len)})
 
@@ -126,7 +126,7 @@ def build_model(config: ml_collections.ConfigDict, text_config):
   m = config.model
   if m.encoder != "two_tower":
     return Embedder(text_config, pooling=m.pooling, pool_heads=m.pool_heads,
-                    pool_latents=m.pool_latents, centered_exits=bool(m.centered_exits),
+                    pool_latents=m.pool_latents, centred_exits=bool(m.centred_exits),
                     exit_components=int(m.exit_components))
   t = m.two_tower
   if t.towers not in TOWERS:
@@ -142,7 +142,7 @@ def build_model(config: ml_collections.ConfigDict, text_config):
 def model_from_spec(spec: ModelSpec) -> Embedder:
   """The single-tower embedder a saved model describes."""
   return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
-                  pool_latents=spec.pool_latents, centered_exits=spec.centered_exits,
+                  pool_latents=spec.pool_latents, centred_exits=spec.centred_exits,
                   exit_components=spec.exit_components)
 
 
@@ -156,7 +156,7 @@ def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
   return ModelSpec(
       encoder=text, pooling=config.model.pooling, pool_heads=config.model.pool_heads,
       pool_latents=config.model.pool_latents,
-      centered_exits=model.centered_exits, exit_components=model.exit_components,
+      centred_exits=model.centred_exits, exit_components=model.exit_components,
       max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
       padding_side=config.data.padding_side, normalize=True,
       query_instruction=config.data.query_instruction,

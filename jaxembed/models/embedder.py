@@ -19,7 +19,7 @@ model they hold:
   `{'encoder': ...}` goes; `supports_hard_negatives`, `supports_grad_cache`,
   `supports_packing` (packed training batches: data/packing.py),
   `supports_early_exit` (a train step computing only the layers its loss reads);
-  `centered_exits`, `exit_components`: the exits' statistics the params hold
+  `centred_exits`, `exit_components`: the exits' statistics the params hold
   (train/centring.py; False and 0 for a model without them).
 """
 
@@ -58,7 +58,7 @@ def text_inputs(batch: int = 1, length: int = 8) -> dict:
   return {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
 
 
-CENTER = "exit_center"          # the centred exits' parameter (Embedder.centered_exits)
+CENTER = "exit_center"          # the centred exits' parameter (Embedder.centred_exits)
 COMPONENTS = "exit_components"  # their removed directions (Embedder.exit_components)
 
 
@@ -70,7 +70,7 @@ class Embedder(nn.Module):
   attention mask) selects the pooled tokens, so instruction tokens can be attended to
   without being pooled.
   """
-  bert: Any                      # BertConfig | DecoderConfig
+  encoder_config: Any            # BertConfig | DecoderConfig
   pooling: str = "mean"
   layers: tuple[int, ...] = ()
   pool_heads: int = 8
@@ -83,7 +83,7 @@ class Embedder(nn.Module):
   # pretrained encoder share large constant components (anisotropy) that dominate
   # their cosine similarities; training estimates each layer's mean over its texts
   # (`train/centring.py`) and keeps the last layer's row at zero.
-  centered_exits: bool = False
+  centred_exits: bool = False
   # With centred exits, also remove each layer's top `exit_components` principal
   # directions (params['exit_components'] [num_layers, k, width], orthonormal rows, or
   # zeros: nothing removed): v -> c - U^T U c with c = v - mean, "all-but-the-top" (Mu
@@ -104,9 +104,9 @@ class Embedder(nn.Module):
     `token_index` [batch, length] (data/packing.py): the encoder runs on the packed
     rows, and each text's hidden states are gathered back into the padded layout of
     `input_ids` / `attention_mask` before pooling (`input_ids` itself is not read)."""
-    layers = self.layers or tuple(range(1, self.bert.num_layers + 1))
+    layers = self.layers or tuple(range(1, self.encoder_config.num_layers + 1))
     depth = max(layers) if self.early_exit else None
-    encoder = make_encoder(self.bert)
+    encoder = make_encoder(self.encoder_config)
     if packed is None:
       hidden = encoder(input_ids, attention_mask, deterministic=deterministic, depth=depth)
     else:
@@ -116,18 +116,18 @@ class Embedder(nn.Module):
       hidden = tuple(h.reshape(-1, h.shape[-1])[token_index] for h in rows)
     mask = attention_mask if pool_mask is None else pool_mask * attention_mask
     pooled = Pooler(self.pooling, self.pool_heads, self.pool_latents, name="pooler")(
-        hidden, mask, layers, num_layers=self.bert.num_layers)
-    if self.centered_exits:
-      center = self.param(CENTER, nn.with_logical_partitioning(
+        hidden, mask, layers, num_layers=self.encoder_config.num_layers)
+    if self.centred_exits:
+      centre = self.param(CENTER, nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (None, "embed")),
-          (self.bert.num_layers, self.bert.hidden_size), jnp.float32)
-      pooled = pooled - center[jnp.asarray(layers) - 1][None].astype(pooled.dtype)
+          (self.encoder_config.num_layers, self.encoder_config.hidden_size), jnp.float32)
+      pooled = pooled - centre[jnp.asarray(layers) - 1][None].astype(pooled.dtype)
     if self.exit_components:
-      if not self.centered_exits:
-        raise ValueError("Embedder.exit_components needs centered_exits")
+      if not self.centred_exits:
+        raise ValueError("Embedder.exit_components needs centred_exits")
       u = self.param(COMPONENTS, nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (None, None, "embed")),
-          (self.bert.num_layers, self.exit_components, self.bert.hidden_size),
+          (self.encoder_config.num_layers, self.exit_components, self.encoder_config.hidden_size),
           jnp.float32)[jnp.asarray(layers) - 1]
       c = pooled.astype(jnp.float32)
       coords = jnp.einsum("blw,lkw->blk", c, u, precision="highest")
@@ -139,17 +139,17 @@ class Embedder(nn.Module):
 
   @property
   def text_config(self):
-    return self.bert
+    return self.encoder_config
 
   @property
   def supports_packing(self) -> bool:
     """Packed training batches (data.pack_length): the BERT encoder takes segment ids;
     the causal decoder does not."""
-    return isinstance(self.bert, BertConfig)
+    return isinstance(self.encoder_config, BertConfig)
 
   @property
   def output_layers(self) -> int:
-    return len(self.layers) if self.layers else self.bert.num_layers
+    return len(self.layers) if self.layers else self.encoder_config.num_layers
 
   def up_to(self, depth: int) -> "Embedder":
     """Layers 1..depth, computing only the first `depth` blocks."""
@@ -157,7 +157,7 @@ class Embedder(nn.Module):
 
   @property
   def output_width(self) -> int:
-    return self.bert.hidden_size
+    return self.encoder_config.hidden_size
 
   def example_inputs(self) -> tuple:
     x = text_inputs()

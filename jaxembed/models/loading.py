@@ -68,10 +68,10 @@ def _distribution_root(name: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelFolder:
-  """What a sentence-transformers / HF folder says about the model. `bert` is the
+  """What a sentence-transformers / HF folder says about the model. `encoder_config` is the
   encoder's config: a BertConfig, or a DecoderConfig for Llama / Qwen2 / Mistral."""
   path: str
-  bert: object
+  encoder_config: object
   pooling: str
   max_seq_length: int
   normalize: bool
@@ -96,7 +96,7 @@ def read_onnx_source(path: str, tokenizer: str, field: str = "model.path") -> Mo
   if not os.path.isfile(tok):
     raise ModelLoadError(f"model.tokenizer={tokenizer!r}: {tok} does not exist")
   cfg, _ = read_onnx_bert(resolved)
-  return ModelFolder(path=os.path.dirname(resolved), bert=cfg, pooling="mean",
+  return ModelFolder(path=os.path.dirname(resolved), encoder_config=cfg, pooling="mean",
                      max_seq_length=128, normalize=True, weights=resolved, tokenizer=tok)
 
 
@@ -156,7 +156,7 @@ def read_model_folder(path: str, field: str = "model.path",
   if os.path.isfile(st_cfg):
     with open(st_cfg) as f:
       max_len = int(json.load(f).get("max_seq_length", max_len))
-  return ModelFolder(path=resolved, bert=bert, pooling=pooling, max_seq_length=max_len,
+  return ModelFolder(path=resolved, encoder_config=bert, pooling=pooling, max_seq_length=max_len,
                      normalize=normalize,
                      weights=need.get("model.safetensors") or need["model.safetensors.index.json"],
                      tokenizer=need["tokenizer.json"])

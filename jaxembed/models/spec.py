@@ -26,7 +26,7 @@ class ModelSpec:
   pooling: str = "mean"
   pool_heads: int = 8
   pool_latents: int = 64
-  centered_exits: bool = False         # params hold 'exit_center' (Embedder)
+  centred_exits: bool = False          # params hold 'exit_center' (Embedder)
   exit_components: int = 0             # params hold 'exit_components' (Embedder)
   max_seq_length: int = 512
   padding_side: str = "right"
@@ -49,6 +49,8 @@ class ModelSpec:
   def from_dict(cls, d: dict, source: str = FILENAME) -> "ModelSpec":
     d = dict(d)
     d.pop("format", None)
+    if "centered_exits" in d:     # the spelling of files written before 0.2
+      d.setdefault("centred_exits", d.pop("centered_exits"))
     kind, fields = d.pop("encoder", None), d.pop("encoder_config", None)
     if kind not in ENCODER_CONFIGS or not isinstance(fields, dict):
       raise ModelLoadError(f"{source}: no encoder config (encoder={kind!r}); valid "

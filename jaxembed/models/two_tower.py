@@ -91,7 +91,7 @@ class TwoTower(nn.Module):
   supports_grad_cache = False
   supports_packing = False
   supports_early_exit = False    # one output "layer": nothing to stop early at
-  centered_exits = False         # (model.centered_exits is for a single tower)
+  centred_exits = False         # (model.centred_exits is for a single tower)
   exit_components = 0
 
   @property

@@ -1,6 +1,6 @@
-"""Centred exits (model.centered_exits): each layer's mean pooled vector over a sample
+"""Centred exits (model.centred_exits): each layer's mean pooled vector over a sample
 of the training texts, estimated by the initial model before step 0 and subtracted
-from that layer's vectors from then on (`Embedder.centered_exits`); with
+from that layer's vectors from then on (`Embedder.centred_exits`); with
 model.exit_components = k, also the top k principal directions of those centred
 vectors, projected out from then on (`Embedder.exit_components`).
 
@@ -82,10 +82,10 @@ def with_exit_centres(run, params):
   """`params` with 'exit_center' set to the layer means of the run's centring sample
   (and 'exit_components' to their top principal directions, model.exit_components)."""
   t0 = time.time()
-  means, components = exit_statistics(run, params, list(run.centering_texts))
+  means, components = exit_statistics(run, params, list(run.centring_texts))
   logging.info("centred exits: layer means%s of %d training texts in %.1f s (norms by "
                "layer: %s)", f" and {components.shape[1]} principal directions"
-               if components.shape[1] else "", len(run.centering_texts), time.time() - t0,
+               if components.shape[1] else "", len(run.centring_texts), time.time() - t0,
                ", ".join(f"{x:.2f}" for x in np.linalg.norm(means, axis=1)))
   out = {CENTER: means}
   if COMPONENTS in params:

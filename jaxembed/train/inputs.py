@@ -22,7 +22,7 @@ from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalT
 
 def make_inputs(config, model, tokenizer):
   """(the per-host grain dataset, the evaluation tasks, the texts that centre the
-  layers with model.centered_exits (else [])) for `model`."""
+  layers with model.centred_exits (else [])) for `model`."""
   d = config.data
   batch = config.train.batch_size
   if d.workers < 0:
@@ -63,20 +63,22 @@ def make_inputs(config, model, tokenizer):
         sources, names=[c["name"] for c in components], instruction=instructions,
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
-  centering = []
-  if model.centered_exits:
+  centring = []
+  if model.centred_exits:
     # The records a run trains on: the first data.max_train_examples of each source.
     limit = d.max_train_examples
-    centering = centring_sample([pipeline.text_fields(s, limit=limit) for s in sources],
+    centring = centring_sample([pipeline.text_fields(s, limit=limit) for s in sources],
                                 [c["weight"] for c in components],
-                                config.model.centering_texts)
-  return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources), centering
+                                config.model.centring_texts)
+  return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources), centring
 
 
 _SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")
 _NO_PATH = ("wordnet", "foldoc")
 # The data.* field that holds the path of a source named by data.source.
 _PATH_FIELD = {"file": "train_file", "scored_file": "train_file", "beir": "beir_dir"}
+# What data.source and its paths are when a mixture names the data instead.
+_UNMIXED = {"source": "wordnet", "train_file": "", "beir_dir": ""}
 _COMPONENT_KEYS = ("source", "path", "weight", "split", "instruction", "pair_weight",
                    "teacher_weight")
 
@@ -93,6 +95,13 @@ def mixture_components(d) -> list[dict]:
     specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
     fields = ["data.source"]
   else:
+    ignored = [f"data.{k}={d[k]!r}" for k in ("source", "train_file", "beir_dir")
+               if d[k] != _UNMIXED[k]]
+    if ignored:
+      # e.g. the default job (a WordNet + FOLDOC mixture) with data.source=file
+      raise ConfigError(f"{', '.join(ignored)} would be ignored: data.mixture is set and "
+                        "names the training data; add the dataset to data.mixture, or "
+                        "set --config.data.mixture='()' to train on data.source alone")
     specs = [dict(spec) for spec in d.mixture]
     fields = [f"data.mixture[{i}]" for i in range(len(specs))]
   out = []

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxembed import sharding as shd
+from jaxembed import defaults, sharding as shd
 from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
@@ -202,7 +202,7 @@ def workdir_config(workdir: str):
   if not (wd.exists(Workdir.CONFIG) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
     raise ConfigError(f"--workdirs: {workdir} is not a training workdir (config.json + "
                       "checkpoints/)")
-  return ml_collections.ConfigDict(wd.read_json(Workdir.CONFIG))
+  return ml_collections.ConfigDict(defaults.migrate(wd.read_json(Workdir.CONFIG)))
 
 
 def workdir_run(workdir: str, *, others=(), seed_offset: int = 0):

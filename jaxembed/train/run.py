@@ -56,7 +56,7 @@ class Run:
   # before its checkpoint: e.g. the exits' statistics re-estimated
   # (model.refresh_exits_at_end). The loop calls them without knowing what they do.
   end_hooks: tuple = ()
-  centering_texts: tuple = ()  # model.centered_exits: the texts whose layer means centre
+  centring_texts: tuple = ()  # model.centred_exits: the texts whose layer means centre
 
   @property
   def train_model(self):
@@ -84,7 +84,7 @@ class Run:
 
   def as_published(self, params):
     """The starting model as its folder gives it, for the grid "before": without the
-    exits' statistics that model.centered_exits adds (a no-op without them)."""
+    exits' statistics that model.centred_exits adds (a no-op without them)."""
     return centring.without_exit_statistics(self, params)
 
   def teacher_params(self):
@@ -205,6 +205,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   `devices` (default: all) are the devices the mesh is laid over. Turns on the
   persistent compilation cache (`jaxembed.compilation_cache`)."""
   compilation_cache.enable()
+  defaults.migrate(config)
   defaults.check_fields(config)
   build.check_model_config(config)
   folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
@@ -259,7 +260,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   eval_tokenizer = Tokenizer(folder.tokenizer,
                              min(config.eval.max_length, text_config.max_position_embeddings),
                              config.data.padding_side)
-  dataset, eval_tasks, centering_texts = inputs.make_inputs(config, model, tokenizer)
+  dataset, eval_tasks, centring_texts = inputs.make_inputs(config, model, tokenizer)
   return Run(config=config, workdir=Workdir(workdir), folder=folder, model=model,
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
@@ -267,4 +268,4 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              param_shardings=param_shardings, loss_params=loss_params, view=view,
              train_depth=train_depth, end_hooks=(
                  (centring.with_exit_centres,) if config.model.refresh_exits_at_end else ()),
-             centering_texts=tuple(centering_texts))
+             centring_texts=tuple(centring_texts))

@@ -129,10 +129,10 @@ def _trainable_parts(run) -> set:
 
 def start_params(run, start: dict | None = None):
   """The parameters step 0 trains from: `initial_params`, with the centred exits'
-  layer means estimated on a fresh start (model.centered_exits; a stage's `start`
+  layer means estimated on a fresh start (model.centred_exits; a stage's `start`
   keeps its own)."""
   params = initial_params(run, start)
-  if start is None and run.model.centered_exits:
+  if start is None and run.model.centred_exits:
     params = centring.with_exit_centres(run, params)
   return params
 
