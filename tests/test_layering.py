@@ -197,32 +197,6 @@ def test_a_workdir_with_a_learnable_temperature_loads_without_the_objectives(tmp
   assert "HEAVY []" in imports_of_a_load(str(workdir))
 
 
-MODEL_CLASSES = {"TwoTower", "Embedder", "Tower"}
-
-
-def test_no_model_type_tests_outside_models():
-  """The step, the loop, the inputs, the workdir and the API hold models through the
-  embedder interface: no isinstance() on a model class outside jaxembed/models."""
-  bad = []
-  for path in modules():
-    if os.sep + "models" + os.sep in path:
-      continue
-    tree = ast.parse(open(path).read(), path)
-    for node in ast.walk(tree):
-      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-          and node.func.id in ("isinstance", "issubclass") and len(node.args) == 2):
-        names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
-        names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
-        if names & MODEL_CLASSES:
-          bad.append(f"{module_name(path)}:{node.lineno}")
-      if isinstance(node, ast.Name) and node.id == "TwoTower":
-        bad.append(f"{module_name(path)}:{node.lineno} names TwoTower")
-  assert not bad, "model type tests outside jaxembed/models:\n" + "\n".join(bad)
-
-
-CONFIG_CLASSES = {"BertConfig", "DecoderConfig", "ViTConfig"}
-
-
 def _type_tests(path, classes):
   """Line numbers of isinstance()/issubclass() calls in `path` naming one of `classes`."""
   tree = ast.parse(open(path).read(), path)
@@ -233,6 +207,26 @@ def _type_tests(path, classes):
       names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
       if names & classes:
         yield node.lineno
+
+
+MODEL_CLASSES = {"TwoTower", "Embedder", "Tower"}
+
+
+def test_no_model_type_tests_outside_models():
+  """The step, the loop, the inputs, the workdir and the API hold models through the
+  embedder interface: no isinstance() on a model class outside jaxembed/models."""
+  bad = []
+  for path in modules():
+    if os.sep + "models" + os.sep in path:
+      continue
+    bad += [f"{module_name(path)}:{line}" for line in _type_tests(path, MODEL_CLASSES)]
+    bad += [f"{module_name(path)}:{node.lineno} names TwoTower"
+            for node in ast.walk(ast.parse(open(path).read(), path))
+            if isinstance(node, ast.Name) and node.id == "TwoTower"]
+  assert not bad, "model type tests outside jaxembed/models:\n" + "\n".join(bad)
+
+
+CONFIG_CLASSES = {"BertConfig", "DecoderConfig", "ViTConfig"}
 
 
 def test_no_encoder_config_type_tests_outside_models():

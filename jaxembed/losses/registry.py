@@ -35,6 +35,10 @@ class Objective:
   init_params: Callable | None = None   # cfg -> {'log_scale', ...} when learnable
   scored: bool = False        # ranks graded pairs: fn(..., grades=[batch] scores)
   grouped: bool = False       # reads the batch's groups: fn(..., groups=[batch] ids)
+  # Reads the encoder only at its Matryoshka cells (with loss.kl_weight 0 and no
+  # teacher): the train step may stop at the deepest cell's layer.
+  cells_only: bool = False
+  blockwise: bool = False     # has a blockwise (ring) form: loss.blockwise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +72,13 @@ _REGISTRY: dict[str, Objective] = {}
 
 
 def register(name: str, *, learnable: bool = False, init_params=None, scored: bool = False,
-             grouped: bool = False):
+             grouped: bool = False, cells_only: bool = False, blockwise: bool = False):
   def wrap(build):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")
     _REGISTRY[name] = Objective(name, build, learnable,
                                 init_params or (_scale_params if learnable else None),
-                                scored, grouped)
+                                scored, grouped, cells_only, blockwise)
     return build
   return wrap
 
@@ -127,17 +131,13 @@ def loss_cells(cfg, *, num_layers: int, hidden: int):
                      layer_weighting=m.layer_weighting)
 
 
-# Objectives that read the encoder only at their Matryoshka cells (without a KL to the
-# full model or a teacher): the train step may stop at the deepest cell's layer.
-CELL_OBJECTIVES = ("info_nce", "contrastive", "sigmoid", "multi_positive_info_nce")
-
-
 def deepest_layer(cfg, *, num_layers: int, hidden: int) -> int:
   """The deepest encoder layer the objective reads: its deepest cell's for the
-  objectives that read their cells alone (CELL_OBJECTIVES, loss.kl_weight 0, no
+  objectives that read their cells alone (registered cells_only, loss.kl_weight 0, no
   teacher), else the last layer (a KL to the full model, teacher terms, 2DMSE,
   self-distillation, the scored losses)."""
-  if cfg.name not in CELL_OBJECTIVES or cfg.kl_weight or distill_settings(cfg) is not None:
+  if (not _objective(cfg).cells_only or cfg.kl_weight
+      or distill_settings(cfg) is not None):
     return num_layers
   return max(c.layer for c in loss_cells(cfg, num_layers=num_layers, hidden=hidden))
 
@@ -146,8 +146,9 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   """The loss function a config asks for. `mesh` is needed for loss.blockwise."""
   objective = _objective(cfg)
   cells = loss_cells(cfg, num_layers=num_layers, hidden=hidden)
-  if cfg.blockwise and (cfg.name != "info_nce" or cfg.kl_weight):
-    raise ConfigError(f"loss.blockwise=True works with loss.name='info_nce' and "
+  if cfg.blockwise and (not objective.blockwise or cfg.kl_weight):
+    valid = [n for n, o in _REGISTRY.items() if o.blockwise]
+    raise ConfigError(f"loss.blockwise=True works with loss.name in {valid} and "
                       f"loss.kl_weight=0, not name={cfg.name!r}, "
                       f"kl_weight={cfg.kl_weight}: the others need the full logits")
   if not cfg.in_batch_negatives and cfg.name != "contrastive":
@@ -276,7 +277,7 @@ def _check(cfg, name, valid):
 
 # ----------------------------------------------------------------------------- objectives
 
-@register("info_nce", learnable=True)
+@register("info_nce", learnable=True, cells_only=True, blockwise=True)
 def _info_nce(cfg, ctx: BuildContext):
   """InfoNCE with in-batch and hard negatives over the Matryoshka cells (symmetric,
   Starbucks' KL to the full model, blockwise ring version)."""
@@ -291,7 +292,7 @@ def _info_nce(cfg, ctx: BuildContext):
   return fn
 
 
-@register("contrastive", learnable=True)
+@register("contrastive", learnable=True, cells_only=True)
 def _contrastive(cfg, ctx: BuildContext):
   """GTE's partition over several directions, false-negative margin, focal weights,
   mixed hard negatives."""
@@ -319,7 +320,8 @@ def _sigmoid_params(cfg) -> dict:
           "bias": np.float32(cfg.sigmoid_bias)}
 
 
-@register("sigmoid", learnable=True, init_params=_sigmoid_params, grouped=True)
+@register("sigmoid", learnable=True, init_params=_sigmoid_params, grouped=True,
+          cells_only=True)
 def _sigmoid(cfg, ctx: BuildContext):
   """SigLIP's pairwise sigmoid loss over the cells; a batch with groups labels every
   same-group pair positive."""
@@ -334,7 +336,7 @@ def _sigmoid(cfg, ctx: BuildContext):
   return fn
 
 
-@register("multi_positive_info_nce", learnable=True, grouped=True)
+@register("multi_positive_info_nce", learnable=True, grouped=True, cells_only=True)
 def _multi_positive(cfg, ctx: BuildContext):
   """InfoNCE with several positives per query: every pair of the query's group (the
   batch's 'group', e.g. a class) is a positive, the mean over positives of
