@@ -344,7 +344,7 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal, previous=None,
 
 
 def _restore_and_train(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
-            final_eval: bool = True) -> Result:
+                       final_eval: bool = True) -> Result:
   resuming = wd.check_config(config)
   wd.check_fingerprint(inputs.data_fingerprint(config), resuming)
   wd.write_config(config, run.folder, run.spec)
