@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from configs import common
+
 TINY = os.environ.get("JAXEMBED_BENCH_TINY") == "1"
 
 
@@ -21,7 +23,6 @@ def config(c):
   """A benchmark's run config; in tiny mode on the smoke model (configs/common.py)."""
   if not TINY:
     return c
-  from configs import common
   c = common.smoke(c)
   c.data.tfds_dir = os.environ.get("JAXEMBED_BENCH_TFDS_DIR", c.data.tfds_dir)
   return c

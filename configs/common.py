@@ -24,6 +24,17 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def override(c: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+  """`c` with each dotted field of `fields` set ({"train.batch_size": 64, ...})."""
+  for key, value in fields.items():
+    *path, leaf = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a run reads, with defaults (`jaxembed.defaults`); paper configs
   override a few."""

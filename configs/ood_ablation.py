@@ -51,11 +51,4 @@ def get_config(arg=None):
   c = common.pair_loss_config(tiny=args.smoke)
   if ARMS[args.arm] is None:
     return c
-  c = minilm_wordnet_2d.default_recipe(c)
-  for key, value in ARMS[args.arm].items():
-    *path, leaf = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return common.override(minilm_wordnet_2d.default_recipe(c), ARMS[args.arm])

@@ -85,7 +85,8 @@ class Checkpointer:
       tree = reader.item_metadata(step)["params"]
     finally:
       reader.close()
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(tree))
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                        dict(tree))
 
   def reached_preemption(self, step: int) -> bool:
     """True when the cluster (TPU maintenance, SLURM) announced a preemption; all

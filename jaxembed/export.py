@@ -80,7 +80,8 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
                       "--format=flax")
   layer, dim = _check(model, layer, dim)
   _prepare(out)
-  cfg = dataclasses.replace(model.encoder_config, num_layers=layer, scan_layers=False, remat=False)
+  cfg = dataclasses.replace(model.encoder_config, num_layers=layer, scan_layers=False,
+                            remat=False)
   params = weights.unscan_layout(jax_to_numpy({"encoder": model.params["encoder"]}),
                                  model.num_layers)
   params = weights.truncate_layers(params, layer)
@@ -93,9 +94,9 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   tok.no_truncation()
   tok.save(os.path.join(out, "tokenizer.json"))
   _write_json(os.path.join(out, "tokenizer_config.json"),
-              model.encoder_config.hf_tokenizer_config(model.tokenizer.max_length,
-                                             model.tokenizer.pad_token,
-                                             json.loads(tok.to_str())))
+              model.encoder_config.hf_tokenizer_config(
+                  model.tokenizer.max_length, model.tokenizer.pad_token,
+                  json.loads(tok.to_str())))
   _write_json(os.path.join(out, "sentence_bert_config.json"),
               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": False})
   # jaxembed attends to a query instruction but does not pool it (nor the [CLS] before

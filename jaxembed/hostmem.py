@@ -10,8 +10,8 @@ a time (benchmarks/README.md counts the faults and their share of the step). Wit
   MALLOC_MMAP_MAX_=0          large blocks come from that heap, not from mmap,
   MALLOC_TRIM_THRESHOLD_=64G  freed memory stays mapped for the next step,
 
-the second step onwards reuses the same pages (benchmarks/README.md). These are read once, when the process
-starts (`mallopt` cannot set a trim threshold above 2 GiB, which the freed top of
+the second step onwards reuses the same pages (benchmarks/README.md). These are read
+once, when the process starts (`mallopt` cannot set a trim threshold above 2 GiB, which the freed top of
 the heap exceeds here), so the command-line entry points call `reexec_if_needed()`
 first: it starts the same command again, same process id, with them added to its
 environment. Variables the user set stay as they are; JAXEMBED_HOST_MALLOC=0 turns

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from jaxembed import compilation_cache, defaults
+from jaxembed import compilation_cache
 from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.data.tokenizer import Tokenizer
@@ -161,7 +161,7 @@ def _workdir_spec(wd: Workdir, config: ml_collections.ConfigDict) -> ModelSpec:
 def from_workdir(path: str) -> EmbeddingModel:
   """The latest checkpoint's parameters with the run's model and tokenizer."""
   wd = Workdir(path)
-  config = ml_collections.ConfigDict(defaults.migrate(wd.read_json(Workdir.CONFIG)))
+  config = ml_collections.ConfigDict(wd.saved_config())
   spec = _workdir_spec(wd, config)
   if spec.architecture == "two_tower":
     raise ModelLoadError(f"{path}: a two-tower run; jaxembed.load returns single-tower "

@@ -116,12 +116,17 @@ class Workdir:
     (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
     os.replace(tmp, target)
 
+  def saved_config(self) -> dict:
+    """The run's config.json, its renamed fields under their new names
+    (`defaults.migrate`, which warns about each)."""
+    return defaults.migrate(self.read_json(self.CONFIG), str(self / self.CONFIG))
+
   def check_config(self, config: ml_collections.ConfigDict) -> bool:
     """True if the workdir already holds this run; raises if it holds another. Fields
     in RESUMABLE may differ (the new values apply from here on)."""
     if not self.exists(self.CONFIG):
       return False
-    saved = defaults.migrate(self.read_json(self.CONFIG), str(self / self.CONFIG))
+    saved = self.saved_config()
     now = json.loads(config.to_json_best_effort())
     # A field added to jaxembed after the run started, at its default, is the old run.
     default = json.loads(defaults.base_config().to_json_best_effort())
@@ -194,7 +199,8 @@ class Workdir:
       with open(hf_config) as f:
         self.write(f"{self.MODEL_DIR}/config.json", f.read())
     else:   # weights from an ONNX file: the config comes from its shapes
-      self.write(f"{self.MODEL_DIR}/config.json", json.dumps(model_folder.encoder_config.to_hf()))
+      self.write(f"{self.MODEL_DIR}/config.json",
+                 json.dumps(model_folder.encoder_config.to_hf()))
     with open(model_folder.tokenizer) as f:
       self.write(f"{self.MODEL_DIR}/tokenizer.json", f.read())
     self.write(f"{self.MODEL_DIR}/{model_spec.FILENAME}", spec.to_json())

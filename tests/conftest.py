@@ -51,17 +51,11 @@ def tfds_dir(tmp_path_factory):
 def smoke_config(tfds_dir):
   """make(arg, **overrides): a config of configs/ood_ablation.py (default: the tiny
   model with the pair loss alone) on the shared data, with dotted-key overrides."""
-  from configs import ood_ablation
+  from configs import common, ood_ablation
   def make(arg="smoke,arm=pairs", **overrides):
     c = ood_ablation.get_config(arg)
     c.data.tfds_dir = tfds_dir
-    for key, value in overrides.items():
-      node = c
-      *path, leaf = key.split(".")
-      for p in path:
-        node = node[p]
-      node[leaf] = value
-    return c
+    return common.override(c, overrides)
   return make
 
 

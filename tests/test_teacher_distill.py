@@ -105,7 +105,7 @@ def test_the_anchor_skips_short_texts_by_their_token_count(smoke_config):
                                      for p in leaves])
   batch = batch_with_negatives(run, b=8, k=1, t=16, seed=4)
   vecs = train.step.encode_pairs(run.train_model, params, batch, None, deterministic=True)
-  extra = run.forward.loss_inputs(batch, run.teacher_params())
+  extra = train.step.loss_inputs(run.train_model, batch, run.teacher_params())
   loss, _ = run.loss_fn(*vecs, inputs=extra)
   # the full model's vectors and the teacher's (its last layer), anchors, positives,
   # negatives in turn

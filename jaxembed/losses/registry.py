@@ -2,8 +2,8 @@
 
 Every training objective is `loss_fn(q_layers, d_layers, negatives=None, *, rng,
 loss_params, inputs) -> (loss, {name: scalar})` over the pooled vectors of every layer
-from one encoder pass (`inputs`: the batch's `BatchInputs`). An objective is registered with `@register(name, learnable=...)` on its
-builder, `builder(cfg, ctx) -> fn(q, d, negatives, *, rng, scale, bias)`; the registry
+from one encoder pass (`inputs`: the batch's `BatchInputs`). An objective is
+registered with `@register(name, learnable=...)` on its builder, `builder(cfg, ctx) -> fn(q, d, negatives, *, rng, scale, bias)`; the registry
 adds the one learnable-temperature path: with `loss.learnable_temperature`, `loss_params`
 (kept in the train state under params["loss"] and optimised with the encoder) holds
 `log_scale` (and SigLIP's `bias`), passed to the objective as `scale` / `bias` and

@@ -127,7 +127,8 @@ class Embedder(nn.Module):
         raise ValueError("Embedder.exit_components needs centred_exits")
       u = self.param(COMPONENTS, nn.with_logical_partitioning(
           nn.initializers.zeros_init(), (None, None, "embed")),
-          (self.encoder_config.num_layers, self.exit_components, self.encoder_config.hidden_size),
+          (self.encoder_config.num_layers, self.exit_components,
+           self.encoder_config.hidden_size),
           jnp.float32)[jnp.asarray(layers) - 1]
       c = pooled.astype(jnp.float32)
       coords = jnp.einsum("blw,lkw->blk", c, u, precision="highest")

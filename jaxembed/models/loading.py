@@ -68,8 +68,8 @@ def _distribution_root(name: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelFolder:
-  """What a sentence-transformers / HF folder says about the model. `encoder_config` is the
-  encoder's config: a BertConfig, or a DecoderConfig for Llama / Qwen2 / Mistral."""
+  """What a sentence-transformers / HF folder says about the model. `encoder_config`:
+  a BertConfig, or a DecoderConfig for Llama / Qwen2 / Mistral."""
   path: str
   encoder_config: object
   pooling: str
@@ -156,8 +156,8 @@ def read_model_folder(path: str, field: str = "model.path",
   if os.path.isfile(st_cfg):
     with open(st_cfg) as f:
       max_len = int(json.load(f).get("max_seq_length", max_len))
-  return ModelFolder(path=resolved, encoder_config=bert, pooling=pooling, max_seq_length=max_len,
-                     normalize=normalize,
+  return ModelFolder(path=resolved, encoder_config=bert, pooling=pooling,
+                     max_seq_length=max_len, normalize=normalize,
                      weights=need.get("model.safetensors") or need["model.safetensors.index.json"],
                      tokenizer=need["tokenizer.json"])
 

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxembed import defaults, sharding as shd
+from jaxembed import sharding as shd
 from jaxembed.api import EmbeddingModel
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.errors import ConfigError
@@ -41,7 +41,7 @@ from jaxembed.export import export
 from jaxembed.loaders import load
 from jaxembed.train.run import setup
 from jaxembed.train.state import abstract_state, start_params
-from jaxembed.train.step import Forward, encode_pairs
+from jaxembed.train.step import encode_pairs, loss_inputs
 from jaxembed.workdir import Workdir
 
 METHODS = ("uniform", "task_arithmetic", "self_positioning")
@@ -114,7 +114,7 @@ def _probe_loss(run):
     params = run.view.merged(combine(base, taus, alphas))
     vectors = encode_pairs(run.model, params, batch, None, deterministic=True)
     value, _ = run.loss_fn(*vectors, rng=key, loss_params=params.get("loss"),
-                           inputs=Forward(run.model).loss_inputs(batch, teacher))
+                           inputs=loss_inputs(run.model, batch, teacher))
     return value
   return loss
 
@@ -202,7 +202,7 @@ def workdir_config(workdir: str):
   if not (wd.exists(Workdir.CONFIG) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
     raise ConfigError(f"--workdirs: {workdir} is not a training workdir (config.json + "
                       "checkpoints/)")
-  return ml_collections.ConfigDict(defaults.migrate(wd.read_json(Workdir.CONFIG)))
+  return ml_collections.ConfigDict(wd.saved_config())
 
 
 def workdir_run(workdir: str, *, others=(), seed_offset: int = 0):

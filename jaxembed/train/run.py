@@ -70,7 +70,8 @@ class Run:
   @property
   def forward(self) -> Forward:
     """The train step's forward pass and gradient (`step.Forward`)."""
-    return Forward(self.train_model, self.view, deterministic=not self.config.train.dropout,
+    return Forward(self.train_model, self.view,
+                   deterministic=not self.config.train.dropout,
                    grad_cache_minibatch=self.config.train.grad_cache_minibatch)
 
   @property

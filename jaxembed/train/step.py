@@ -35,6 +35,23 @@ def teacher_embeddings(model: nn.Module, teacher_params, batch):
   return tuple(jax.lax.stop_gradient(x[..., -1, :]) for x in out)
 
 
+def loss_inputs(model: nn.Module, batch, teacher_params=None) -> BatchInputs:
+  """What the objective takes from a batch besides the vectors: graded pairs' `grades`,
+  grouped pairs' `groups`, the frozen teacher's vectors (`teacher`) and each text's
+  token count laid out like them, and the weights of the pair and teacher terms for the
+  batch's dataset (each batch is drawn from one dataset of a mixture, so the mean of
+  its rows' weights is that dataset's)."""
+  teacher = tokens = None
+  if teacher_params is not None:
+    teacher = teacher_embeddings(model, teacher_params, batch)
+    tokens = tuple(jnp.sum(batch[side]["attention_mask"], axis=-1)
+                   for side in ("anchor", "positive", "negatives") if side in batch)
+  mean = lambda k: jnp.mean(batch[k]) if k in batch else None  # noqa: E731
+  return BatchInputs(grades=batch.get("score"), groups=batch.get("group"),
+                     teacher=teacher, text_tokens=tokens, pair_weight=mean("pair_weight"),
+                     teacher_weight=None if teacher is None else mean("teacher_weight"))
+
+
 @dataclasses.dataclass(frozen=True)
 class ParamView:
   """How the step's forward pass sees the parameters, built once in setup.
@@ -91,22 +108,6 @@ class Forward:
     return jax.value_and_grad(lambda p: objective(self.encode(p, batch, key), p),
                               has_aux=True)(params)
 
-  def loss_inputs(self, batch, teacher_params=None) -> BatchInputs:
-    """What the objective takes from a batch besides the vectors: graded pairs'
-    `grades`, grouped pairs' `groups`, the frozen teacher's vectors (`teacher`) and
-    each text's token count laid out like them, and the weights of the pair and
-    teacher terms for the batch's dataset (each batch is drawn from one dataset of a
-    mixture, so the mean of its rows' weights is that dataset's)."""
-    teacher = tokens = None
-    if teacher_params is not None:
-      teacher = teacher_embeddings(self.model, teacher_params, batch)
-      tokens = tuple(jnp.sum(batch[side]["attention_mask"], axis=-1)
-                     for side in ("anchor", "positive", "negatives") if side in batch)
-    mean = lambda k: jnp.mean(batch[k]) if k in batch else None  # noqa: E731
-    return BatchInputs(grades=batch.get("score"), groups=batch.get("group"),
-                       teacher=teacher, text_tokens=tokens, pair_weight=mean("pair_weight"),
-                       teacher_weight=None if teacher is None else mean("teacher_weight"))
-
 
 def train_step(state: TrainState, batch, teacher_params=None, *, forward: Forward,
                loss_fn: Callable, tx: optax.GradientTransformation):
@@ -122,10 +123,11 @@ def train_step(state: TrainState, batch, teacher_params=None, *, forward: Forwar
   loss or gradient is never saved."""
   rng = jax.random.fold_in(state.rng, state.step)
   encode_rng, loss_rng = jax.random.split(rng)
-  inputs = forward.loss_inputs(batch, teacher_params)
+  inputs = loss_inputs(forward.model, batch, teacher_params)
 
   def objective(embeddings, params):
-    return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"), inputs=inputs)
+    return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"),
+                   inputs=inputs)
 
   (loss, aux), grads = forward.value_and_grad(objective, state.params, batch, encode_rng)
   grad_norm = optax.tree.norm(grads)
@@ -156,7 +158,8 @@ def compile_train_step(run, shardings: TrainState):
   """The train step jitted once with explicit shardings and the state donated; it
   carries the run's mesh and logical rules. With loss.distill, the pretrained weights
   (`run.teacher_params()`) go with it as the frozen teacher."""
-  step = functools.partial(train_step, forward=run.forward, loss_fn=run.loss_fn, tx=run.tx)
+  step = functools.partial(train_step, forward=run.forward, loss_fn=run.loss_fn,
+                           tx=run.tx)
   batch_sh, rep = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
   if not run.distill:
     return shd.mesh_jit(step, run.mesh, run.rules, in_shardings=(shardings, batch_sh),
