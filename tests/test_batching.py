@@ -231,3 +231,46 @@ def test_each_mixture_entry_carries_its_own_query_instruction():
   bad.mixture = ({"source": "wordnet", "instruction": 3},)
   with pytest.raises(ConfigError, match=r"data.mixture\[0\]: instruction=3 must be a string"):
     inputs.mixture_components(bad)
+
+
+def test_a_registered_source_is_a_mixture_entry_like_the_built_in_ones(tmp_path,
+                                                                        monkeypatch):
+  """A user's source registers once; the checks, the error's list of valid values, the
+  data fingerprint and the training source all come from its registration."""
+  import ml_collections
+  from jaxembed import defaults
+  from jaxembed.errors import ConfigError
+  from jaxembed.train import inputs, sources
+  monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))
+  rows = [{"anchor": f"q{i}", "positive": f"d{i}"} for i in range(5)]
+  calls = []
+
+  @sources.register_pairs("reversed", path_field="train_file",
+                          files=lambda c: [c["path"]])
+  def _reversed(d, component, ctx):
+    calls.append(component["path"])
+    return [{"anchor": r["positive"], "positive": r["anchor"]} for r in rows]
+
+  path = tmp_path / "mine.txt"
+  path.write_text("anything\n")
+  d = defaults.base_config().data
+  d.mixture = ({"source": "wordnet"}, {"source": "reversed", "path": str(path)})
+  components = inputs.mixture_components(d)
+  assert components[1]["name"] == f"data.mixture[1] ({path})"
+  assert inputs.train_source(d, components[1], sources.Context(d))[0] == {
+      "anchor": "d0", "positive": "q0"}
+  assert calls == [str(path)]
+  config = defaults.base_config()
+  config.data = d
+  assert list(inputs.data_fingerprint(config)) == [str(path)]
+  bad = ml_collections.ConfigDict(d.to_dict())
+  bad.mixture = ({"source": "reversed"},)
+  with pytest.raises(ConfigError, match=r"data.mixture\[0\]: source='reversed' needs a "
+                                        r"path: set data.mixture\[0\]\['path'\]"):
+    inputs.mixture_components(bad)
+  bad.mixture = ({"source": "nope"},)
+  with pytest.raises(ConfigError, match=r"valid values: \['wordnet', 'foldoc', 'file', "
+                                        r"'beir', 'reversed'\]"):
+    inputs.mixture_components(bad)
+  with pytest.raises(ValueError, match="'reversed' is already registered"):
+    sources.register_pairs("reversed")(_reversed)

@@ -8,7 +8,7 @@ import pytest
 
 from jaxembed.data import builders, foldoc, pipeline
 from jaxembed.errors import DataError
-from jaxembed.train import inputs
+from jaxembed.train import inputs, sources
 
 ENTRIES = {
     "inode": ("inode\n\n   <file system> A data structure holding information about "
@@ -74,7 +74,7 @@ def test_the_installed_dictionary_is_a_mixture_source(tfds_dir, smoke_config):
                                             {"source": "foldoc"})})
   components = inputs.mixture_components(config.data)
   assert [c["source"] for c in components] == ["wordnet", "foldoc"]
-  source = inputs.train_source(config.data, components[1], None)
+  source = inputs.train_source(config.data, components[1], sources.Context(config.data))
   built = pipeline.as_numpy_records(source)
   assert sorted((r["anchor"], r["positive"]) for r in built) == sorted(
       (r["anchor"], r["positive"]) for r in rows)      # (tfds shuffles when writing)

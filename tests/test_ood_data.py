@@ -12,6 +12,7 @@ import configs
 from jaxembed.data import builders, docstrings, manpages, pipeline
 from jaxembed.errors import DataError
 from jaxembed.train import inputs, stages
+from jaxembed.train import sources as data_sources
 
 PAGE = r""".\" Copyright and licence lines are comments
 .TH open 2 2023-02-05 "Linux man-pages 6.03"
@@ -144,11 +145,7 @@ def test_no_training_mixture_meets_the_out_of_domain_sets(tfds_dir):
       if not components:
         continue
       d = config.data
-      wordnet = builders.wordnet_pairs(
-          wordnet_dir=d.wordnet_dir, tfds_dir=tfds_dir,
-          holdout_fraction=d.holdout_fraction, seed=d.split_seed,
-          pair_kinds=tuple(d.pair_kinds))
-      sources = [inputs.train_source(d, c, wordnet) for c in components]
+      sources = [inputs.train_source(d, c, data_sources.Context(d)) for c in components]
       trained = inputs.training_texts(sources)
       assert len(trained) > 1000
       for name in builders.OOD_SETS:

@@ -11,13 +11,13 @@ import zlib
 import jax
 
 from jaxembed.data import builders, packaged, pipeline, readers
-from jaxembed.data.packaged import FASHION_MNIST_CLASSES
 from jaxembed.errors import ConfigError
 from jaxembed.losses.registry import distill_settings
 from jaxembed.train.centring import centring_sample
 from jaxembed.workdir import file_fingerprint
 from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
-                                  STSTask, ZeroShotTask)
+                                  STSTask)
+from jaxembed.train import sources
 
 
 def make_inputs(config, model, tokenizer):
@@ -27,56 +27,51 @@ def make_inputs(config, model, tokenizer):
   batch = config.train.batch_size
   if d.workers < 0:
     raise ConfigError(f"data.workers={d.workers} must be >= 0")
-  image_text = model.query_modality == "image"
-  if image_text or d.source == "fashion_mnist":
-    if not image_text or d.source != "fashion_mnist" or d.mixture:
-      raise ConfigError("data.source='fashion_mnist' (image, caption) pairs go with "
-                        "model.encoder='two_tower' and model.two_tower.towers='image_text', "
-                        "and only they (no data.mixture)")
-    fm = builders.fashion_mnist(tfds_dir=d.tfds_dir)
-    dataset = pipeline.image_caption_dataset(
-        fm.as_data_source("train"), tokenizer=tokenizer, class_names=FASHION_MNIST_CLASSES,
-        batch_size=batch, seq_len=d.seq_len, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        max_examples=d.max_train_examples, workers=d.workers,
-        distinct_classes=d.distinct_classes)
-    return dataset, [ZeroShotTask.from_source("fashion_mnist", fm.as_data_source("test"),
-                                              FASHION_MNIST_CLASSES, config.eval.images)], []
+  single = sources.unmixed(d)
+  if single is not None and single.inputs is not None:
+    if model.query_modality != single.query_modality:
+      raise ConfigError(f"data.source={d.source!r} gives {single.what}: its queries are "
+                        f"{single.query_modality}s, and the model's are "
+                        f"{model.query_modality}s (an image-text pair needs "
+                        "model.encoder='two_tower', model.two_tower.towers='image_text')")
+    return single.inputs(config, tokenizer)
+  if model.query_modality != "text":
+    raise ConfigError(f"the model's queries are {model.query_modality}s; data.source="
+                      f"{d.source!r} gives text pairs: use a source that gives "
+                      f"{model.query_modality}s ({_by_modality(model.query_modality)})")
   components = mixture_components(d)
   loss_weights = mixture_loss_weights(config, components)
-  wordnet_builder = None
-  if any(c["source"] == "wordnet" for c in components) or config.eval.wordnet_queries:
-    wordnet_builder = builders.wordnet_pairs(
-        wordnet_dir=d.wordnet_dir, tfds_dir=d.tfds_dir,
-        holdout_fraction=d.holdout_fraction, seed=d.split_seed,
-        pair_kinds=tuple(d.pair_kinds))
-  sources = [train_source(d, c, wordnet_builder) for c in components]
+  ctx = sources.Context(d)
+  train_sources = [train_source(d, c, ctx) for c in components]
   common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=d.seq_len,
                 seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count(), max_examples=d.max_train_examples,
                 workers=d.workers, pack_length=d.pack_length, pack_granule=d.pack_granule)
   instructions = [c["instruction"] for c in components]
   if len(components) == 1 and not d.no_duplicates and loss_weights is None:
-    dataset = pipeline.pair_dataset(sources[0], instruction=instructions[0], **common)
+    dataset = pipeline.pair_dataset(train_sources[0], instruction=instructions[0],
+                                    **common)
   else:
     dataset = pipeline.planned_dataset(
-        sources, names=[c["name"] for c in components], instruction=instructions,
+        train_sources, names=[c["name"] for c in components], instruction=instructions,
         weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
   centring = []
   if model.centred_exits:
     # The records a run trains on: the first data.max_train_examples of each source.
     limit = d.max_train_examples
-    centring = centring_sample([pipeline.text_fields(s, limit=limit) for s in sources],
+    centring = centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
                                 [c["weight"] for c in components],
                                 config.model.centring_texts)
-  return dataset, build_eval_tasks(config, wordnet_builder, training_sources=sources), centring
+  wordnet = ctx.wordnet() if config.eval.wordnet_queries else None
+  return dataset, build_eval_tasks(config, wordnet, training_sources=train_sources), centring
 
 
-_SOURCES = ("wordnet", "foldoc", "file", "beir", "scored_file")
-_NO_PATH = ("wordnet", "foldoc")
-# The data.* field that holds the path of a source named by data.source.
-_PATH_FIELD = {"file": "train_file", "scored_file": "train_file", "beir": "beir_dir"}
+def _by_modality(modality: str) -> list[str]:
+  return [n for n in sources.names() if sources.get(n, "data.source").query_modality
+          == modality]
+
+
 # What data.source and its paths are when a mixture names the data instead.
 _UNMIXED = {"source": "wordnet", "train_file": "", "beir_dir": ""}
 _COMPONENT_KEYS = ("source", "path", "weight", "split", "instruction", "pair_weight",
@@ -91,7 +86,8 @@ def mixture_components(d) -> list[dict]:
   pair objective and loss.distill's teacher terms on that dataset's batches (e.g.
   teacher_weight 0 on a labelled set, pair_weight 0 on text kept only for the teacher)."""
   if not d.mixture:
-    path = d[_PATH_FIELD[d.source]] if d.source in _PATH_FIELD else ""
+    field = sources.get(d.source, "data.source").path_field
+    path = d[field] if field else ""
     specs = [{"source": d.source, "path": path, "split": d.beir_split, "weight": 1.0}]
     fields = ["data.source"]
   else:
@@ -110,18 +106,10 @@ def mixture_components(d) -> list[dict]:
     if bad:
       raise ConfigError(f"{field}: unknown keys {bad}; valid: {list(_COMPONENT_KEYS)}")
     source = spec.get("source")
-    if source not in _SOURCES:
-      # Graded pairs (scored_file) train alone, so a mixture entry can't name them.
-      valid = ([s for s in _SOURCES if s != "scored_file"] if field != "data.source"
-               else list(_SOURCES) + ["fashion_mnist (image_text two-tower)"])
-      raise ConfigError(f"{field}: source={source!r}; valid values: {valid}")
-    if source == "scored_file" and field != "data.source":
-      raise ConfigError(f"{field}: graded pairs (source='scored_file') train alone, not in "
-                        "a mixture: set data.source='scored_file' and data.train_file")
+    kind = sources.get(source, field)
     path = spec.get("path", "")
-    if source not in _NO_PATH and not path:
-      where = (f"data.{_PATH_FIELD[source]}" if field == "data.source"
-               else f"{field}['path']")
+    if kind.path_field and not path:
+      where = f"data.{kind.path_field}" if field == "data.source" else f"{field}['path']"
       raise ConfigError(f"{field}: source={source!r} needs a path: set {where}")
     try:
       weight = float(spec.get("weight", 1.0))
@@ -143,7 +131,7 @@ def mixture_components(d) -> list[dict]:
     instruction = spec.get("instruction", d.query_instruction)
     if not isinstance(instruction, str):
       raise ConfigError(f"{field}: instruction={instruction!r} must be a string")
-    out.append({"name": field if source in _NO_PATH else f"{field} ({path})",
+    out.append({"name": f"{field} ({path})" if kind.path_field else field,
                 "source": source, "path": os.path.expanduser(path),
                 "split": spec.get("split", d.beir_split), "weight": weight,
                 "instruction": instruction, **terms})
@@ -176,36 +164,16 @@ def data_fingerprint(config) -> dict:
   """{path: {'size', 'sha256'}} of the user's training files (data.source / mixture
   entries 'file' and 'beir'), recorded in the workdir and checked on resume."""
   d = config.data
-  if d.source == "fashion_mnist" and not d.mixture:
+  single = sources.unmixed(d)
+  if single is not None and single.inputs is not None:
     return {}
-  paths = []
-  for c in mixture_components(d):
-    if c["source"] in ("file", "scored_file"):
-      paths.append(c["path"])
-    elif c["source"] == "beir":
-      paths += [os.path.join(c["path"], "qrels", f"{c['split']}.tsv"),
-                os.path.join(c["path"], "queries.jsonl"),
-                os.path.join(c["path"], "corpus.jsonl")]
+  paths = [p for c in mixture_components(d) for p in sources.get(c["source"], "data.source").files(c)]
   return {os.path.abspath(p): file_fingerprint(p) for p in paths if os.path.isfile(p)}
 
 
-def train_source(d, component: dict, wordnet_builder):
+def train_source(d, component: dict, ctx: sources.Context):
   """The array_record data source of one training dataset."""
-  if component["source"] == "wordnet":
-    return wordnet_builder.as_data_source("train")
-  if component["source"] == "foldoc":
-    return builders.foldoc_pairs(foldoc_dir=d.foldoc_dir,
-                                 tfds_dir=d.tfds_dir).as_data_source("train")
-  if component["source"] == "file":
-    builder = builders.pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
-                                  on_error=d.on_error, columns=d.columns)
-  elif component["source"] == "scored_file":
-    builder = builders.scored_pairs_file(path=component["path"], tfds_dir=d.tfds_dir,
-                                         on_error=d.on_error)
-  else:
-    builder = builders.beir_pairs(folder=component["path"], split=component["split"],
-                                  tfds_dir=d.tfds_dir, on_error=d.on_error)
-  return builder.as_data_source("train")
+  return sources.get(component["source"], "data.source").pairs(d, component, ctx)
 
 
 def training_texts(sources) -> set[str]:

@@ -25,7 +25,7 @@ from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_
 from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.models.embedder import CENTER, COMPONENTS
-from jaxembed.train import centring, inputs
+from jaxembed.train import centring, inputs, sources
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
 from jaxembed.train.step import Forward, ParamView
@@ -120,6 +120,9 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
                       "(0: evaluate only before and after training)")
   if steps < 1 or batch < 1:
     raise ConfigError(f"train.steps={steps} and train.batch_size={batch} must be >= 1")
+  if batch < 2:
+    raise ConfigError("train.batch_size=1: with one pair a batch has no negatives, so "
+                      "the loss is 0 and nothing trains; use 2 or more")
   for field, minimum in (("train.log_every", 1), ("train.checkpoint_every", 1),
                          ("train.keep_checkpoints", 1), ("data.seq_len", 2),
                          ("eval.batch_size", 1), ("eval.max_length", 2),
@@ -180,7 +183,8 @@ def check_scored(config) -> None:
   """Graded pairs and the ranking objectives go together: a scored file's grades would
   be ignored by a pair loss, and a ranking loss has nothing to rank without them."""
   scored_loss = config.loss.name in registry.scored_names()
-  scored_data = config.data.source == "scored_file" and not config.data.mixture
+  single = sources.unmixed(config.data)
+  scored_data = single is not None and single.graded
   if scored_loss and not scored_data:
     raise ConfigError(f"loss.name={config.loss.name!r} ranks graded pairs: set "
                       "data.source='scored_file' and data.train_file to a file with "
@@ -193,7 +197,8 @@ def check_scored(config) -> None:
 
 def check_grouped(config) -> None:
   """Batches that repeat a class need an objective that reads the classes."""
-  if config.data.source == "fashion_mnist" and not config.data.distinct_classes:
+  single = sources.unmixed(config.data)
+  if single is not None and single.repeats_classes(config.data):
     if config.loss.name not in registry.grouped_names():
       raise ConfigError(f"data.distinct_classes=False puts a class's captions in a batch "
                         f"more than once; loss.name={config.loss.name!r} would count them "
