@@ -131,8 +131,9 @@ class BatchEncoder:
       enc = self.tokenizer.encode([texts[i] for i in idx], instruction=instruction)
       enc.setdefault("pool_mask", enc["attention_mask"])
       rows = len(idx)
-      if rows < batch_size:  # keep one batch shape per length bucket
-        enc = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in enc.items()}
+      padded = min(batch_size, 1 << (rows - 1).bit_length())
+      if rows < padded:  # a power of two: few shapes to compile, little padding
+        enc = {k: np.pad(v, ((0, padded - rows), (0, 0))) for k, v in enc.items()}
       vecs = self._forward(self.params, enc["input_ids"], enc["attention_mask"],
                            enc["pool_mask"])
       out[idx] = vecs[:rows]
@@ -237,16 +238,22 @@ class EmbeddingModel:
              prompt: str | None = None, normalize_embeddings: bool | None = None,
              truncate_dim: int | None = None, show_progress_bar: bool | None = None,
              convert_to_numpy: bool = True, convert_to_tensor: bool = False,
-             precision: str = "float32", device: str | None = None):
+             precision: str = "float32", device: str | None = None,
+             output_value: str = "sentence_embedding"):
     """Embeds `sentences` with the sub-model truncated to `layer` (1-based, default
     the last) and the first `dim` coordinates (default all). Returns float32
     [n, dim]; a single string gives one vector [dim]. Only the first `layer` blocks
     run (early exit). `progress`: a label; a progress bar then counts the texts.
 
-    sentence-transformers' arguments mean what they mean there:
-    `normalize_embeddings` (= normalize), `truncate_dim` (= dim), `prompt_name` (a
-    key of `prompts`) or `prompt` (= instruction: prepended, attended to and, as
-    jaxembed trains it, not pooled), `show_progress_bar` (= progress),
+    sentence-transformers' arguments mean what they mean there: `truncate_dim` keeps
+    the first coordinates of the model's output (not re-normalised),
+    `normalize_embeddings=True` normalises after that (False leaves the output as the
+    model gives it, normalised when the model normalises), `prompt_name` (a key of
+    `prompts`; the folder's default prompt when none is given) or `prompt`
+    (= instruction: prepended and attended to; pooled only when the model pools its
+    prompts, as a sentence-transformers folder with include_prompt does),
+    `output_value` ('token_embeddings': each text's last-layer token states, a list of
+    [tokens, hidden] arrays), `show_progress_bar` (= progress),
     `convert_to_numpy=False` (a list of vectors), `convert_to_tensor` (a jax array),
     `precision` ('float32', 'int8', 'uint8', 'binary', 'ubinary': sentence-transformers'
     `quantize_embeddings`, calibrated on these vectors; bits packed per row) and
@@ -254,9 +261,25 @@ class EmbeddingModel:
     """
     single = isinstance(sentences, str)
     texts = [sentences] if single else sentences
-    normalize = _same("normalize", normalize, "normalize_embeddings", normalize_embeddings)
-    dim = _same("dim", dim, "truncate_dim", truncate_dim)
-    instruction = self._instruction(instruction, prompt_name, prompt)
+    if output_value not in ("sentence_embedding", "token_embeddings"):
+      raise ConfigError(f"output_value={output_value!r}; valid: 'sentence_embedding', "
+                        "'token_embeddings'")
+    # sentence-transformers' normalize_embeddings / truncate_dim act on the model's
+    # output (its Normalize module already applied): truncation does not re-normalise,
+    # and normalize_embeddings=False does not undo the model's normalisation. jaxembed's
+    # dim / normalize choose a Matryoshka sub-model and whether it normalises.
+    st_args = normalize_embeddings is not None or truncate_dim is not None
+    if st_args and (dim is not None or normalize is not None):
+      raise ConfigError("give jaxembed's dim / normalize or sentence-transformers' "
+                        "truncate_dim / normalize_embeddings, not both")
+    texts, instruction = self._prompted(texts, instruction, prompt_name, prompt)
+    if output_value == "token_embeddings":
+      # sentence-transformers: the last layer's states of each text's tokens (the
+      # prompt's included), not normalised
+      prompted = [instruction + t for t in _texts(texts)] if instruction else texts
+      tokens = self.encode_tokens(prompted, layer=layer, batch_size=batch_size,
+                                  normalize=False)
+      return tokens[0] if single else tokens
     if show_progress_bar and progress is None:
       progress = "encode"
     _check_device(device)
@@ -265,11 +288,15 @@ class EmbeddingModel:
     layer = (self.default_layer or self.num_layers) if layer is None else _count(
         layer, "layer", low=1, high=self.num_layers)
     dim = (self.default_dim or self.hidden_size) if dim is None else _count(
-        dim, "dim", low=1, high=self.hidden_size)
+        dim, "dim", low=1, high=self.spec.head_width or self.hidden_size)
     vecs = self._layer_encoder(layer)(texts, batch_size=batch_size, progress=progress,
                                       instruction=instruction)[:, 0, :dim]
     if self.default_normalize if normalize is None else normalize:
-      vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
+      vecs = _unit(vecs)
+    if truncate_dim is not None:
+      vecs = vecs[:, :_count(truncate_dim, "truncate_dim", low=1, high=dim)]
+    if normalize_embeddings:
+      vecs = _unit(vecs)
     vecs = quantize(vecs, precision)
     if convert_to_tensor:
       vecs = jnp.asarray(vecs)
@@ -284,7 +311,7 @@ class EmbeddingModel:
     """Named prompts (sentence-transformers' `prompts`): 'query' is the instruction the
     model was trained with, if any."""
     q = self.spec.query_instruction
-    return {"query": q} if q else {}
+    return {**dict(self.spec.prompts), **({"query": q} if q else {})}
 
   @property
   def max_seq_length(self) -> int:
@@ -293,28 +320,46 @@ class EmbeddingModel:
   def get_sentence_embedding_dimension(self) -> int:
     return self.default_dim or self.hidden_size
 
-  def _instruction(self, instruction: str, prompt_name: str | None,
-                   prompt: str | None) -> str:
+  def _prompted(self, texts, instruction: str, prompt_name: str | None,
+                prompt: str | None):
+    """(texts, instruction): the prompt chosen by `instruction`, `prompt`, `prompt_name`
+    or the model's default prompt name; prepended to each text when the model pools its
+    prompts (sentence-transformers' include_prompt), else the instruction (attended to,
+    not pooled)."""
     given = [n for n, v in (("instruction", instruction), ("prompt", prompt),
                             ("prompt_name", prompt_name)) if v]
     if len(given) > 1:
       raise ConfigError(f"give one of instruction, prompt and prompt_name, not {given}")
+    if not given and self.spec.default_prompt_name:
+      prompt_name = self.spec.default_prompt_name
     if prompt_name:
       if prompt_name not in self.prompts:
         raise ConfigError(f"prompt_name={prompt_name!r} is not a prompt of this model; "
                           f"valid: {sorted(self.prompts)}")
-      return self.prompts[prompt_name]
-    return prompt or instruction or ""
+      chosen = self.prompts[prompt_name]
+    else:
+      chosen = prompt or instruction or ""
+    if chosen and self.spec.include_prompt:
+      return [chosen + t for t in _texts(texts)], ""
+    return texts, chosen
 
   def encode_query(self, sentences: str | Sequence[str], **kwargs):
-    """`encode` with the model's query prompt (the instruction it trained with)."""
-    if not any(kwargs.get(k) for k in ("instruction", "prompt", "prompt_name")):
-      kwargs["instruction"] = self.prompts.get("query", "")
-    return self.encode(sentences, **kwargs)
+    """`encode` with the model's query prompt (the instruction it trained with, or a
+    folder's prompt named 'query'), as sentence-transformers' `encode_query`."""
+    return self.encode(sentences, **self._task_prompt(kwargs, ("query",)))
 
   def encode_document(self, sentences: str | Sequence[str], **kwargs):
-    """`encode` without a prompt (documents are encoded as the model trained them)."""
-    return self.encode(sentences, **kwargs)
+    """`encode` with a folder's prompt named 'document' ('passage', 'corpus'), as
+    sentence-transformers' `encode_document`; without one, no prompt (documents are
+    encoded as jaxembed trained them)."""
+    return self.encode(sentences,
+                       **self._task_prompt(kwargs, ("document", "passage", "corpus")))
+
+  def _task_prompt(self, kwargs: dict, names: tuple) -> dict:
+    if any(kwargs.get(k) for k in ("instruction", "prompt", "prompt_name")):
+      return kwargs
+    name = next((n for n in names if n in self.prompts), None)
+    return dict(kwargs, prompt_name=name) if name else kwargs
 
   @staticmethod
   def similarity(a, b) -> np.ndarray:
@@ -340,6 +385,10 @@ def quantize(vecs: np.ndarray, precision: str) -> np.ndarray:
   if precision in ("binary", "ubinary"):
     packed = np.packbits(vecs > 0, axis=-1)
     return packed if precision == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
+  if len(vecs) < 2:
+    raise ConfigError(f"precision={precision!r} calibrates each coordinate's range on the "
+                      f"vectors encoded together, and {len(vecs)} give no range: encode "
+                      "a calibration set with them, or use 'binary' / 'ubinary'")
   lo, hi = vecs.min(axis=0), vecs.max(axis=0)
   steps = (hi - lo) / 255
   steps = np.where(steps > 0, steps, 1.0)
@@ -347,11 +396,8 @@ def quantize(vecs: np.ndarray, precision: str) -> np.ndarray:
   return (scaled - 128).astype(np.int8) if precision == "int8" else scaled.astype(np.uint8)
 
 
-def _same(name: str, value, alias: str, alias_value):
-  """One of two names for the same argument; both given and different is refused."""
-  if value is not None and alias_value is not None and value != alias_value:
-    raise ConfigError(f"{name}={value!r} and {alias}={alias_value!r} disagree; give one")
-  return value if value is not None else alias_value
+def _unit(vecs: np.ndarray) -> np.ndarray:
+  return vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-12)
 
 
 def _check_device(device: str | None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 import flax.serialization
 import jax
@@ -30,12 +29,17 @@ from jaxembed.models import spec as model_spec
 from jaxembed.models import weights
 from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.models.hf import flax_to_hf
+from jaxembed.models.loading import ST_LEGACY_POOLING, ST_POOLING_MODES
+from jaxembed.models.pooling import POOLERS
 from jaxembed.version import __version__
 from jaxembed.workdir import Workdir
 
-ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
-              "max": "pooling_mode_max_tokens", "last_token": "pooling_mode_lasttoken",
-              "weighted_mean": "pooling_mode_weightedmean_tokens"}
+# jaxembed's parameter-free poolings by sentence-transformers' mode name (>= 6) and by
+# its boolean key (before 6).
+ST_POOLING_MODE = {ours: theirs for theirs, ours in ST_POOLING_MODES.items()
+                   if ours in POOLERS}
+ST_POOLING = {ST_POOLING_MODES[mode]: key for key, mode in ST_LEGACY_POOLING.items()
+              if ST_POOLING_MODES[mode] in POOLERS}
 FORMATS = ("auto", "sentence-transformers", "flax")
 
 
@@ -66,6 +70,18 @@ def _write_json(path, obj):
     f.write("\n")
 
 
+def _usual_modes(out: str) -> None:
+  """Files and folders readable as the user's umask allows any new file (safetensors
+  writes its files 0600, so a shared model folder could not be read by others)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  for root, dirs, files in os.walk(out):
+    for d in dirs:
+      os.chmod(os.path.join(root, d), 0o777 & ~mask)
+    for f in files:
+      os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
 def _prepare(out: str):
   if os.path.exists(out) and os.listdir(out):
     raise ConfigError(f"--out={out} exists and is not empty; choose a new folder")
@@ -89,7 +105,7 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   _write_json(os.path.join(out, "config.json"), cfg.to_hf())
   # Without the padding / truncation settings a bundled tokenizer.json may carry: the
   # loader pads per batch and truncates at model_max_length, as jaxembed does.
-  tok = tokenizers.Tokenizer.from_file(model.tokenizer.path)
+  tok = tokenizers.Tokenizer.from_str(model.tokenizer.to_json())
   tok.no_padding()
   tok.no_truncation()
   tok.save(os.path.join(out, "tokenizer.json"))
@@ -101,8 +117,12 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": False})
   # jaxembed attends to a query instruction but does not pool it (nor the [CLS] before
   # it): sentence-transformers' include_prompt=false drops the same prefix.
+  # A model that pools its prompts (loaded from such a folder) keeps doing so.
   prompts = model.prompts
-  pooling = {"word_embedding_dimension": cfg.hidden_size, "include_prompt": not prompts}
+  pooling = {"word_embedding_dimension": cfg.hidden_size,
+             "pooling_mode": ST_POOLING_MODE[model.pooling],
+             "include_prompt": model.spec.include_prompt or not prompts}
+  # One boolean per mode as well: what sentence-transformers before 6 reads.
   pooling.update({key: name == model.pooling for name, key in ST_POOLING.items()})
   _write_json(os.path.join(out, "1_Pooling", "config.json"), pooling)
   modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -129,8 +149,9 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   _write_json(os.path.join(out, "modules.json"), modules)
   _write_json(os.path.join(out, "config_sentence_transformers.json"),
               {"similarity_fn_name": "cosine", "prompts": prompts,
-               "default_prompt_name": None})
+               "default_prompt_name": model.spec.default_prompt_name})
   _readme(out, model, layer, dim, "sentence-transformers", card)
+  _usual_modes(out)
   return out
 
 
@@ -140,12 +161,14 @@ def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None,
   _prepare(out)
   with open(os.path.join(out, "params.msgpack"), "wb") as f:
     f.write(flax.serialization.to_bytes(jax_to_numpy(model.params)))
-  shutil.copyfile(model.tokenizer.path, os.path.join(out, "tokenizer.json"))
+  with open(os.path.join(out, "tokenizer.json"), "w") as f:
+    f.write(model.tokenizer.to_json())
   spec = dataclasses.replace(model.spec, layer=layer, dim=dim,
                              max_seq_length=model.tokenizer.max_length,
                              padding_side=model.tokenizer.padding_side)
   model_spec.write(os.path.join(out, model_spec.FILENAME), spec)
   _readme(out, model, layer, dim, "flax", card)
+  _usual_modes(out)
   return out
 
 
@@ -191,6 +214,19 @@ def workdir_card(path: str) -> dict | None:
   return card
 
 
+def _public(value):
+  """`value` (a config, a path) with each absolute local path cut to its last part:
+  what a model card may say without telling the writer's folders."""
+  if isinstance(value, dict):
+    return {k: _public(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_public(v) for v in value]
+  if isinstance(value, str) and "://" not in value and (
+      os.path.isabs(value) or value.startswith("~")):
+    return ".../" + os.path.basename(os.path.normpath(value))
+  return value
+
+
 def _cell_table(grid: dict, layer: int, dim: int) -> str:
   """The exported cell's scores, before and after training, as a Markdown table."""
   def row_of(rows):
@@ -214,30 +250,35 @@ def _readme(out: str, model: EmbeddingModel, layer: int, dim: int, kind: str,
   """The folder's README.md: a model card (what the folder is, how to load it, its
   prompts, the cell's scores and the training config when known)."""
   prompts = model.prompts
+  # A model card travels: no path of the machine that wrote it (a folder's name only).
+  here = os.path.basename(os.path.normpath(out))
+  source = f"the run `{_public(card['source'])}`" if card else ""
   parts = [f"# jaxembed model: layer {layer} of {model.num_layers}, dim {dim} of "
            f"{model.hidden_size}\n",
-           f"Exported by jaxembed {__version__} from `{card['source']}`." if card else
-           f"Exported by jaxembed {__version__}.",
+           f"Exported by jaxembed {__version__}" + (f" from {source}." if card else "."),
            f"Pooling `{model.pooling}`, vectors "
            f"{'L2-normalised' if model.default_normalize else 'not normalised'}, cosine "
            f"similarity, at most {model.tokenizer.max_length} tokens.\n", "## Use\n"]
+  query = "query" in prompts
   if kind == "sentence-transformers":
     parts.append("```python\nfrom sentence_transformers import SentenceTransformer\n"
-                 f"model = SentenceTransformer({out!r})\n"
-                 + ("queries = model.encode(texts, prompt_name='query')\n" if prompts else "")
+                 f"model = SentenceTransformer({here!r})\n"
+                 + ("queries = model.encode(texts, prompt_name='query')\n" if query else "")
                  + "vectors = model.encode(texts)\n```\n")
   else:
-    parts.append(f"```python\nimport jaxembed\nmodel = jaxembed.load({out!r})\n"
-                 + ("queries = model.encode_query(texts)\n" if prompts else "")
+    parts.append(f"```python\nimport jaxembed\nmodel = jaxembed.load({here!r})\n"
+                 + ("queries = model.encode_query(texts)\n" if query else "")
                  + "vectors = model.encode(texts)\n```\n")
   if prompts:
-    parts.append("## Prompts\n\nQueries were trained with the instruction "
-                 f"{prompts['query']!r} (prompt name `query`), attended to but not "
-                 "pooled; documents take none.\n")
+    pooled = ("pooled with the text" if model.spec.include_prompt
+              else "attended to but not pooled")
+    parts.append("## Prompts\n\n" + "".join(f"- `{name}`: {text!r}\n"
+                                            for name, text in sorted(prompts.items()))
+                 + f"\nA prompt is prepended to the text and {pooled}.\n")
   if card and card.get("grid"):
     parts += ["## Evaluation (jaxembed's grid, x100)\n", _cell_table(card["grid"], layer, dim)]
   if card:
-    parts += ["## Training config\n", "```json\n" + json.dumps(card["config"], indent=1)
-              + "\n```\n"]
+    parts += ["## Training config\n", "```json\n" + json.dumps(_public(card["config"]),
+                                                              indent=1) + "\n```\n"]
   with open(os.path.join(out, "README.md"), "w") as f:
     f.write("\n".join(parts))

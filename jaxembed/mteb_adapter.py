@@ -62,11 +62,13 @@ class MTEBEncoder:
         raise ConfigError(f"MTEB gave a batch without text (keys {sorted(batch)}): "
                           "jaxembed encodes text only")
       texts.extend(batch["text"])
-    instruction = self.model.prompts.get("query", "") if _kind(prompt_type) == "query" else ""
-    return self.model.encode(texts, layer=self.layer, dim=self.dim,
-                             batch_size=kwargs.get("batch_size") or self.batch_size,
-                             instruction=instruction,
-                             show_progress_bar=bool(kwargs.get("show_progress_bar")))
+    # A query / document gets the model's prompt for it, as sentence-transformers'
+    # encode_query / encode_document choose it; other texts the model's default.
+    encode = {"query": self.model.encode_query, "document": self.model.encode_document
+              }.get(_kind(prompt_type), self.model.encode)
+    return encode(texts, layer=self.layer, dim=self.dim,
+                  batch_size=kwargs.get("batch_size") or self.batch_size,
+                  show_progress_bar=bool(kwargs.get("show_progress_bar")))
 
   def similarity(self, embeddings1, embeddings2) -> np.ndarray:
     return EmbeddingModel.similarity(embeddings1, embeddings2)

@@ -32,7 +32,7 @@ def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
 
   acc = EventAccumulator(str(workdir / "tensorboard"))
   acc.Reload()
-  tag = f"eval/simlex/spearman/L{cell['layer']}_d{cell['dim']}"
+  tag = f"eval/simlex/spearman/L{cell['layer']}_D{cell['dim']}"
   events = acc.Scalars(tag)
   assert [e.step for e in events] == [0, 4, 8, 12]
   for event, logged in zip(events, evals):
@@ -40,7 +40,7 @@ def test_periodic_eval_json_and_tensorboard(tmp_path, tfds_dir):
   # Every TensorBoard name is the JSON name (legal as it is: no renaming, no warning)
   for name, value in cell.items():
     if name not in ("layer", "dim"):
-      events = acc.Scalars(f"eval/{name}/L{cell['layer']}_d{cell['dim']}")
+      events = acc.Scalars(f"eval/{name}/L{cell['layer']}_D{cell['dim']}")
       assert events[-1].value == pytest.approx(value, abs=1e-6), name
   assert "ndcg_at_10" in " ".join(cell)
   assert "is illegal" not in done.stderr

@@ -108,7 +108,17 @@ def test_sentence_transformers_folder_round_trip(trained, tmp_path):
     if name not in ("layer", "dim"):
       assert f"| {name} | – | {100 * value:.1f} |" in card, name
   config = json.loads(card.split("```json\n")[1].split("\n```")[0])
-  assert config == json.loads((trained / "config.json").read_text())
+  # the run's config, with its local paths cut to their last part (a card travels)
+  saved = json.loads((trained / "config.json").read_text())
+  assert saved["data"]["tfds_dir"].startswith("/")
+  assert config["data"]["tfds_dir"] == ".../" + os.path.basename(saved["data"]["tfds_dir"])
+  assert config["loss"] == saved["loss"] and config["model"]["path"] == saved["model"]["path"]
+  assert str(trained) not in card and str(tmp_path) not in card
+  # readable by others as any new file is (safetensors writes 0600)
+  mask = os.umask(0)
+  os.umask(mask)
+  for f in ("model.safetensors", "2_Dense/model.safetensors", "config.json"):
+    assert (out / f).stat().st_mode & 0o777 == 0o666 & ~mask, f
 
   st = st_encode(out, tmp_path)["d"]
   assert st.shape == (len(TEXTS), 128)
@@ -311,7 +321,7 @@ def _dense_folder(path, weight, bias=None):
   if bias is not None:
     tensors["linear.bias"] = np.float32(bias)
   safetensors.numpy.save_file(tensors, str(path / "2_Dense" / "model.safetensors"))
-  return str(path)
+  return str(path / "2_Dense")
 
 
 def test_dense_modules_read_back_as_an_exit(tmp_path):

@@ -44,6 +44,8 @@ def test_quickstart_trains_on_a_file_and_evaluates_only_the_users_sts(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   built = {n for n in os.listdir(tfds) if not n.startswith(".") and n != "downloads"}
   assert built == {"local_pairs"}             # no WordNet, nothing packaged
+  # a file read from the disk is not "downloaded" (tfds' own message on stdout)
+  assert "Downloading" not in done.stdout + done.stderr
   with open(tmp_path / "run" / "metrics.json") as f:
     metrics = json.load(f)
   for rows in (metrics["before"], metrics["after"]):

@@ -120,6 +120,10 @@ def test_load_refuses_non_finite_weights(tmp_path):
     ({"train.log_every": 0}, "train.log_every=0 must be"),
     ({"data.seq_len": 0}, "data.seq_len=0 must be"),
     ({"optim.weight_decay": float("inf")}, "optim.weight_decay=inf"),
+    # each used to train nothing and exit 0
+    ({"loss.scale": 0.0}, r"loss.scale=0.0 must be a finite number > 0"),
+    ({"loss.scale": -20.0}, r"loss.scale=-20.0 must be a finite number > 0"),
+    ({"train.batch_size": 1}, r"train.batch_size=1: with one pair a batch has no negatives"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, smoke_config,
                                                              overrides, message):

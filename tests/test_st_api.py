@@ -31,12 +31,26 @@ def test_single_string_gives_one_vector(model, base):
 
 
 def test_aliases_equal_jaxembed_arguments(model, base):
-  np.testing.assert_allclose(model.encode(TEXTS, layer=3, truncate_dim=64),
-                             model.encode(TEXTS, layer=3, dim=64), atol=1e-6)
-  raw = model.encode(TEXTS, layer=3, normalize=False)
-  np.testing.assert_allclose(model.encode(TEXTS, layer=3, normalize_embeddings=False), raw,
+  # sentence-transformers' truncate_dim cuts the model's (normalised) output and does
+  # not re-normalise; jaxembed's dim is the Matryoshka sub-model, normalised.
+  np.testing.assert_allclose(model.encode(TEXTS, layer=3, truncate_dim=64), base[:, :64],
                              atol=1e-6)
+  np.testing.assert_allclose(model.encode(TEXTS, layer=3, dim=64),
+                             base[:, :64] / np.linalg.norm(base[:, :64], axis=-1,
+                                                           keepdims=True), atol=1e-6)
+  np.testing.assert_allclose(
+      model.encode(TEXTS, layer=3, truncate_dim=64, normalize_embeddings=True),
+      model.encode(TEXTS, layer=3, dim=64), atol=1e-6)
+  # normalize_embeddings=False leaves the model's output as it is (normalised here);
+  # jaxembed's normalize=False gives the raw pooled vector.
+  np.testing.assert_allclose(model.encode(TEXTS, layer=3, normalize_embeddings=False), base,
+                             atol=1e-6)
+  raw = model.encode(TEXTS, layer=3, normalize=False)
   assert not np.allclose(np.linalg.norm(raw, axis=-1), 1.0)
+  with pytest.raises(ConfigError, match="not both"):
+    model.encode(TEXTS, dim=64, truncate_dim=32)
+  with pytest.raises(ConfigError, match="output_value=None; valid"):
+    model.encode(TEXTS, output_value=None)
   np.testing.assert_allclose(model.encode(TEXTS, layer=3, show_progress_bar=True), base,
                              atol=1e-6)
   np.testing.assert_allclose(model.encode(TEXTS, layer=3, device="cpu"), base, atol=1e-6)
@@ -113,5 +127,9 @@ def test_bad_sentence_transformers_arguments_are_named(model):
     model.encode(TEXTS, precision="int4")
   with pytest.raises(ConfigError, match="device='tpu'"):
     model.encode(TEXTS, device="tpu")
-  with pytest.raises(ConfigError, match="dim=32 and truncate_dim=64 disagree"):
+  with pytest.raises(ConfigError, match="dim / normalize or sentence-transformers'"):
     model.encode(TEXTS, dim=32, truncate_dim=64)
+  # int8 calibrates each coordinate over the vectors encoded together: one text has no
+  # range (it used to come back as a constant vector).
+  with pytest.raises(ConfigError, match="precision='int8' calibrates .* 1 give no range"):
+    model.encode(TEXTS[0], precision="int8")

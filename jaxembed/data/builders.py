@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sys
 import zlib
@@ -48,7 +49,19 @@ def _prepared(data_dir: str, builder_cls, **kwargs):
   return builder
 
 
-class WordNetPairs(tfds.core.GeneratorBasedBuilder):
+class _Builder(tfds.core.GeneratorBasedBuilder):
+  """tfds' builder, saying what it does in the log. tfds prints "Downloading and
+  preparing dataset ..." on stdout, wrong for files read from the disk and noise in
+  a user's output."""
+
+  def _log_download_bytes(self) -> None:
+    logging.info("writing %s to %s", self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("%s written to %s", self.name, self.data_dir)
+
+
+class WordNetPairs(_Builder):
   """WordNet (definition, example) and (lemma, definition) pairs; 'test' is held out
   by synset. The config name encodes the split parameters, so changing them builds a
   new dataset instead of reusing a stale one."""
@@ -111,7 +124,7 @@ def wordnet_pairs(*, wordnet_dir: str, tfds_dir: str, holdout_fraction: float, s
                    holdout_fraction=holdout_fraction, seed=seed, pair_kinds=pair_kinds)
 
 
-class LocalPairs(tfds.core.GeneratorBasedBuilder):
+class LocalPairs(_Builder):
   """Training pairs (with optional hard negatives) made by a reader from local files.
   The config name is a fingerprint of the inputs, so a changed file is rebuilt, not
   reused."""
@@ -222,7 +235,7 @@ def decode_text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class PackagedText(tfds.core.GeneratorBasedBuilder):
+class PackagedText(_Builder):
   """Labelled texts that ship inside PyPI packages (gensim's test data): 'polarity'
   (Pang & Lee movie-review sentences, neg/pos) and 'newsgroup' (two 20-newsgroups
   classes, headers removed). Used for classification and clustering evaluation."""
@@ -257,7 +270,7 @@ class PackagedText(tfds.core.GeneratorBasedBuilder):
       yield i, {"text": text, "label": label}
 
 
-class FashionMnist(tfds.core.GeneratorBasedBuilder):
+class FashionMnist(_Builder):
   """Fashion-MNIST from the IDX files of Debian's dataset-fashion-mnist package."""
 
   name = "fashion_mnist_local"
@@ -290,7 +303,7 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder):
 OOD_SETS = ("manpages", "docstrings")
 
 
-class OodRetrieval(tfds.core.GeneratorBasedBuilder):
+class OodRetrieval(_Builder):
   """Out-of-domain retrieval sets (short summary -> longer text) from real text no
   training mixture contains: 'manpages' (NAME summary -> DESCRIPTION of the Linux
   man-pages, Debian's manpages and manpages-dev) and 'docstrings' (first line -> the

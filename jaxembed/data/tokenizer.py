@@ -19,25 +19,62 @@ class Tokenizer:
   """
 
   def __init__(self, path: str, max_length: int, padding_side: str = "right"):
+    if not os.path.isfile(path):
+      raise ModelLoadError(f"tokenizer file {path} does not exist")
+    try:
+      tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:   # the tokenizers library raises a bare Exception
+      raise ModelLoadError(f"{path}: not a tokenizer.json ({str(e)[:200]})") from e
+    self._setup(tok, max_length, padding_side)
+    self.path, self._json = path, None
+
+  @classmethod
+  def from_json(cls, text: str, max_length: int, padding_side: str = "right",
+                name: str = "tokenizer.json") -> "Tokenizer":
+    """The tokenizer a tokenizer.json's text describes, held in memory (no file to
+    keep or clean up). `name` names it in errors."""
+    try:
+      tok = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:   # the tokenizers library raises a bare Exception
+      raise ModelLoadError(f"{name}: not a tokenizer.json ({e})") from e
+    self = cls.__new__(cls)
+    self._setup(tok, max_length, padding_side)
+    self.path, self._json = name, text
+    return self
+
+  def to_json(self) -> str:
+    """The text of the tokenizer.json it was made from."""
+    if self._json is not None:
+      return self._json
+    with open(self.path) as f:
+      return f.read()
+
+  def _setup(self, tok, max_length: int, padding_side: str) -> None:
     if padding_side not in ("right", "left"):
       raise ModelLoadError(f"padding_side={padding_side!r}; valid: ['right', 'left']")
     self.padding_side = padding_side
-    if not os.path.isfile(path):
-      raise ModelLoadError(f"tokenizer file {path} does not exist")
-    self.path = path
     self.max_length = int(max_length)
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    self._tok = tok
+    # The pad token: the one its own padding settings name (MPNet's '<pad>' is id 1),
+    # else '[PAD]' or '<pad>' when the vocabulary has one, else id 0.
+    padding = tok.padding
+    named = [tok.token_to_id(t) for t in ("[PAD]", "<pad>")]
+    self.pad_id = (padding["pad_id"] if padding else
+                   next((i for i in named if i is not None), 0))
     self._tok.no_padding()
     self._tok.enable_truncation(self.max_length)
-    self.pad_id = self._tok.token_to_id("[PAD]") or 0
     self.pad_token = self._tok.id_to_token(self.pad_id)
 
   def __getstate__(self):  # picklable for grain worker processes
-    return {"path": self.path, "max_length": self.max_length,
+    return {"path": self.path, "json": self._json, "max_length": self.max_length,
             "padding_side": self.padding_side}
 
   def __setstate__(self, state):
-    self.__init__(state["path"], state["max_length"], state.get("padding_side", "right"))
+    args = (state["max_length"], state.get("padding_side", "right"))
+    if state.get("json") is not None:
+      self.__dict__.update(Tokenizer.from_json(state["json"], *args, state["path"]).__dict__)
+    else:
+      self.__init__(state["path"], *args)
 
   def lengths(self, texts: list[str], instruction: str = "",
               chunk: int = 8192) -> np.ndarray:

@@ -145,6 +145,11 @@ def deepest_layer(cfg, *, num_layers: int, hidden: int) -> int:
 def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
   """The loss function a config asks for. `mesh` is needed for loss.blockwise."""
   objective = _objective(cfg)
+  scale = cfg.get("scale", 1.0)
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+      np.isfinite(scale) and scale > 0):
+    raise ConfigError(f"loss.scale={scale!r} must be a finite number > 0 (0 makes every "
+                      "similarity 0 and nothing trains; below 0 rewards the negatives)")
   cells = loss_cells(cfg, num_layers=num_layers, hidden=hidden)
   if cfg.blockwise and (not objective.blockwise or cfg.kl_weight):
     valid = [n for n, o in _REGISTRY.items() if o.blockwise]

@@ -75,6 +75,11 @@ def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
     if kind not in ("bert", "decoder"):
       raise ConfigError(f"model.two_tower.text_encoder={kind!r}; valid values: "
                         "['bert', 'decoder']")
+  if getattr(folder, "dense", ()) and config.model.init != "random":
+    raise ConfigError(f"model.path={config.model.path!r} maps its pooled vector through "
+                      f"{len(folder.dense)} Dense module(s); training fine-tunes the "
+                      "encoder alone and would drop them: not supported yet (encode it "
+                      "with jaxembed.load)")
   if kind == "decoder":
     cfg = _decoder_config(config, folder)
   elif not isinstance(folder.encoder_config, BertConfig):
@@ -143,7 +148,7 @@ def model_from_spec(spec: ModelSpec) -> Embedder:
   """The single-tower embedder a saved model describes."""
   return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
                   pool_latents=spec.pool_latents, centred_exits=spec.centred_exits,
-                  exit_components=spec.exit_components)
+                  exit_components=spec.exit_components, head=spec.head)
 
 
 def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:

@@ -25,11 +25,14 @@ model they hold:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxembed.errors import ConfigError, ModelLoadError
 from jaxembed.models.bert import BertConfig, BertEncoder
 from jaxembed.models.decoder import DecoderConfig, DecoderEncoder
 from jaxembed.models.pooling import Pooler
@@ -48,9 +51,43 @@ def make_encoder(cfg, name: str = "encoder") -> nn.Module:
   raise TypeError(f"no text encoder for {type(cfg).__name__}")
 
 
-def encoder_config(kind: str, fields: dict):
-  """An encoder config saved as (class name, fields): how saved models record it."""
-  return ENCODER_CONFIGS[kind](**fields)
+def encoder_config(kind: str, fields: dict, source: str = "encoder_config"):
+  """An encoder config saved as (class name, fields): how saved models record it,
+  each size checked first (`check_encoder_config`)."""
+  check_encoder_config(ENCODER_CONFIGS[kind], fields, source)
+  try:
+    return ENCODER_CONFIGS[kind](**fields)
+  except (TypeError, ValueError, ZeroDivisionError, ConfigError) as e:
+    raise ModelLoadError(f"{source}: {e}") from e
+
+
+# Sizes an encoder config may declare: checked before anything is allocated from them.
+SIZE_LIMITS = {"vocab_size": 2**22, "hidden_size": 2**16, "num_layers": 1024,
+               "num_heads": 1024, "num_kv_heads": 1024, "intermediate_size": 2**18,
+               "max_position_embeddings": 2**20, "type_vocab_size": 1024}
+
+
+def check_encoder_config(cls, fields: dict, source: str) -> None:
+  """Refuses the fields of an encoder config of class `cls` (read from `source`) with
+  a size that is not a whole number in its range, a float that is not finite, or heads
+  that do not divide the width, before anything is built or allocated from them."""
+  for f in dataclasses.fields(cls):
+    if f.name not in fields:
+      continue
+    value, high = fields[f.name], SIZE_LIMITS.get(f.name, 2**20)
+    if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
+                            or not 0 <= value <= high):
+      raise ModelLoadError(f"{source}: {f.name}={value!r} must be a whole number in "
+                           f"[0, {high}]")
+    if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+      raise ModelLoadError(f"{source}: {f.name}={value!r} must be a finite number")
+  def get(name):
+    return fields.get(name, getattr(cls, name, 1))
+  if not (get("num_layers") and get("hidden_size") and get("num_heads")
+          and (fields.get("head_size") or get("hidden_size") % get("num_heads") == 0)):
+    raise ModelLoadError(f"{source}: hidden_size={get('hidden_size')} with num_heads="
+                         f"{get('num_heads')} and {get('num_layers')} layers is not a model")
 
 
 def text_inputs(batch: int = 1, length: int = 8) -> dict:
@@ -60,6 +97,7 @@ def text_inputs(batch: int = 1, length: int = 8) -> dict:
 
 CENTER = "exit_center"          # the centred exits' parameter (Embedder.centred_exits)
 COMPONENTS = "exit_components"  # their removed directions (Embedder.exit_components)
+HEAD = "head"                    # the linear map after pooling (Embedder.head)
 
 
 class Embedder(nn.Module):
@@ -89,6 +127,10 @@ class Embedder(nn.Module):
   # zeros: nothing removed): v -> c - U^T U c with c = v - mean, "all-but-the-top" (Mu
   # and Viswanath 2018). The last layer's rows stay zero.
   exit_components: int = 0
+  # A linear map of the pooled vector, params['head'] [width, width] (identity at
+  # init): the Dense modules after pooling of a sentence-transformers folder, composed
+  # (EmbeddingGemma: 768 -> 3072 -> 768), applied at every exit.
+  head: bool = False
 
   query_modality = "text"
   symmetric = True               # queries and documents through the same encoder
@@ -134,6 +176,13 @@ class Embedder(nn.Module):
       coords = jnp.einsum("blw,lkw->blk", c, u, precision="highest")
       pooled = (c - jnp.einsum("blk,lkw->blw", coords, u, precision="highest")
                 ).astype(pooled.dtype)
+    if self.head:
+      width = self.encoder_config.hidden_size
+      kernel = self.param(HEAD, nn.with_logical_partitioning(
+          lambda key, shape, dtype: jnp.eye(shape[0], dtype=dtype), (None, "embed")),
+          (width, width), jnp.float32)
+      pooled = jnp.einsum("blw,wv->blv", pooled.astype(jnp.float32), kernel,
+                          precision="highest").astype(pooled.dtype)
     return nn.with_logical_constraint(pooled, ("activation_batch", None, "activation_embed"))
 
   # ------------------------------------------------------------------ interface

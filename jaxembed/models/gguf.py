@@ -26,6 +26,8 @@ import numpy as np
 import safetensors.numpy
 
 from jaxembed.errors import ModelLoadError
+from jaxembed.models.decoder import DecoderConfig
+from jaxembed.models.embedder import check_encoder_config
 
 CACHE = os.path.expanduser(os.environ.get("JAXEMBED_GGUF_CACHE", "~/.cache/jaxembed/gguf"))
 # GGUF tensor names (per block) -> Hugging Face Llama names.
@@ -94,8 +96,47 @@ def hf_config(reader, path: str) -> dict:
           "hidden_act": "silu", "tie_word_embeddings": True, "torch_dtype": "float32"}
 
 
+def check_sizes(config: dict, reader, path: str) -> None:
+  """The declared sizes within bounds, and every tensor they imply present in the file
+  with its shape (and nothing else), before anything is dequantised or allocated: a
+  file that declares a million blocks or a 2^30 width and holds no such tensors is
+  refused here."""
+  check_encoder_config(DecoderConfig, {
+      "vocab_size": config["vocab_size"], "hidden_size": config["hidden_size"],
+      "num_layers": config["num_hidden_layers"], "num_heads": config["num_attention_heads"],
+      "num_kv_heads": config["num_key_value_heads"],
+      "intermediate_size": config["intermediate_size"],
+      "max_position_embeddings": config["max_position_embeddings"]}, path)
+  h, nh, nkv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
+  if nkv < 1 or nh % nkv:
+    raise ModelLoadError(f"{path}: {nh} heads do not split into {nkv} key/value heads")
+  hd, inter, vocab = h // nh, config["intermediate_size"], config["vocab_size"]
+  # GGUF lists a tensor's dims innermost first: [in, out] for a projection.
+  want = {"token_embd.weight": (h, vocab), "output_norm.weight": (h,)}
+  per_block = {"attn_norm": (h,), "ffn_norm": (h,), "attn_q": (h, nh * hd),
+               "attn_k": (h, nkv * hd), "attn_v": (h, nkv * hd), "attn_output": (nh * hd, h),
+               "ffn_gate": (h, inter), "ffn_up": (h, inter), "ffn_down": (inter, h)}
+  have = {t.name: tuple(int(x) for x in t.shape.tolist()) for t in reader.tensors}
+  blocks = {n.split(".")[1] for n in have if n.startswith("blk.")}
+  if blocks != {str(i) for i in range(config["num_hidden_layers"])}:
+    raise ModelLoadError(f"{path}: declares {config['num_hidden_layers']} blocks and "
+                         f"holds tensors for {len(blocks)}")
+  for i in range(config["num_hidden_layers"]):
+    want.update({f"blk.{i}.{part}.weight": shape for part, shape in per_block.items()})
+  for name, shape in want.items():
+    if name not in have:
+      raise ModelLoadError(f"{path}: tensor {name!r} is missing")
+    if have[name] != shape:
+      raise ModelLoadError(f"{path}: tensor {name!r} has shape {list(have[name])}; the "
+                           f"metadata implies {list(shape)}")
+  extra = sorted(set(have) - set(want) - {"output.weight", "rope_freqs.weight"})
+  if extra:
+    raise ModelLoadError(f"{path}: unexpected tensor {extra[0]!r}")
+
+
 def hf_tensors(gguf, reader, config: dict, path: str) -> dict[str, np.ndarray]:
   """Dequantised float32 tensors under Hugging Face Llama names ([out, in])."""
+  check_sizes(config, reader, path)
   heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
   out = {}
   for t in reader.tensors:
@@ -170,9 +211,15 @@ def gguf_folder(path: str, cache: str = CACHE) -> str:
   if os.path.isfile(os.path.join(folder, "tokenizer.json")):
     return folder
   gguf, reader = _reader(path)
-  config = hf_config(reader, path)
-  tensors = hf_tensors(gguf, reader, config, path)
-  tok = tokenizer_json(reader, path)
+  try:
+    config = hf_config(reader, path)
+    tensors = hf_tensors(gguf, reader, config, path)
+    tok = tokenizer_json(reader, path)
+  except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as e:
+    if isinstance(e, ModelLoadError):
+      raise
+    raise ModelLoadError(f"{path}: metadata jaxembed cannot use ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from e
   os.makedirs(cache, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".converting-", dir=cache)
   try:

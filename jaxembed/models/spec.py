@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from jaxembed.errors import ModelLoadError
+from jaxembed.errors import ConfigError, ModelLoadError
 from jaxembed.models.embedder import ENCODER_CONFIGS, encoder_config
 
 FILENAME = "jaxembed.json"
@@ -35,11 +35,19 @@ class ModelSpec:
   dim: int | None = None
   query_instruction: str = ""          # prepended to queries, attended but not pooled
   architecture: str = "embedder"       # embedder | two_tower (not loadable as text)
+  # Named prompts beside the query instruction, ((name, text), ...), as a
+  # sentence-transformers folder has them; include_prompt: a prompt is pooled with the
+  # text (sentence-transformers' default) rather than only attended to (jaxembed's).
+  prompts: tuple = ()
+  include_prompt: bool = False
+  default_prompt_name: str | None = None
+  head: bool = False                   # params hold 'head' (Embedder.head)
+  head_width: int = 0                  # the head's real output rows (0: all): dims above refused
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d.update(format=FORMAT, encoder=type(self.encoder).__name__,
-             encoder_config=dataclasses.asdict(self.encoder))
+             encoder_config=dataclasses.asdict(self.encoder), prompts=dict(self.prompts))
     return d
 
   def to_json(self) -> str:
@@ -63,7 +71,40 @@ class ModelSpec:
     if d.get("architecture", "embedder") not in ARCHITECTURES:
       raise ModelLoadError(f"{source}: architecture={d['architecture']!r}; valid: "
                            f"{list(ARCHITECTURES)}")
-    return cls(encoder=encoder_config(kind, fields), **d)
+    prompts = d.pop("prompts", {})
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+      raise ModelLoadError(f"{source}: prompts={prompts!r} must map names to strings")
+    try:
+      spec = cls(encoder=encoder_config(kind, fields, source), prompts=tuple(sorted(prompts.items())),
+                 **d)
+    except ModelLoadError:
+      raise
+    except (TypeError, ValueError, ConfigError) as e:   # a field of the wrong kind
+      raise ModelLoadError(f"{source}: {e}") from e
+    spec.check(source)
+    return spec
+
+  def check(self, source: str = FILENAME) -> None:
+    """Refuses a spec whose fields contradict each other or its encoder (a default dim
+    wider than the encoder, a layer it does not have)."""
+    enc = self.encoder
+    if self.architecture != "embedder":
+      return
+    for name, value, high in (("layer", self.layer, enc.num_layers),
+                              ("dim", self.dim, enc.hidden_size)):
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                or not 1 <= value <= high):
+        raise ModelLoadError(f"{source}: {name}={value!r}; the encoder has {high} "
+                             f"{'layers' if name == 'layer' else 'dims'}")
+    if not isinstance(self.max_seq_length, int) or self.max_seq_length < 1:
+      raise ModelLoadError(f"{source}: max_seq_length={self.max_seq_length!r} must be a "
+                           "positive whole number")
+    if self.default_prompt_name is not None and self.default_prompt_name not in dict(
+        self.prompts) and not (self.default_prompt_name == "query"
+                               and self.query_instruction):
+      raise ModelLoadError(f"{source}: default_prompt_name={self.default_prompt_name!r} "
+                           "is not one of its prompts")
 
   @classmethod
   def from_json(cls, text: str, source: str = FILENAME) -> "ModelSpec":

@@ -1,8 +1,9 @@
 """Metrics as TensorBoard event files (through tensorboardX: no TensorFlow needed).
 
 Only process 0 writes. Training scalars go under `train/`, every evaluated grid cell
-under `eval/<task>/<metric>/L<layer>_d<dim>`, so TensorBoard draws one curve per
-(layer, dim) sub-model across the run's periodic evaluations. The names are those of
+under `eval/<task>/<metric>/L<layer>_D<dim>` (as the training losses name cells), so
+TensorBoard draws one curve per (layer, dim) sub-model across the run's periodic
+evaluations. The names are those of
 the JSON logs: jaxembed's metric names use only what TensorBoard allows
 ([A-Za-z0-9_./-]: 'ndcg_at_10', as MTEB names it), so TensorBoard renames nothing. A
 name with another character (a user's task name) becomes '_' there, as TensorBoard
@@ -46,7 +47,9 @@ def tag(name: str) -> str:
 
 class MetricWriter:
 
-  def __init__(self, logdir: str, *, remote: bool = False):
+  def __init__(self, logdir: str, *, remote: bool = False, purge_step: int | None = None):
+    """`purge_step`: a resumed run's first step; TensorBoard hides the points the
+    interrupted run had logged from that step on, so each (tag, step) shows once."""
     self._writer = None
     if jax.process_index() != 0:
       return
@@ -54,7 +57,7 @@ class MetricWriter:
       logging.warning("TensorBoard events are written for local workdirs only; %s is "
                       "remote (the JSON logs hold the same numbers)", logdir)
       return
-    self._writer = _summary_writer_class()(logdir, flush_secs=30)
+    self._writer = _summary_writer_class()(logdir, flush_secs=30, purge_step=purge_step)
 
   def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
     if self._writer is None:
@@ -77,7 +80,7 @@ class MetricWriter:
   def grid(self, step: int, rows: list[dict]) -> None:
     """One scalar per (metric, layer, dim) cell of an evaluated grid."""
     for row in rows:
-      cell = f"L{row['layer']}_d{row['dim']}"
+      cell = f"L{row['layer']}_D{row['dim']}"   # as the training losses' cells
       self.scalars(step, {f"eval/{k}/{cell}": v for k, v in row.items()
                           if k not in ("layer", "dim")})
 
