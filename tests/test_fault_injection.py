@@ -2,6 +2,11 @@
 training, writing checkpoints, evaluating) and rerun each time ends with the same
 metrics and the same logs as a run that was never interrupted.
 
+Then two faults of the disk: the latest checkpoint's largest file cut in half (the
+rerun sets it aside and resumes from the one before), and a disk that fills while a
+checkpoint is written (the run stops with one `error:` line and leaves no partial
+save). The final rerun still ends as the uninterrupted run.
+
 The kills are spread over the work: during the evaluation before training, just after
 random steps (a checkpoint is written every 4 steps, so some kills land in a write),
 during the evaluation at step 16 and during the final one, each after a random delay
@@ -13,12 +18,15 @@ JAXEMBED_FAULTS sets the number of kills (default 10). It takes about 3.5 minute
 import json
 import os
 import random
+import resource
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import run_train, start_train_until
+from conftest import REPO, run_train, start_train_until, user_env
 
 KILLS = int(os.environ.get("JAXEMBED_FAULTS", "10"))
 STEPS = 48
@@ -79,9 +87,44 @@ def test_killed_at_random_moments_ends_as_if_never_killed(tmp_path, tfds_dir):
   print(f"{sum(k for k, _ in moments)} of {KILLS} runs killed; the last line each wrote:\n  "
         + "\n  ".join(m for _, m in moments))
   assert sum(k for k, _ in moments) >= KILLS * 0.8, "most runs ended before their kill"
+  _corrupt_latest_checkpoint(workdir)
+  _fill_the_disk_during_a_save(workdir, tfds_dir)
   done = run_train(_args(workdir, tfds_dir))
   assert done.returncode == 0, done.stderr[-3000:]
   assert (json.loads((workdir / "metrics.json").read_text())
           == json.loads((reference / "metrics.json").read_text()))
   assert _train_log(workdir) == _train_log(reference)
   assert _eval_log(workdir) == _eval_log(reference)
+
+
+def _steps(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return sorted(int(p) for p in os.listdir(folder) if p.isdigit()) if os.path.isdir(
+      folder) else []
+
+
+def _corrupt_latest_checkpoint(workdir):
+  steps = _steps(workdir)
+  if not steps:
+    return
+  folder = os.path.join(workdir, "checkpoints", str(steps[-1]), "params")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs]
+  victim = max(files, key=os.path.getsize)
+  data = open(victim, "rb").read()
+  open(victim, "wb").write(data[:len(data) // 2])
+
+
+def _fill_the_disk_during_a_save(workdir, tfds_dir):
+  """A rerun whose files may not grow past 1 MiB (as on a full disk): a checkpoint's
+  arrays do not fit; the run stops with one error line and no partial step folder."""
+  def small_files():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+  full = subprocess.run([sys.executable, "-m", "experiments.train",
+                         *_args(workdir, tfds_dir)], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=user_env(), preexec_fn=small_files)
+  assert full.returncode == 1, full.stderr[-3000:]
+  errors = [l for l in full.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+  folder = os.path.join(workdir, "checkpoints")
+  assert not [p for p in os.listdir(folder) if "tmp" in p], os.listdir(folder)

@@ -343,6 +343,21 @@ def _train_and_evaluate(config, workdir, stop: _StopSignal, previous=None,
     wd.unlock()
 
 
+def _resume(run: Run, ckpt: Checkpointer, abstract, wd: Workdir):
+  """(state, data iterator) from the newest checkpoint that reads back (an unreadable
+  one is reported in one line and set aside), or (None, None) when none does."""
+  def fresh_data():
+    it = iter(run.dataset)
+    return grain.checkpoint.CheckpointRestore(it), it
+  state, data_iter = ckpt.restore_intact(abstract, fresh_data, log=logging.warning)
+  if state is None:
+    logging.warning("no checkpoint in %s reads back: training from the start",
+                    wd.checkpoints)
+  else:
+    logging.info("resuming from %s/%d", wd.checkpoints, int(shd.local_value(state.step)))
+  return state, data_iter
+
+
 def _restore_and_train(run: Run, config, wd: Workdir, stop: _StopSignal, previous=None,
                        final_eval: bool = True) -> Result:
   resuming = wd.check_config(config)
@@ -350,23 +365,27 @@ def _restore_and_train(run: Run, config, wd: Workdir, stop: _StopSignal, previou
   wd.write_config(config, run.folder, run.spec)
   ckpt = Checkpointer(wd.checkpoints, keep=config.train.keep_checkpoints)
   abstract, shardings = abstract_state(run)
-  data_iter = iter(run.dataset)
+  state = data_iter = None
   if resuming and ckpt.latest_step() is not None:
-    logging.info("resuming from %s/%d", wd.checkpoints, ckpt.latest_step())
-    state = ckpt.restore(abstract, grain.checkpoint.CheckpointRestore(data_iter))
-  elif previous is not None:
-    logging.info("starting from stage %s's weights (%s)", previous.name, previous.workdir)
-    state = new_state(run, shardings, stages_lib.carried_params(run, previous))
-  else:
-    state = new_state(run, shardings)
+    state, data_iter = _resume(run, ckpt, abstract, wd)
+  if state is None:
+    data_iter = iter(run.dataset)
+    if previous is not None:
+      logging.info("starting from stage %s's weights (%s)", previous.name, previous.workdir)
+      state = new_state(run, shardings, stages_lib.carried_params(run, previous))
+    else:
+      state = new_state(run, shardings)
   # Log lines past the restored step (or any training lines, when no checkpoint was
   # completed) were written by a run that then died: drop them, so the logs read as
   # one run.
-  wd.truncate_log(int(shd.local_value(state.step)))
+  start = int(shd.local_value(state.step))
+  wd.truncate_log(start)
   step_fn = compile_train_step(run, shardings)
-  writer = MetricWriter(str(wd / Workdir.TENSORBOARD), remote=wd.remote)
-  writer.text("config", "```\n" + config.to_json_best_effort(indent=1) + "\n```",
-              int(shd.local_value(state.step)))
+  # A resumed run re-logs from start + 1 (from 0 when no checkpoint was completed):
+  # TensorBoard hides what the interrupted run logged from there on.
+  writer = MetricWriter(str(wd / Workdir.TENSORBOARD), remote=wd.remote,
+                        purge_step=(start + 1 if start else 0) if resuming else None)
+  writer.text("config", "```\n" + config.to_json_best_effort(indent=1) + "\n```", start)
   try:
     return Loop(run=run, state=state, step_fn=step_fn, ckpt=ckpt, data_iter=data_iter,
                 writer=writer, stop=stop,
