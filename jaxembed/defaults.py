@@ -1,7 +1,6 @@
 """The schema of a run's config: every field with its default, and the check that a
-config names no field outside it. The library validates against this (an installed
-`jaxembed` needs nothing from `configs/`); `configs/common.py` builds the paper configs
-on it."""
+config names no field outside it. The library validates against this;
+`jaxembed/configs/common.py` builds the paper configs on it."""
 
 from __future__ import annotations
 

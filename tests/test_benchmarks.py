@@ -22,6 +22,8 @@ RUNS = {
     "accelerator.py": None,      # run by gpu.sh
     "binary_search.py": ([PY, "benchmarks/binary_search.py", "--n", "2000", "--dim", "64",
                           "--queries", "10", "--k", "5"], r"faiss speedup: [0-9.]+", {}),
+    "encode_corpus.py": ([PY, "benchmarks/encode_corpus.py"],
+                         r"throughput ratio \(ours / peer\): [0-9.]+", {}),
     "blockwise_memory.py": ([PY, "-m", "benchmarks.blockwise_memory"],
                             r"growth 64 -> 128 \(2x batch\)", {"XLA_FLAGS": xla_flags(8)}),
     "grid_overhead.py": ([PY, "benchmarks/grid_overhead.py", "--steps=2"],

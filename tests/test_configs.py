@@ -8,23 +8,25 @@ import os
 import jax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, require_weights
 from jaxembed.models import read_model_folder
 from jaxembed import defaults
 from jaxembed.models import build
 from jaxembed.train import stages
 
-CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+# The configs live in the package (jaxembed/configs: an installed wheel has them); the
+# repository's configs/*.py wrap them.
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "jaxembed", "configs", "*.py"))
                       if os.path.basename(p) not in ("__init__.py", "common.py"))
 CASES = [(path, arg) for path in CONFIG_FILES
          for arg in (None, "smoke", *getattr(importlib.import_module(
-             f"configs.{os.path.basename(path)[:-3]}"), "VARIANTS", ()))]
+             f"jaxembed.configs.{os.path.basename(path)[:-3]}"), "VARIANTS", ()))]
 
 
 @pytest.mark.parametrize("path, arg", CASES,
                          ids=[f"{os.path.basename(p)}:{a}" for p, a in CASES])
 def test_config_builds(path, arg):
-  module = importlib.import_module(f"configs.{os.path.basename(path)[:-3]}")
+  module = importlib.import_module(f"jaxembed.configs.{os.path.basename(path)[:-3]}")
   if getattr(module, "KIND", "") == "classification":
     return _classifier_config_builds(module, arg)
   if getattr(module, "KIND", "") == "free_embedding":
@@ -34,7 +36,7 @@ def test_config_builds(path, arg):
   defaults.check_fields(config)
   for stage in stages.plan(config, "/workdir"):     # each stage of a staged recipe
     defaults.check_fields(stage.config)
-  folder = read_model_folder(config.model.path)
+  folder = read_model_folder(require_weights(config.model.path))
   text_config = build.text_encoder_config(config, folder)
   shapes = build.abstract_params(build.build_model(config, text_config))
   n = sum(x.size for x in jax.tree.leaves(shapes))
@@ -43,6 +45,19 @@ def test_config_builds(path, arg):
     assert 22.5e6 < n < 23e6   # the real all-MiniLM-L6-v2 (22.7M parameters)
   if arg is None and config.model.path.endswith(".gguf"):
     assert 130e6 < n < 140e6   # the real SmolLM2-135M
+
+
+def test_each_repository_config_wraps_its_packaged_config():
+  """configs/<name>.py gives the packaged config's functions and names, one for one."""
+  packaged = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "jaxembed", "configs",
+                                                                  "*.py"))}
+  wrappers = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
+  assert packaged == wrappers
+  for name in sorted(packaged - {"__init__.py"}):
+    inner = importlib.import_module(f"jaxembed.configs.{name[:-3]}")
+    outer = importlib.import_module(f"configs.{name[:-3]}")
+    public = {k: v for k, v in vars(inner).items() if not k.startswith("_")}
+    assert public and all(getattr(outer, k) is v for k, v in public.items()), name
 
 
 def test_unknown_config_argument():

@@ -26,8 +26,9 @@ LAYERS = (
     ("models",),
     ("losses", "data", "sharding", "checkpoint", "workdir"),
     ("evals",),
-    ("api", "loaders", "export", "mining", "mteb_adapter", "__init__"),
+    ("api", "loaders", "export", "mining", "mteb_adapter", "corpus", "__init__"),
     ("train",),
+    ("cli", "configs", "__main__"),   # entry points and the packaged configs
 )
 
 # Imported inside functions on purpose: optional dependencies, or ones a user may
@@ -137,9 +138,17 @@ def test_no_cycle():
   assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+# Entry points import the library inside main(): a command re-executes itself first
+# (jaxembed.hostmem) and answers --help without loading JAX.
+ENTRY_POINTS = ("jaxembed.cli.train", "jaxembed.cli.export", "jaxembed.cli.merge",
+                "jaxembed.cli.encode")
+
+
 def test_imports_at_module_level():
   bad = []
   for name, deps in graph().items():
+    if name in ENTRY_POINTS:
+      continue
     for dep, line, at_top in deps:
       if not at_top and dep not in OPTIONAL and dep.split(".")[0] not in OPTIONAL:
         bad.append(f"{name}:{line} imports {dep} inside a function")
@@ -168,11 +177,12 @@ LIGHT_LOAD = textwrap.dedent("""
 """)
 
 
-def imports_of_a_load(target: str) -> str:
+def imports_of_a_load(target: str, **env) -> str:
   """What `jaxembed.load(target).encode(...)` imports, in a fresh interpreter."""
   out = subprocess.run([sys.executable, "-c", LIGHT_LOAD, target], capture_output=True,
                        text=True, cwd=ROOT, timeout=300,
-                       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+                       env={**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+                            **env})
   assert out.returncode == 0, out.stderr[-3000:]
   return out.stdout
 
@@ -194,7 +204,11 @@ def test_a_workdir_with_a_learnable_temperature_loads_without_the_objectives(tmp
                               "--config.train.steps=4", "--config.eval.before=False",
                               config="configs/ood_ablation.py:smoke,arm=pairs"))
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "HEAVY []" in imports_of_a_load(str(workdir))
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  assert "HEAVY []" in imports_of_a_load(str(workdir), TMPDIR=str(scratch))
+  # and leaves nothing behind (a copy of the tokenizer used to stay in $TMPDIR)
+  assert not list(scratch.iterdir())
 
 
 def _type_tests(path, classes):
@@ -257,9 +271,36 @@ def test_no_duck_typing_on_models_in_train():
   assert not bad, "duck typing on models in jaxembed/train:\n" + "\n".join(bad)
 
 
+def _source_name_branches(path):
+  """Comparisons of a data source (`x.source`, `x["source"]`) with a string literal."""
+  tree = ast.parse(open(path).read(), path)
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Compare):
+      sides = [node.left, *node.comparators]
+      names_source = any(
+          (isinstance(n, ast.Attribute) and n.attr == "source")
+          or (isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant)
+              and n.slice.value == "source") for n in sides)
+      literal = any(isinstance(c, ast.Constant) and isinstance(c.value, str)
+                    and c.value != "source" for n in sides for c in ast.walk(n))
+      if names_source and literal:
+        yield node.lineno
+
+
+def test_no_branch_on_a_data_source_name_in_train():
+  """Data sources register their capabilities (jaxembed/train/sources.py); the trainer
+  reads those, never `if source == 'fashion_mnist'`."""
+  bad = [f"{module_name(p)}:{line}" for p in modules()
+         if os.sep + "train" + os.sep in p for line in _source_name_branches(p)]
+  assert not bad, "branches on a data source's name in jaxembed/train:\n" + "\n".join(bad)
+
+
 def test_the_type_checks_see_violations(tmp_path):
   src = tmp_path / "m.py"
   src.write_text("def f(model, cfg):\n  if hasattr(model, 'early_exit'):\n    pass\n"
                  "  return isinstance(cfg, (BertConfig, int))\n")
   assert list(_duck_typing(str(src))) == [(2, "model")]
   assert list(_type_tests(str(src), CONFIG_CLASSES)) == [4]
+  src.write_text("def g(d, c):\n  a = d.source == 'fashion_mnist'\n"
+                 "  b = c['source'] in ('file', 'beir')\n  return d.source == c\n")
+  assert list(_source_name_branches(str(src))) == [2, 3]
