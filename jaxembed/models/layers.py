@@ -142,7 +142,7 @@ class Dropout(nn.Module):
 
 
 def attention(q, k, v, key_mask, *, dtype: str = "float32", dropout_rate: float = 0.0,
-              dropout_rng=None):
+              dropout_rng=None, bias=None):
   """Softmax attention, q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (H a multiple of Hkv:
   grouped-query attention), `key_mask` broadcastable to [B, H, Tq, Tk] (True = attend).
 
@@ -153,6 +153,8 @@ def attention(q, k, v, key_mask, *, dtype: str = "float32", dropout_rate: float 
   accumulation. `dropout_rate` > 0 with a `dropout_rng` drops attention probabilities (the
   fused `jax.nn.dot_product_attention` cannot), with `keep_mask`.
   A row whose keys are all masked attends uniformly (finite, like the fused call).
+  `bias` (broadcastable to [B, H, Tq, Tk]) is added to the scaled logits (MPNet's
+  relative-position bias).
   """
   b, tq, h, d = q.shape
   hkv = k.shape[2]
@@ -166,6 +168,8 @@ def attention(q, k, v, key_mask, *, dtype: str = "float32", dropout_rate: float 
   logits = jnp.matmul(q.astype(dt), k.astype(dt), **acc).astype(jnp.float32)
   if hkv != h:
     logits = logits.reshape(b, h, tq, -1)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   logits = jnp.where(key_mask, logits, jnp.finfo(jnp.float32).min)
   # The softmax's division is deferred past the second matmul: exp(s - max) @ v, then
   # divided by the row sums: [B, H, Tq, D] divisions instead of [B, H, Tq, Tk], one

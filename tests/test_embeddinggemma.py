@@ -1,0 +1,91 @@
+"""EmbeddingGemma-300M (a bidirectional Gemma 3: sliding-window and global layers with
+two RoPE bases, q/k RMSNorm, 1 + w norms, scaled embeddings, GELU(tanh) MLP; mean
+pooling, then Dense 768 -> 3072 -> 768 composed into one head, normalised) from its
+real weights against sentence-transformers' vectors, saved as a fixture by
+tests/fixtures/make_embeddinggemma_reference.py: no prompt, its `query` and
+`document` prompts, truncated to 256 dims, texts past the 512-token window and the
+2,048-token limit.
+
+The weights are fetched by `scripts/fetch_weights.sh embeddinggemma-300m` (Gemma
+Terms of Use); without them these tests skip, or fail under JAXEMBED_REQUIRE_WEIGHTS."""
+
+import os
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxembed
+from conftest import REPO, require_weights, user_env
+
+GEMMA = "weights:embeddinggemma-300m"
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "embeddinggemma_reference.npz")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return np.load(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+  return jaxembed.load(require_weights(GEMMA))
+
+
+def cosines(a, b):
+  return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_the_folder_reads_as_embeddinggemma(gemma):
+  cfg = gemma.encoder_config
+  assert (cfg.family, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+          cfg.head_dim, cfg.sliding_window, cfg.attention) == (
+              "gemma3", 24, 768, 3, 1, 256, 512, "bidirectional")
+  assert cfg.sliding_layers == tuple(i for i in range(24) if i % 6 != 5)
+  assert gemma.spec.head and gemma.spec.include_prompt and gemma.max_seq_length == 2048
+  assert gemma.prompts["query"] == "task: search result | query: "
+  assert gemma.prompts["document"] == "title: none | text: "
+
+
+@pytest.mark.parametrize("kind, kwargs", [
+    ("plain", {}), ("query", {"prompt_name": "query"}),
+    ("document", {"prompt_name": "document"}), ("dim256", {"truncate_dim": 256})])
+def test_vectors_equal_sentence_transformers(gemma, reference, kind, kwargs):
+  sentences = [str(s) for s in reference["sentences"]]
+  ours = gemma.encode(sentences, batch_size=4, **kwargs)
+  theirs = reference[kind]
+  assert ours.shape == theirs.shape
+  cos = cosines(ours, theirs)
+  assert cos.min() >= 0.9999, (kind, cos.min(), int(np.argmin(cos)))
+  if kind == "dim256":                # cut from the normalised output, as the peer
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=-1),
+                               np.linalg.norm(theirs, axis=-1), rtol=1e-4)
+  else:
+    assert np.abs(ours - theirs).max() < 2e-3
+
+
+def test_query_and_document_helpers_pick_the_task_prompts(gemma, reference):
+  sentences = [str(s) for s in reference["sentences"][:6]]
+  assert cosines(gemma.encode_query(sentences), reference["query"][:6]).min() >= 0.9999
+  assert cosines(gemma.encode_document(sentences),
+                 reference["document"][:6]).min() >= 0.9999
+
+
+def test_encoding_keeps_host_memory_under_2_5_gb(tmp_path):
+  """A fresh process loading the model and encoding a 2,000-token text: peak RSS."""
+  require_weights(GEMMA)
+  script = ("import jaxembed, resource\n"
+            f"m = jaxembed.load({GEMMA!r})\n"
+            "v = m.encode(['word ' * 2000, 'a short one'])\n"
+            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                        text=True, timeout=900, env=user_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  peak_kib = int(done.stdout.split("RSS")[1])
+  print(f"peak RSS {peak_kib / 2**20:.2f} GiB")
+  assert peak_kib < 2.5 * 2**20, peak_kib
+
