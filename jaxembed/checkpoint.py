@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -47,6 +48,23 @@ def _file_digests(folder: str) -> dict[str, str]:
       full = os.path.join(root, name)
       out[os.path.relpath(full, folder).replace(os.sep, "/")] = _sha256(full)
   return out
+
+
+def remove_partial_saves(root: str) -> None:
+  """Removes the temporary folders of unfinished saves (Orbax's
+  '*.orbax-checkpoint-tmp*') under the local folder `root`, however deep (a staged
+  run's stages); retried briefly, as a writer still finishing may recreate a file."""
+  if not root or "://" in root or jax.process_index() != 0:
+    return
+  pattern = os.path.join(root, "**", "*.orbax-checkpoint-tmp*")
+  for _ in range(10):
+    partials = [p for p in glob.glob(pattern, recursive=True)
+                if "orbax-checkpoint-tmp" not in os.path.dirname(p)]
+    if not partials:
+      return
+    for partial in partials:
+      shutil.rmtree(partial, ignore_errors=True)
+    time.sleep(0.1)
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
@@ -147,8 +165,11 @@ class Checkpointer:
       yield
     except BaseException:
       if jax.process_index() == 0 and "://" not in self.directory:
-        for partial in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
-          shutil.rmtree(partial, ignore_errors=True)
+        try:             # let the other writers of the failed save stop first
+          self._mngr.wait_until_finished()
+        except BaseException:
+          pass
+        remove_partial_saves(self.directory)
       raise
 
   def restore(self, abstract_state, data=None, step: int | None = None):

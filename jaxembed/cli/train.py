@@ -9,12 +9,14 @@ line, e.g. --config.train.steps=100.
 """
 
 import logging
+import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from jaxembed import hostmem
+from jaxembed.checkpoint import remove_partial_saves
 from jaxembed.cli import resolve_configs
 from jaxembed.errors import JaxembedError
 
@@ -55,19 +57,42 @@ def define_flags() -> None:
 
 
 class _QuietLibraries(logging.Filter):
-  """Keeps orbax's and tfds' INFO chatter out of the progress log (warnings pass)."""
+  """Keeps orbax's and tfds' INFO chatter out of the progress log (warnings pass).
+  Unless --debug, the errors orbax's background writers and asyncio log while a save
+  fails (a full disk: hundreds of lines of tracebacks) are dropped too: the failure
+  reaches the run as an exception and is reported in one `error:` line."""
   NOISY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/absl/")
+  BACKGROUND = ("/orbax/", "/asyncio/")
+
+  def __init__(self, debug: bool = False):
+    super().__init__()
+    self.debug = debug
 
   def filter(self, record):
+    if (not self.debug and record.levelno == logging.ERROR
+        and any(n in record.pathname for n in self.BACKGROUND)):
+      return False
     return record.levelno >= logging.WARNING or not any(
         n in record.pathname for n in self.NOISY)
+
+
+def _quiet_closed_loops(unraisable, default=sys.unraisablehook) -> None:
+  """tensorstore's writers still calling back into orbax's closed event loops after a
+  failed save raise 'Event loop is closed' once per pending write: not the failure
+  (reported in one line), so not printed (--debug prints them)."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+    return
+  default(unraisable)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   for handler in logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+    handler.addFilter(_QuietLibraries(debug=_DEBUG.value))
+  if not _DEBUG.value:
+    sys.unraisablehook = _quiet_closed_loops
   from jaxembed.sharding.distributed import initialize
   from jaxembed.train.loop import StopNow, train_and_evaluate
   initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -93,7 +118,11 @@ def main(argv):
     where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
     print(f"error: writing the run failed{where}: {first.strip()[:300]} (--debug shows "
           "the traceback)", file=sys.stderr, flush=True)
-    sys.exit(1)
+    # The failed save's other writers go on until the interpreter stops (and would
+    # recreate what is removed): remove the partial save, then stop them with it.
+    remove_partial_saves(_WORKDIR.value)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 def parse_flags(argv):
