@@ -27,6 +27,7 @@ from jaxembed.loaders import load
 from jaxembed.workdir import file_fingerprint
 
 INDEXES = ("flat", "ivf_pq", "binary")
+IVF_PQ_MIN = 10000          # vectors to train IVF-PQ's coarse and product quantisers on
 
 
 def read_texts(path: str, text_field: str = "text") -> Iterator[str]:
@@ -143,6 +144,9 @@ def encode_corpus(model_path: str, input_path: str, out: str, *, text_field: str
   dim = dim or model.default_dim or model.hidden_size
   model.encode(["probe"], layer=layer, dim=dim, prompt_name=prompt_name)   # checks them
   count = sum(1 for _ in read_texts(input_path, text_field))
+  if index == "ivf_pq" and count < IVF_PQ_MIN:
+    raise ConfigError(f"--index=ivf_pq trains its quantisers on the vectors: {count} are "
+                      f"too few ({IVF_PQ_MIN:,} or more); use --index=flat")
   n_shards = math.ceil(count / shard_size)
   mine = [k for k in range(n_shards) if k % jax.process_count() == jax.process_index()]
   shard_file = lambda k: os.path.join(out, "shards", f"{k:06d}.npy")
@@ -205,9 +209,6 @@ def _build_index(out: str, kind: str, dim: int) -> None:
     index = faiss.IndexFlatIP(dim)
     add = lambda v: index.add(np.ascontiguousarray(v, np.float32))
   else:
-    if n < 10000:
-      raise ConfigError(f"--index=ivf_pq trains its quantisers on the vectors: {n} are "
-                        "too few (10,000 or more); use --index=flat")
     nlist = max(1, min(4096, int(4 * math.sqrt(n))))
     m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8,

@@ -96,3 +96,29 @@ def test_jsonl_reads_its_field_and_names_a_bad_line(tmp_path):
   assert bad.returncode == 2
   assert "c.jsonl:1: no string field 'text' (set --text_field; the line has ['body', 'id'])" \
       in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["flat", "binary"])
+def test_an_index_is_built_beside_the_embeddings(tmp_path, kind):
+  faiss = pytest.importorskip("faiss")
+  texts = corpus(40)
+  (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
+  done = run(encode_args(tmp_path / "c.txt", tmp_path / "out", f"--index={kind}"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  vecs = np.load(tmp_path / "out" / "embeddings.npy")
+  path = str(tmp_path / "out" / "index.faiss")
+  if kind == "flat":
+    index = faiss.read_index(path)
+    _, found = index.search(vecs, 1)
+  else:
+    index = faiss.read_index_binary(path)
+    _, found = index.search(np.packbits(vecs > 0, axis=-1), 1)
+  assert index.ntotal == 40
+  # each vector finds itself (binary codes may tie: then an identical code)
+  hit = found[:, 0] == np.arange(40)
+  if kind == "binary":
+    codes = np.packbits(vecs > 0, axis=-1)
+    hit |= (codes[found[:, 0]] == codes).all(-1)
+  assert hit.all()
+  small = run(encode_args(tmp_path / "c.txt", tmp_path / "pq", "--index=ivf_pq"))
+  assert small.returncode == 2 and "--index=ivf_pq trains its quantisers" in small.stderr
