@@ -144,17 +144,6 @@ def _as_exit(weight, bias, hidden: int):
   return dim, centre.astype(np.float32), components.astype(np.float32)
 
 
-def _prefix_dense(sub: str, hidden: int):
-  """`_as_exit` of the one Dense module in folder `sub`, or a ModelLoadError."""
-  weight, bias = _dense_chain([sub], hidden)
-  exit_form = _as_exit(weight, bias, hidden)
-  if exit_form is None:
-    raise ModelLoadError(
-        f"{sub}: only a Dense module that keeps the first d coordinates (a Matryoshka "
-        "truncation, with a centred exit's bias and removed directions) is supported")
-  return exit_form
-
-
 def from_onnx(path: str, tokenizer: str, *, max_length: int = 128,
               pooling: str = "mean") -> EmbeddingModel:
   """A BERT exported to ONNX (weights read with the `onnx` package, run by jaxembed);

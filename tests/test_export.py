@@ -326,11 +326,15 @@ def _dense_folder(path, weight, bias=None):
 
 def test_dense_modules_read_back_as_an_exit(tmp_path):
   """A Dense module's W v + b is read as the first d coordinates of P (v - centre),
-  P = I - U^T U: the rebuilt exit gives the same outputs; other matrices are refused."""
-  from jaxembed.errors import ModelLoadError
-  from jaxembed.loaders import _prefix_dense
+  P = I - U^T U: the rebuilt exit gives the same outputs; other matrices are not read
+  as an exit (the loader makes them a head)."""
+  from jaxembed.loaders import _as_exit, _dense_chain
   rng = np.random.default_rng(0)
   hidden, d = 24, 10
+
+  def _prefix_dense(sub, width):
+    return _as_exit(*_dense_chain([sub], width), width)
+
   v = rng.normal(size=(5, hidden))
   # a plain truncation with a centred exit's bias
   b = rng.normal(size=d)
@@ -349,5 +353,5 @@ def test_dense_modules_read_back_as_an_exit(tmp_path):
   # the full width (no truncation) gives no default dim
   dim, _, u = _prefix_dense(_dense_folder(tmp_path / "c", p), hidden)
   assert dim is None and u.shape == (3, hidden)
-  with pytest.raises(ModelLoadError, match="only a Dense module"):
-    _prefix_dense(_dense_folder(tmp_path / "d", rng.normal(size=(d, hidden))), hidden)
+  assert _prefix_dense(_dense_folder(tmp_path / "d", rng.normal(size=(d, hidden))),
+                       hidden) is None
