@@ -142,6 +142,69 @@ class BatchEncoder:
     return out
 
 
+def _jit_tokens(module, method: str, mesh, rules):
+  def apply(p, ids, mask):
+    return module.apply({"params": p}, {"input_ids": ids, "attention_mask": mask},
+                        method=method)
+  if mesh is None:
+    return jax.jit(apply)
+  return shd.mesh_jit(apply, mesh, rules, out_shardings=shd.replicated(mesh))
+
+
+_cached_jit_tokens = functools.lru_cache(maxsize=8)(_jit_tokens)
+
+
+class TokenEncoder:
+  """Texts -> a list of float32 arrays [layers, tokens, width], each text's counted
+  tokens (queries: all `query_length`, expansion included; documents: without
+  padding and skipped tokens), longest texts first in batches padded to a power of
+  two (few compiled shapes)."""
+
+  def __init__(self, module, params, tokenizer, *, method: str = "encode_documents",
+               rules=()):
+    self.module, self.params, self.tokenizer = module, params, tokenizer
+    self.method, self.rules = method, tuple(rules)
+
+  @functools.cached_property
+  def _forward(self):
+    leaf = jax.tree.leaves(self.params)[0]
+    mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+    if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
+      mesh = None
+    jitted = _cached_jit_tokens(self.module, self.method, mesh, self.rules)
+    if mesh is None:
+      return lambda p, ids, mask: tuple(np.asarray(x) for x in jitted(p, ids, mask))
+    rep, split = shd.replicated(mesh), shd.batch_sharding(mesh)
+    n_split = shd.batch_shards(mesh)
+
+    def call(p, ids, mask):
+      sh = split if ids.shape[0] % n_split == 0 else rep
+      ids, mask = shd.host_to_global((ids, mask), sh)
+      return tuple(np.asarray(x.addressable_data(0)) for x in jitted(p, ids, mask))
+    return call
+
+  def __call__(self, texts: Sequence[str], *, batch_size: int = 64,
+               progress: str | None = None) -> list[np.ndarray]:
+    texts = list(texts)
+    out: list = [None] * len(texts)
+    order = np.argsort(-self.tokenizer.lengths(texts), kind="stable")
+    bar = tqdm.tqdm(total=len(texts), desc=progress, unit="text", disable=not progress,
+                    file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    for start in range(0, len(texts), batch_size):
+      idx = order[start:start + batch_size]
+      enc = self.tokenizer.encode([texts[i] for i in idx])
+      rows = len(idx)
+      padded = min(batch_size, 1 << (rows - 1).bit_length())
+      ids, mask = (np.pad(enc[k], ((0, padded - rows), (0, 0)))
+                   for k in ("input_ids", "attention_mask"))
+      vectors, counted = self._forward(self.params, ids, mask)
+      for r, i in enumerate(idx):
+        out[i] = np.ascontiguousarray(vectors[r][:, counted[r] > 0], np.float32)
+      bar.update(rows)
+    bar.close()
+    return out
+
+
 class EmbeddingModel:
   """A trained or pretrained text embedder: any (layer, dim) sub-model, one pass.
 
@@ -223,6 +286,43 @@ class EmbeddingModel:
         out.append(v)
     return out
 
+  @property
+  def multivector(self) -> bool:
+    """Whether this is a multi-vector (late-interaction) model: `encode_multivector`."""
+    return self.spec.architecture == "multivector"
+
+  def encode_multivector(self, texts: Sequence[str], *, is_query: bool = False,
+                         layer: int | None = None, dim: int | None = None,
+                         batch_size: int = 32) -> list[np.ndarray]:
+    """A multi-vector model's token vectors: per text a float32 array [tokens, dim],
+    rows L2-normalised, of the (layer, dim) cell (default: the exported one, else the
+    last layer at full width). Queries (`is_query`) are marked and expanded to the
+    model's query length ([MASK] tokens included); documents are marked and keep their
+    counted tokens (no padding, no skipped punctuation): what PyLate's
+    `encode(..., is_query=...)` returns for the exported folder."""
+    if not self.multivector:
+      raise ConfigError("encode_multivector needs a multi-vector model (trained with "
+                        "model.multivector.dim > 0); this one pools: use encode, or "
+                        "encode_tokens for its raw token states")
+    texts = _texts(texts, "encode_multivector")
+    width = self.module.dim
+    layer = _count(self.default_layer or self.num_layers if layer is None else layer,
+                   "layer", low=1, high=self.num_layers)
+    dim = _count(self.default_dim or width if dim is None else dim, "dim", low=1,
+                 high=width)
+    key = ("multivector", layer, is_query)
+    if key not in self._layer_encoders:
+      self._layer_encoders[key] = TokenEncoder(
+          self.module.up_to(layer), self.params, self.tokenizer,
+          method="encode_queries" if is_query else "encode_documents",
+          rules=self._encoder.rules)
+    out = []
+    for m in self._layer_encoders[key](texts, batch_size=_count(batch_size, "batch_size",
+                                                                 low=1)):
+      v = m[layer - 1, :, :dim]
+      out.append(v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12))
+    return out
+
   def _layer_encoder(self, layer: int) -> BatchEncoder:
     """The sub-model truncated to `layer`, computing only its first `layer` blocks."""
     if layer not in self._layer_encoders:
@@ -259,6 +359,9 @@ class EmbeddingModel:
     `quantize_embeddings`, calibrated on these vectors; bits packed per row) and
     `device` (checked, then the model runs where its parameters live).
     """
+    if self.multivector:
+      raise ConfigError("a multi-vector (late-interaction) model gives token vectors: "
+                        "use encode_multivector(texts, is_query=...)")
     single = isinstance(sentences, str)
     texts = [sentences] if single else sentences
     if output_value not in ("sentence_embedding", "token_embeddings"):

@@ -66,6 +66,16 @@ def base_config() -> ml_collections.ConfigDict:
       shared=False,                                  # text_text: one tower for both
       image_pooling="cls",                           # cls | map | mean
       embed_dim=64))
+  # model.multivector.dim > 0: a multi-vector (late-interaction, ColBERT) model: every
+  # token's vector at every layer, projected to `dim` and normalised, scored by MaxSim
+  # (loss.name='maxsim'; models/multivector.py). Queries get the marker query_prefix
+  # after [CLS] and are cut or padded to query_length tokens, the padding turned into
+  # [MASK] tokens that count (expand_queries; attended to with attend_to_expansion);
+  # documents get document_prefix and, with skip_punctuation, their punctuation tokens
+  # do not count. Markers are tokens of the vocabulary (BERT's [unused0]/[unused1]).
+  c.model.multivector = ml_collections.ConfigDict(dict(
+      dim=0, query_length=32, expand_queries=True, attend_to_expansion=False,
+      skip_punctuation=True, query_prefix="[unused0]", document_prefix="[unused1]"))
   c.model.vit = ml_collections.ConfigDict(dict(
       image_size=28, patch_size=4, num_channels=1, hidden_size=64, num_layers=4,
       num_heads=4, intermediate_size=128, layer_norm_eps=1e-12, hidden_dropout=0.0,

@@ -30,6 +30,7 @@ from jaxembed.models import weights
 from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.models.hf import flax_to_hf
 from jaxembed.models.loading import ST_LEGACY_POOLING, ST_POOLING_MODES
+from jaxembed.models.multivector import PROJECTION, PUNCTUATION
 from jaxembed.models.pooling import POOLERS
 from jaxembed.version import __version__
 from jaxembed.workdir import Workdir
@@ -40,21 +41,24 @@ ST_POOLING_MODE = {ours: theirs for theirs, ours in ST_POOLING_MODES.items()
                    if ours in POOLERS}
 ST_POOLING = {ST_POOLING_MODES[mode]: key for key, mode in ST_LEGACY_POOLING.items()
               if ST_POOLING_MODES[mode] in POOLERS}
-FORMATS = ("auto", "sentence-transformers", "flax")
+FORMATS = ("auto", "sentence-transformers", "pylate", "flax")
 
 
 def _check(model: EmbeddingModel, layer, dim):
+  width = model.module.dim if model.multivector else model.hidden_size
   layer = model.num_layers if layer is None else int(layer)
-  dim = model.hidden_size if dim is None else int(dim)
+  dim = width if dim is None else int(dim)
   if not 1 <= layer <= model.num_layers:
     raise ConfigError(f"--layer={layer} is out of range; valid: 1..{model.num_layers}")
-  if not 1 <= dim <= model.hidden_size:
-    raise ConfigError(f"--dim={dim} is out of range; valid: 1..{model.hidden_size}")
+  if not 1 <= dim <= width:
+    raise ConfigError(f"--dim={dim} is out of range; valid: 1..{width}")
   return layer, dim
 
 
 def sentence_transformers_reason(model: EmbeddingModel) -> str | None:
   """Why `model` cannot be a sentence-transformers folder (None if it can)."""
+  if model.multivector:
+    return "a multi-vector model gives token vectors: --format=pylate"
   problem = model.encoder_config.hf_export_problem()
   if problem:
     return problem
@@ -88,14 +92,9 @@ def _prepare(out: str):
   os.makedirs(out, exist_ok=True)
 
 
-def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
-                                 dim=None, card: dict | None = None) -> str:
-  reason = sentence_transformers_reason(model)
-  if reason:
-    raise ConfigError(f"cannot export as sentence-transformers: {reason}; use "
-                      "--format=flax")
-  layer, dim = _check(model, layer, dim)
-  _prepare(out)
+def _write_transformer(model: EmbeddingModel, out: str, layer: int):
+  """The encoder truncated to `layer` as sentence-transformers' Transformer module at
+  the folder's root (config.json, model.safetensors, tokenizer files); its config."""
   cfg = dataclasses.replace(model.encoder_config, num_layers=layer, scan_layers=False,
                             remat=False)
   params = weights.unscan_layout(jax_to_numpy({"encoder": model.params["encoder"]}),
@@ -115,6 +114,18 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
                   json.loads(tok.to_str())))
   _write_json(os.path.join(out, "sentence_bert_config.json"),
               {"max_seq_length": model.tokenizer.max_length, "do_lower_case": False})
+  return cfg
+
+
+def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
+                                 dim=None, card: dict | None = None) -> str:
+  reason = sentence_transformers_reason(model)
+  if reason:
+    raise ConfigError(f"cannot export as sentence-transformers: {reason}; use "
+                      "--format=flax")
+  layer, dim = _check(model, layer, dim)
+  _prepare(out)
+  cfg = _write_transformer(model, out, layer)
   # jaxembed attends to a query instruction but does not pool it (nor the [CLS] before
   # it): sentence-transformers' include_prompt=false drops the same prefix.
   # A model that pools its prompts (loaded from such a folder) keeps doing so.
@@ -155,6 +166,48 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   return out
 
 
+def export_pylate(model: EmbeddingModel, out: str, *, layer=None, dim=None,
+                  card: dict | None = None) -> str:
+  """A multi-vector model as a folder PyLate's `models.ColBERT` loads: the encoder
+  truncated to `layer` (sentence-transformers' Transformer module), the layer's
+  projection cut to `dim` outputs as PyLate's bias-free Dense module, and the markers,
+  lengths, expansion and skiplist in config_sentence_transformers.json. PyLate then
+  tokenizes, marks, expands and normalises as `encode_multivector` does."""
+  if not model.multivector:
+    raise ConfigError("--format=pylate writes multi-vector models; this one pools")
+  layer, dim = _check(model, layer, dim)
+  problem = model.encoder_config.hf_export_problem()
+  if problem:
+    raise ConfigError(f"cannot export as PyLate: {problem}; use --format=flax")
+  _prepare(out)
+  cfg = _write_transformer(model, out, layer)
+  mv = dict(model.spec.multivector)
+  kernel = np.asarray(model.params[PROJECTION])[layer - 1][:, :dim]
+  _write_json(os.path.join(out, "1_Dense", "config.json"), {
+      "in_features": cfg.hidden_size, "out_features": dim, "bias": False,
+      "activation_function": "torch.nn.modules.linear.Identity", "use_residual": False})
+  safetensors.numpy.save_file({"linear.weight": np.ascontiguousarray(kernel.T, np.float32)},
+                              os.path.join(out, "1_Dense", "model.safetensors"))
+  _write_json(os.path.join(out, "modules.json"), [
+      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+      {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}])
+  token = tokenizers.Tokenizer.from_str(model.tokenizer.to_json()).id_to_token
+  _write_json(os.path.join(out, "config_sentence_transformers.json"), {
+      "prompts": {"query": "", "document": ""}, "default_prompt_name": None,
+      "similarity_fn_name": "MaxSim",
+      "query_prefix": token(mv["query_prefix_id"]),
+      "document_prefix": token(mv["document_prefix_id"]),
+      "query_length": mv["query_length"],
+      # PyLate tokenizes a document to document_length - 1 tokens, then the marker.
+      "document_length": model.tokenizer.max_length + 1,
+      "attend_to_expansion_tokens": bool(mv["attend_to_expansion"]),
+      "skiplist_words": list(PUNCTUATION) if mv["skip_ids"] else [],
+      "do_query_expansion": bool(mv["expand_queries"])})
+  _readme(out, model, layer, dim, "pylate", card)
+  _usual_modes(out)
+  return out
+
+
 def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None,
                 card: dict | None = None) -> str:
   layer, dim = _check(model, layer, dim)
@@ -179,6 +232,8 @@ def export(model: EmbeddingModel, out: str, *, layer=None, dim=None,
   evaluation grid) goes into the folder's README.md, the model card."""
   if format not in FORMATS:
     raise ConfigError(f"--format={format!r}; valid values: {list(FORMATS)}")
+  if format == "pylate" or (format == "auto" and model.multivector):
+    return export_pylate(model, out, layer=layer, dim=dim, card=card)
   if format == "flax" or (format == "auto" and sentence_transformers_reason(model)):
     return export_flax(model, out, layer=layer, dim=dim, card=card)
   return export_sentence_transformers(model, out, layer=layer, dim=dim, card=card)
@@ -256,11 +311,19 @@ def _readme(out: str, model: EmbeddingModel, layer: int, dim: int, kind: str,
   parts = [f"# jaxembed model: layer {layer} of {model.num_layers}, dim {dim} of "
            f"{model.hidden_size}\n",
            f"Exported by jaxembed {__version__}" + (f" from {source}." if card else "."),
-           f"Pooling `{model.pooling}`, vectors "
-           f"{'L2-normalised' if model.default_normalize else 'not normalised'}, cosine "
-           f"similarity, at most {model.tokenizer.max_length} tokens.\n", "## Use\n"]
+           (f"One vector per token (late interaction), L2-normalised, scored by MaxSim, "
+            f"at most {model.tokenizer.max_length + 1} document tokens.\n"
+            if kind == "pylate" else
+            f"Pooling `{model.pooling}`, vectors "
+            f"{'L2-normalised' if model.default_normalize else 'not normalised'}, cosine "
+            f"similarity, at most {model.tokenizer.max_length} tokens.\n"), "## Use\n"]
   query = "query" in prompts
-  if kind == "sentence-transformers":
+  if kind == "pylate":
+    parts.append("```python\nfrom pylate import models\n"
+                 f"model = models.ColBERT({here!r})\n"
+                 "queries = model.encode(texts, is_query=True)   # [tokens, dim] each\n"
+                 "documents = model.encode(texts, is_query=False)\n```\n")
+  elif kind == "sentence-transformers":
     parts.append("```python\nfrom sentence_transformers import SentenceTransformer\n"
                  f"model = SentenceTransformer({here!r})\n"
                  + ("queries = model.encode(texts, prompt_name='query')\n" if query else "")

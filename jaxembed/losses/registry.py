@@ -22,6 +22,7 @@ import numpy as np
 from jaxembed.errors import ConfigError
 from jaxembed.losses.contrastive import (DIRECTIONS, contrastive_loss, mix_hard_negatives,
                                          multi_positive_pairs, sigmoid_loss)
+from jaxembed.losses import late_interaction
 from jaxembed.losses.distillation import multi_exit_self_distillation, teacher_distillation
 from jaxembed.losses.matryoshka import build_cells, matryoshka_loss, two_d_matryoshka_loss
 from jaxembed.losses.scored import angle_objective, cosent_loss
@@ -39,6 +40,9 @@ class Objective:
   # teacher): the train step may stop at the deepest cell's layer.
   cells_only: bool = False
   blockwise: bool = False     # has a blockwise (ring) form: loss.blockwise
+  # Scores token matrices (late interaction): q, d, negatives are (vectors [batch,
+  # layers, T, dim], mask [batch, T]) pairs from a multi-vector model.
+  multivector: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +76,14 @@ _REGISTRY: dict[str, Objective] = {}
 
 
 def register(name: str, *, learnable: bool = False, init_params=None, scored: bool = False,
-             grouped: bool = False, cells_only: bool = False, blockwise: bool = False):
+             grouped: bool = False, cells_only: bool = False, blockwise: bool = False,
+             multivector: bool = False):
   def wrap(build):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")
     _REGISTRY[name] = Objective(name, build, learnable,
                                 init_params or (_scale_params if learnable else None),
-                                scored, grouped, cells_only, blockwise)
+                                scored, grouped, cells_only, blockwise, multivector)
     return build
   return wrap
 
@@ -96,6 +101,11 @@ def grouped_names() -> tuple[str, ...]:
   """The objectives that take several positives per query from the batch's groups
   (same-group pairs are positives of each other)."""
   return tuple(n for n, o in _REGISTRY.items() if o.grouped)
+
+
+def multivector_names() -> tuple[str, ...]:
+  """The objectives that score token matrices (a multi-vector model's output)."""
+  return tuple(n for n, o in _REGISTRY.items() if o.multivector)
 
 
 def _scale_params(cfg) -> dict:
@@ -160,6 +170,10 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
     raise ConfigError(f"loss.in_batch_negatives=False works with loss.name='contrastive' "
                       f"(each query against its own hard negatives), not {cfg.name!r}")
   init_loss_params(cfg)  # checks the learnable-temperature settings
+  if objective.multivector and distill_settings(cfg) is not None:
+    raise ConfigError(f"loss.name={cfg.name!r} scores token vectors; loss.distill "
+                      "distils pooled vectors: set loss.distill.weight and "
+                      "anchor_weight to 0")
   ctx = BuildContext(cells=cells, layer_index={l: l - 1 for l in range(1, num_layers + 1)},
                      num_layers=num_layers, hidden=hidden, mesh=mesh)
   fn = objective.build(cfg, ctx)
@@ -425,6 +439,36 @@ def _self_distillation(cfg, ctx: BuildContext):
         distill_weight=cfg.kl_weight or 1.0, temperature=cfg.kl_temperature,
         negatives=negatives)
     return loss, _named(parts)
+  return fn
+
+
+@register("maxsim", cells_only=True, blockwise=True, multivector=True)
+def _maxsim(cfg, ctx: BuildContext):
+  """Late interaction: InfoNCE over scale * MaxSim of token vectors (ColBERT, PyLate's
+  Contrastive loss; scale 1 is ColBERT's unscaled score), in-batch and hard negatives,
+  per Matryoshka (layer, token dim) cell; loss.blockwise: the ring form, candidates'
+  token matrices passed around the data-parallel devices, never all gathered."""
+  if cfg.kl_weight or cfg.symmetric:
+    raise ConfigError("loss.name='maxsim' ranks documents for queries: loss.kl_weight "
+                      "and loss.symmetric must be 0 / False")
+
+  def fn(q, d, negatives=None, *, rng=None, scale=None, bias=None):
+    del rng, bias
+    s = cfg.scale if scale is None else scale
+    parts = {}
+    for cell in ctx.cells:
+      i = ctx.layer_index[cell.layer]
+      cut = lambda x: late_interaction.cell_vectors(x, i, cell.dim)  # noqa: E731
+      negs = () if negatives is None else (cut(negatives[0]), negatives[1])
+      if cfg.blockwise:
+        parts[cell.name] = late_interaction.ring_maxsim_info_nce(
+            cut(q[0]), q[1], cut(d[0]), d[1], *negs, mesh=ctx.mesh, scale=s,
+            chunk=cfg.blockwise_chunk)
+      else:
+        parts[cell.name] = late_interaction.maxsim_info_nce(
+            cut(q[0]), q[1], cut(d[0]), d[1], *negs, scale=s)
+    total = sum(c.weight for c in ctx.cells)
+    return sum(c.weight / total * parts[c.name] for c in ctx.cells), _named(parts)
   return fn
 
 

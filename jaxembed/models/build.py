@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import tokenizers
 
 from jaxembed.errors import ConfigError
 from jaxembed.models.bert import BertConfig
@@ -20,6 +21,7 @@ from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.embedder import Embedder
 from jaxembed.models import lora
 from jaxembed.models.loading import ModelFolder
+from jaxembed.models.multivector import MultiVectorEmbedder, multivector_fields, special_ids
 from jaxembed.models.pooling import TRAINABLE, check_pooling
 from jaxembed.models.spec import ModelSpec
 from jaxembed.models.two_tower import TOWERS, TwoTower
@@ -125,10 +127,15 @@ def _decoder_config(config, folder) -> DecoderConfig:
                                                          config.data.seq_len)})
 
 
-def build_model(config: ml_collections.ConfigDict, text_config):
-  """The model a run trains: an Embedder over `text_config`, or a TwoTower when
-  model.encoder='two_tower'. Both implement the interface in `models/embedder.py`."""
+def build_model(config: ml_collections.ConfigDict, text_config, folder=None):
+  """The model a run trains: an Embedder over `text_config`, a TwoTower when
+  model.encoder='two_tower', a MultiVectorEmbedder when model.multivector.dim > 0 (its
+  special tokens read from `folder`'s tokenizer). Each implements the interface in
+  `models/embedder.py`."""
   m = config.model
+  mv = m.get("multivector")
+  if mv is not None and mv.dim:
+    return _multivector_model(config, text_config, folder)
   if m.encoder != "two_tower":
     return Embedder(text_config, pooling=m.pooling, pool_heads=m.pool_heads,
                     pool_latents=m.pool_latents, centred_exits=bool(m.centred_exits),
@@ -144,8 +151,31 @@ def build_model(config: ml_collections.ConfigDict, text_config):
                   pool_latents=m.pool_latents)
 
 
+def _multivector_model(config, text_config, folder):
+  mv = config.model.multivector
+  for name in ("dim", "query_length"):
+    value = mv[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ConfigError(f"model.multivector.{name}={value!r} must be an integer >= 1")
+  if config.model.encoder != "bert" or config.model.centred_exits:
+    raise ConfigError("model.multivector works with model.encoder='bert' and without "
+                      f"model.centred_exits, not encoder={config.model.encoder!r}, "
+                      f"centred_exits={config.model.centred_exits}")
+  if folder is None:
+    raise ValueError("a multi-vector model needs its folder's tokenizer")
+  tok = tokenizers.Tokenizer.from_file(folder.tokenizer)
+  ids = special_ids(tok, query_prefix=mv.query_prefix, document_prefix=mv.document_prefix,
+                    skip_punctuation=bool(mv.skip_punctuation))
+  return MultiVectorEmbedder(text_config, dim=mv.dim, query_length=mv.query_length,
+                             expand_queries=bool(mv.expand_queries),
+                             attend_to_expansion=bool(mv.attend_to_expansion), **ids)
+
+
 def model_from_spec(spec: ModelSpec) -> Embedder:
-  """The single-tower embedder a saved model describes."""
+  """The single-tower embedder a saved model describes (a MultiVectorEmbedder for
+  architecture 'multivector')."""
+  if spec.architecture == "multivector":
+    return MultiVectorEmbedder(spec.encoder, **dict(spec.multivector))
   return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
                   pool_latents=spec.pool_latents, centred_exits=spec.centred_exits,
                   exit_components=spec.exit_components, head=spec.head)
@@ -165,7 +195,9 @@ def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
       max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
       padding_side=config.data.padding_side, normalize=True,
       query_instruction=config.data.query_instruction,
-      architecture="two_tower" if config.model.encoder == "two_tower" else "embedder")
+      architecture=("multivector" if model.multivector else
+                    "two_tower" if config.model.encoder == "two_tower" else "embedder"),
+      multivector=multivector_fields(model) if model.multivector else ())
 
 
 def abstract_boxed_params(model):

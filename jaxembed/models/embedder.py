@@ -20,7 +20,8 @@ model they hold:
   `supports_packing` (packed training batches: data/packing.py),
   `supports_early_exit` (a train step computing only the layers its loss reads);
   `centred_exits`, `exit_components`: the exits' statistics the params hold
-  (train/centring.py; False and 0 for a model without them).
+  (train/centring.py; False and 0 for a model without them); `multivector`: whether
+  it gives token matrices instead of pooled vectors (models/multivector.py).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class Embedder(nn.Module):
   supports_hard_negatives = True
   supports_grad_cache = True
   supports_early_exit = True     # the train step may stop at the deepest layer it reads
+  multivector = False            # pooled vectors, not token matrices
   pretrained_paths = (("encoder",),)
 
   @nn.compact

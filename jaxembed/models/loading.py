@@ -232,6 +232,11 @@ def read_st_modules(folder: str) -> dict:
   found, last = {}, -1
   for i, m in enumerate(entries):
     kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+    if str(m.get("type", "")).startswith("pylate."):
+      raise ModelLoadError(f"{path}: module {i} ({m.get('type')!r}) makes this a PyLate "
+                           "multi-vector folder; jaxembed.load reads multi-vector models "
+                           "from their workdir or a --format=flax export, not from PyLate "
+                           "folders (yet)")
     if kind not in ST_MODULES:
       raise ModelLoadError(f"{path}: module {i} ({m.get('type')!r}) is not one jaxembed "
                            f"implements ({', '.join(ST_MODULES)}); loading without it "

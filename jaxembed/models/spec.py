@@ -17,7 +17,7 @@ from jaxembed.models.embedder import ENCODER_CONFIGS, encoder_config
 
 FILENAME = "jaxembed.json"
 FORMAT = "jaxembed-flax-v1"
-ARCHITECTURES = ("embedder", "two_tower")
+ARCHITECTURES = ("embedder", "two_tower", "multivector")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +42,18 @@ class ModelSpec:
   include_prompt: bool = False
   default_prompt_name: str | None = None
   head: bool = False                   # params hold 'head' (Embedder.head)
+  # architecture 'multivector': MultiVectorEmbedder's fields (dim, query_length, the
+  # marker, [MASK] and skipped token ids, ...), as sorted (name, value) items.
+  multivector: tuple = ()
   head_width: int = 0                  # the head's real output rows (0: all): dims above refused
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d.update(format=FORMAT, encoder=type(self.encoder).__name__,
-             encoder_config=dataclasses.asdict(self.encoder), prompts=dict(self.prompts))
+             encoder_config=dataclasses.asdict(self.encoder), prompts=dict(self.prompts),
+             multivector=dict(self.multivector))
+    if not self.multivector:   # a single-vector spec reads as before
+      d.pop("multivector")
     return d
 
   def to_json(self) -> str:
@@ -71,6 +77,11 @@ class ModelSpec:
     if d.get("architecture", "embedder") not in ARCHITECTURES:
       raise ModelLoadError(f"{source}: architecture={d['architecture']!r}; valid: "
                            f"{list(ARCHITECTURES)}")
+    mv = d.pop("multivector", {}) or {}
+    if not isinstance(mv, dict):
+      raise ModelLoadError(f"{source}: multivector={mv!r} must be an object")
+    d["multivector"] = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                    for k, v in mv.items()))
     prompts = d.pop("prompts", {})
     if not isinstance(prompts, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):

@@ -91,6 +91,7 @@ class TwoTower(nn.Module):
   supports_grad_cache = False
   supports_packing = False
   supports_early_exit = False    # one output "layer": nothing to stop early at
+  multivector = False            # pooled vectors
   centred_exits = False         # (model.centred_exits is for a single tower)
   exit_components = 0
 

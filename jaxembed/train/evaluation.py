@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from jaxembed import sharding as shd
-from jaxembed.api import BatchEncoder
-from jaxembed.evals import grid as grid_eval
+from jaxembed.api import BatchEncoder, TokenEncoder
+from jaxembed.evals import grid as grid_eval, late_interaction
 from jaxembed.evals.tasks import ZeroShotTask
 
 
@@ -49,11 +49,29 @@ def _image_encoder(run, params):
   return encode
 
 
+def _evaluate_multivector(run, params, label: str) -> list[dict]:
+  """A multi-vector model's grid: exhaustive MaxSim on the retrieval tasks."""
+  model = run.model.up_to(max(run.config.eval.layers))
+  batch = run.config.eval.batch_size
+
+  def encoder(method, what):
+    encode = TokenEncoder(model, params, run.eval_tokenizer,
+                                           method=method, rules=run.rules)
+    return functools.partial(encode, batch_size=batch, progress=f"eval {what} ({label})")
+  return late_interaction.evaluate_grid(
+      encoder("encode_queries", "queries"), encoder("encode_documents", "documents"),
+      run.eval_tasks, run.config.eval.layers, run.config.eval.dims)
+
+
 def evaluate(run, params, label: str) -> list[dict]:
   """One row per (layer, dim) cell of the eval grid: {'layer', 'dim', '<task>/<metric>'}."""
   params = run.view.merged(params)
   t0 = time.time()
   e = run.config.eval
+  if run.model.multivector:
+    rows = _evaluate_multivector(run, params, label)
+    logging.info("eval (%s) took %.1fs", label, time.time() - t0)
+    return rows
   documents = _text_encoder(run, params, "encode_documents")
   zero_shot = [t for t in run.eval_tasks if isinstance(t, ZeroShotTask)]
   grid_tasks = [t for t in run.eval_tasks if not isinstance(t, ZeroShotTask)]

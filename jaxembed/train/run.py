@@ -139,6 +139,7 @@ def check_train_config(config: ml_collections.ConfigDict, model, mesh) -> None:
                       f"{jax.process_count()} processes")
   check_scored(config)
   check_grouped(config)
+  check_multivector(config, model)
   check_packing(config, model, n_batch_shards)
   mini = config.train.grad_cache_minibatch
   if mini and (batch % mini or mini % n_batch_shards):
@@ -195,6 +196,21 @@ def check_scored(config) -> None:
                       f"{list(registry.scored_names())}")
 
 
+def check_multivector(config, model) -> None:
+  """A multi-vector model's token matrices need an objective that scores them, and
+  only a multi-vector model gives them; GradCache and teachers pool vectors."""
+  scores_tokens = config.loss.name in registry.multivector_names()
+  if model.multivector != scores_tokens:
+    raise ConfigError(
+        f"loss.name={config.loss.name!r} with model.multivector.dim="
+        f"{config.model.multivector.dim}: token vectors (dim > 0) are trained with "
+        f"loss.name in {list(registry.multivector_names())}, pooled vectors (dim 0) with "
+        "the others")
+  if scores_tokens and config.train.grad_cache_minibatch:
+    raise ConfigError("train.grad_cache_minibatch caches pooled vectors; a multi-vector "
+                      "model trains without it")
+
+
 def check_grouped(config) -> None:
   """Batches that repeat a class need an objective that reads the classes."""
   single = sources.unmixed(config.data)
@@ -216,7 +232,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   build.check_model_config(config)
   folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
   text_config = build.text_encoder_config(config, folder)
-  model = build.build_model(config, text_config)
+  model = build.build_model(config, text_config, folder)
   build_cells("grid", num_layers=model.output_layers, hidden=model.output_width,
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
   mesh = shd.make_mesh(dict(config.mesh), devices)
