@@ -232,6 +232,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.beir_split = "test"
   c.eval.sts_files = ()                              # sentence1, sentence2, score files
   c.eval.images = 1000                               # Fashion-MNIST test images (zero-shot)
+  # Which half of every retrieval set's queries to score (evals/splits.py): all | dev
+  # (choosing: recipes, learning rates, checkpoints) | test (reporting what was chosen).
+  # The corpus is searched whole from either half.
+  c.eval.split = "all"
+  c.eval.split_seed = 0
 
   # Training stages, run in order (NV-Embed's two-stage tuning, KaLM's pre-training
   # then fine-tuning): a tuple of dicts of dotted config fields to set for that stage,

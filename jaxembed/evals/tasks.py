@@ -89,6 +89,15 @@ class RetrievalTask:
         relevance[i, col[d]] = max(rel, 0)
     return cls(name, [queries[q] for q in qids], [corpus[d] for d in dids], relevance, k)
 
+  def with_queries(self, keep) -> "RetrievalTask":
+    """The task with only the queries `keep(text)` accepts (a dev or test half), the
+    corpus searched whole."""
+    rows = [i for i, q in enumerate(self.queries) if keep(q)]
+    if len(rows) == len(self.queries):
+      return self
+    return dataclasses.replace(self, queries=[self.queries[i] for i in rows],
+                               relevance=self.relevance[rows])
+
   def score(self, vecs: np.ndarray) -> dict[str, float]:
     q = vecs[:len(self.queries)]
     d = vecs[len(self.queries):]

@@ -15,6 +15,7 @@ from jaxembed.errors import ConfigError
 from jaxembed.losses.registry import distill_settings
 from jaxembed.train.centring import centring_sample
 from jaxembed.workdir import file_fingerprint
+from jaxembed.evals import splits
 from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalTask,
                                   STSTask)
 from jaxembed.train import sources
@@ -203,10 +204,16 @@ def build_eval_tasks(config, wordnet_builder, training_sources=()) -> list:
   out-of-domain sets kept apart from `training_sources`, and the user's own (a BEIR
   folder, STS files), all scored on the same grid."""
   e = config.eval
+  split, seed = e.get("split", "all"), e.get("split_seed", 0)
+  if split not in splits.SPLITS:
+    raise ConfigError(f"eval.split={split!r}; valid values: {list(splits.SPLITS)}")
+
+  def half(task):      # eval.split's queries of the task; its corpus is kept whole
+    return task.with_queries(lambda q: splits.keep(q, task.name, split, seed))
   tasks = []
   if e.wordnet_queries:
     test = pipeline.as_numpy_records(wordnet_builder.as_data_source("test"))
-    tasks.append(RetrievalTask.from_pairs("wordnet", test, e.wordnet_queries))
+    tasks.append(half(RetrievalTask.from_pairs("wordnet", test, e.wordnet_queries)))
   if e.lee:
     docs, pairs = packaged.load_lee()
     tasks.append(STSTask.from_pairs("lee", docs, pairs))
@@ -225,12 +232,12 @@ def build_eval_tasks(config, wordnet_builder, training_sources=()) -> list:
   trained = training_texts(training_sources) if e.ood else set()
   for name in e.ood:
     rows = ood_pairs(name, config, trained)
-    tasks.append(RetrievalTask.from_pairs(name, rows, e.ood_queries or None))
+    tasks.append(half(RetrievalTask.from_pairs(name, rows, e.ood_queries or None)))
   if e.beir_dir:
     queries, corpus, qrels = readers.read_beir(os.path.expanduser(e.beir_dir), e.beir_split,
                                                on_error=config.data.on_error,
                                                field="eval.beir_dir")
-    tasks.append(RetrievalTask.from_qrels("beir", queries, corpus, qrels))
+    tasks.append(half(RetrievalTask.from_qrels("beir", queries, corpus, qrels)))
   for path in e.sts_files:
     rows, _ = readers.read_scored_pairs(os.path.expanduser(path),
                                         on_error=config.data.on_error)
