@@ -73,9 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
   # [MASK] tokens that count (expand_queries; attended to with attend_to_expansion);
   # documents get document_prefix and, with skip_punctuation, their punctuation tokens
   # do not count. Markers are tokens of the vocabulary (BERT's [unused0]/[unused1]).
+  # CRISP (clustering in training) and its baselines: query_reduce / doc_reduce =
+  # none | kmeans (query_vectors / doc_vectors centroids per text, kmeans_iterations
+  # Lloyd steps in the forward pass) | tail (the last k tokens) | spacing (k tokens
+  # evenly spaced).
   c.model.multivector = ml_collections.ConfigDict(dict(
       dim=0, query_length=32, expand_queries=True, attend_to_expansion=False,
-      skip_punctuation=True, query_prefix="[unused0]", document_prefix="[unused1]"))
+      skip_punctuation=True, query_prefix="[unused0]", document_prefix="[unused1]",
+      query_reduce="none", query_vectors=0, doc_reduce="none", doc_vectors=0,
+      kmeans_iterations=5))
   c.model.vit = ml_collections.ConfigDict(dict(
       image_size=28, patch_size=4, num_channels=1, hidden_size=64, num_layers=4,
       num_heads=4, intermediate_size=128, layer_norm_eps=1e-12, hidden_dropout=0.0,

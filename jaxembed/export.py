@@ -166,6 +166,15 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
   return out
 
 
+def pylate_reason(model: EmbeddingModel) -> str | None:
+  """Why a multi-vector `model` cannot be a PyLate folder (None if it can)."""
+  mv = dict(model.spec.multivector)
+  if mv.get("query_reduce", "none") != "none" or mv.get("doc_reduce", "none") != "none":
+    return ("its token vectors are reduced in the forward pass (CRISP's k-means, tail "
+            "or spacing), which PyLate does not do")
+  return model.encoder_config.hf_export_problem()
+
+
 def export_pylate(model: EmbeddingModel, out: str, *, layer=None, dim=None,
                   card: dict | None = None) -> str:
   """A multi-vector model as a folder PyLate's `models.ColBERT` loads: the encoder
@@ -176,12 +185,12 @@ def export_pylate(model: EmbeddingModel, out: str, *, layer=None, dim=None,
   if not model.multivector:
     raise ConfigError("--format=pylate writes multi-vector models; this one pools")
   layer, dim = _check(model, layer, dim)
-  problem = model.encoder_config.hf_export_problem()
+  problem = pylate_reason(model)
   if problem:
     raise ConfigError(f"cannot export as PyLate: {problem}; use --format=flax")
+  mv = dict(model.spec.multivector)
   _prepare(out)
   cfg = _write_transformer(model, out, layer)
-  mv = dict(model.spec.multivector)
   kernel = np.asarray(model.params[PROJECTION])[layer - 1][:, :dim]
   _write_json(os.path.join(out, "1_Dense", "config.json"), {
       "in_features": cfg.hidden_size, "out_features": dim, "bias": False,
@@ -227,12 +236,14 @@ def export_flax(model: EmbeddingModel, out: str, *, layer=None, dim=None,
 
 def export(model: EmbeddingModel, out: str, *, layer=None, dim=None,
            format: str = "auto", card: dict | None = None) -> str:
-  """format: auto (sentence-transformers when possible, else flax) |
-  sentence-transformers | flax. `card` (`workdir_card(workdir)`: the run's config and
-  evaluation grid) goes into the folder's README.md, the model card."""
+  """format: auto (sentence-transformers for a pooling model and PyLate for a
+  multi-vector one when possible, else flax) | sentence-transformers | pylate | flax.
+  `card` (`workdir_card(workdir)`: the run's config and evaluation grid) goes into the
+  folder's README.md, the model card."""
   if format not in FORMATS:
     raise ConfigError(f"--format={format!r}; valid values: {list(FORMATS)}")
-  if format == "pylate" or (format == "auto" and model.multivector):
+  if format == "pylate" or (format == "auto" and model.multivector
+                            and not pylate_reason(model)):
     return export_pylate(model, out, layer=layer, dim=dim, card=card)
   if format == "flax" or (format == "auto" and sentence_transformers_reason(model)):
     return export_flax(model, out, layer=layer, dim=dim, card=card)

@@ -133,3 +133,24 @@ def test_mismatched_settings_are_refused_by_name(overrides, message, tfds_dir):
   config.data.tfds_dir = tfds_dir
   with pytest.raises(ConfigError, match=message):
     setup(config, "/nonexistent")
+
+
+def test_crisp_smoke_trains_and_exports_as_flax(tmp_path):
+  """Clustered in the forward pass: 2 query and 4 document centroids per text; PyLate
+  cannot reproduce that, so auto exports Flax and --format=pylate is refused."""
+  import jaxembed
+  from jaxembed.export import export
+  workdir = tmp_path / "run"
+  done = run_train(["--config=configs/colbert_minilm.py:smoke,crisp=2:4",
+                    f"--workdir={workdir}", "--config.eval.before=False"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  model = jaxembed.load(str(workdir))
+  docs = model.encode_multivector(["a dog barks loudly at night", "hi"])
+  assert [d.shape for d in docs] == [(4, 16), (4, 16)]   # "hi": [CLS] [D] hi [SEP]
+  assert model.encode_multivector(["what barks"], is_query=True)[0].shape == (2, 16)
+  with pytest.raises(ConfigError, match="k-means"):
+    export(model, str(tmp_path / "pylate"), format="pylate")
+  out = export(model, str(tmp_path / "flax"))
+  again = jaxembed.load(out)
+  np.testing.assert_allclose(again.encode_multivector(["a dog barks loudly at night"])[0],
+                             docs[0], atol=1e-6)

@@ -6,7 +6,8 @@ r"""Exports a trained model, optionally truncated to one (layer, dim) sub-model.
 BERT-family models with a parameter-free pooling become a sentence-transformers
 folder (`SentenceTransformer("exported/l4_d128")` loads it as-is); decoder LLMs and
 trainable poolers become a Flax folder that `jaxembed.load` reads (--format=flax forces
-it for any model). The folder's README.md is a model card: the query prompt, the
+it for any model); multi-vector (late-interaction) models become a PyLate folder
+(`pylate.models.ColBERT("exported/...")`). The folder's README.md is a model card: the query prompt, the
 exported cell's evaluation scores before and after training, and the run's config.
 """
 
@@ -30,8 +31,9 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "folder to write (must not exist or be empty)")
   flags.DEFINE_integer("layer", None, "keep the first LAYER blocks (default: all)")
   flags.DEFINE_integer("dim", None, "keep the first DIM coordinates (default: all)")
-  flags.DEFINE_enum("format", "auto", ["auto", "sentence-transformers", "flax"],
-                    "auto: sentence-transformers when the model allows it, else flax")
+  flags.DEFINE_enum("format", "auto", ["auto", "sentence-transformers", "pylate", "flax"],
+                    "auto: sentence-transformers (pooled vectors) or PyLate (token "
+                    "vectors) when the model allows it, else flax")
   flags.mark_flags_as_required(["workdir", "out"])
 
 

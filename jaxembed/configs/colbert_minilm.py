@@ -15,16 +15,21 @@ Arguments (comma-separated after the file name):
   smoke               a tiny random model, seconds (tests)
   matryoshka          token vectors trained at every (layer, token dim) cell of layers
                       {2, 4, 6} x dims {32, 64, 128} from one pass
+  crisp=Q:D           CRISP: each query's tokens clustered into Q and each document's
+                      into D centroids by k-means in the forward pass (5 Lloyd steps),
+                      trained through; e.g. crisp=4:8
   accelerator         2,000 steps of 256 pairs, the full evaluation sets
 """
 
 from jaxembed.configs import common
 
-VARIANTS = ("matryoshka", "smoke,matryoshka", "accelerator")
+VARIANTS = ("matryoshka", "smoke,matryoshka", "accelerator", "crisp=4:8",
+            "smoke,crisp=2:4")
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, matryoshka=False, accelerator=False)
+  args = common.parse_arg(arg, smoke=False, matryoshka=False, accelerator=False,
+                          crisp="")
   c = common.base_config()
   if args.smoke:
     c = common.smoke(c)
@@ -36,6 +41,11 @@ def get_config(arg=None):
   c.loss.matryoshka.mode = "none"
   dims = (4, 8, 16) if args.smoke else (32, 64, 128)
   layers = (1, 2) if args.smoke else (2, 4, 6)
+  if args.crisp:
+    q, d = (int(x) for x in args.crisp.split(":"))
+    mv = c.model.multivector
+    mv.query_reduce, mv.query_vectors = ("kmeans", q) if q else ("none", 0)
+    mv.doc_reduce, mv.doc_vectors = ("kmeans", d) if d else ("none", 0)
   if args.matryoshka:
     c.loss.matryoshka.mode = "grid"
     c.loss.matryoshka.layers, c.loss.matryoshka.dims = layers, dims

@@ -20,6 +20,7 @@ arms with a 95% bootstrap interval, and a verdict by a rule stated before the ru
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -95,3 +96,24 @@ def verdict(interval: Interval, direction: int, paper_effect: float | None = Non
   elif high < 0:
     return "contradicted"
   return "inconclusive"
+
+
+# A verdict row of a results table: "| name | claim | Δ | [low, high] | verdict |", the
+# claim "> 0", "< 0" or "> 0, paper +x.x"; tests/test_results_tables.py parses every
+# such row of RESULTS.md and applies the rule to it again.
+ROW = re.compile(r"^\| (?P<name>[^|]+) \| (?P<sign>[<>]) 0(, paper (?P<effect>[+-][\d.]+))? "
+                 r"\| (?P<mean>[+-][\d.]+) \| \[(?P<low>[+-][\d.]+), (?P<high>[+-][\d.]+)\] "
+                 r"\| (?P<verdict>reproduced|contradicted|inconclusive) \|$", re.M)
+
+
+def verdict_row(name: str, interval: Interval, direction: int,
+                paper_effect: float | None = None, scale: float = 1.0) -> str:
+  """The row, numbers times `scale` to one decimal, the verdict computed on the rounded
+  numbers so that a reader (and the test) applying the rule to the row gets it."""
+  r = lambda x: round(scale * x, 1)  # noqa: E731
+  shown = Interval(r(interval.mean), r(interval.low), r(interval.high))
+  effect = None if paper_effect is None else r(paper_effect)
+  claim = (">" if direction > 0 else "<") + " 0" + (
+      "" if effect is None else f", paper {effect:+.1f}")
+  return (f"| {name} | {claim} | {shown.mean:+.1f} | [{shown.low:+.1f}, {shown.high:+.1f}] "
+          f"| {verdict(shown, direction, effect)} |")

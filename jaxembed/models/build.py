@@ -21,7 +21,8 @@ from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.embedder import Embedder
 from jaxembed.models import lora
 from jaxembed.models.loading import ModelFolder
-from jaxembed.models.multivector import MultiVectorEmbedder, multivector_fields, special_ids
+from jaxembed.models.multivector import (REDUCTIONS, MultiVectorEmbedder, multivector_fields,
+                                         special_ids)
 from jaxembed.models.pooling import TRAINABLE, check_pooling
 from jaxembed.models.spec import ModelSpec
 from jaxembed.models.two_tower import TOWERS, TwoTower
@@ -153,10 +154,21 @@ def build_model(config: ml_collections.ConfigDict, text_config, folder=None):
 
 def _multivector_model(config, text_config, folder):
   mv = config.model.multivector
-  for name in ("dim", "query_length"):
-    value = mv[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ConfigError(f"model.multivector.{name}={value!r} must be an integer >= 1")
+  for name, low in (("dim", 1), ("query_length", 1), ("query_vectors", 0),
+                    ("doc_vectors", 0), ("kmeans_iterations", 0)):
+    value = mv.get(name, low)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(f"model.multivector.{name}={value!r} must be an integer >= {low}")
+  reduce = {}
+  for side in ("query", "doc"):
+    how, k = mv.get(f"{side}_reduce", "none"), mv.get(f"{side}_vectors", 0)
+    if how not in REDUCTIONS:
+      raise ConfigError(f"model.multivector.{side}_reduce={how!r}; valid values: "
+                        f"{list(REDUCTIONS)}")
+    if (how == "none") != (k == 0):
+      raise ConfigError(f"model.multivector.{side}_reduce={how!r} with {side}_vectors={k}:"
+                        f" a reduction needs a number of vectors > 0, 'none' needs 0")
+    reduce.update({f"{side}_reduce": how, f"{side}_vectors": k})
   if config.model.encoder != "bert" or config.model.centred_exits:
     raise ConfigError("model.multivector works with model.encoder='bert' and without "
                       f"model.centred_exits, not encoder={config.model.encoder!r}, "
@@ -168,7 +180,9 @@ def _multivector_model(config, text_config, folder):
                     skip_punctuation=bool(mv.skip_punctuation))
   return MultiVectorEmbedder(text_config, dim=mv.dim, query_length=mv.query_length,
                              expand_queries=bool(mv.expand_queries),
-                             attend_to_expansion=bool(mv.attend_to_expansion), **ids)
+                             attend_to_expansion=bool(mv.attend_to_expansion),
+                             kmeans_iterations=mv.get("kmeans_iterations", 5), **reduce,
+                             **ids)
 
 
 def model_from_spec(spec: ModelSpec) -> Embedder:

@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError
@@ -67,6 +68,15 @@ class MultiVectorEmbedder(nn.Module):
   expand_queries: bool = True
   attend_to_expansion: bool = False
   skip_ids: tuple[int, ...] = ()
+  # Fewer vectors per text (CRISP, Veneroso et al. 2025, and its baselines): 'none',
+  # 'kmeans' (k-means of the text's counted tokens into query_vectors / doc_vectors
+  # centroids, in the forward pass: trained through, or applied after training),
+  # 'tail' (its last k counted tokens) or 'spacing' (k counted tokens evenly spaced).
+  query_reduce: str = "none"
+  query_vectors: int = 0
+  doc_reduce: str = "none"
+  doc_vectors: int = 0
+  kmeans_iterations: int = 5
 
   query_modality = "text"
   symmetric = False                      # queries and documents are marked differently
@@ -149,7 +159,10 @@ class MultiVectorEmbedder(nn.Module):
         jnp.float32)[:len(self.exits)]
     states = jnp.stack([hidden[l] for l in self.exits], axis=1).astype(jnp.float32)
     vectors = l2_normalize(jnp.einsum("bltw,lwd->bltd", states, kernel))
-    return vectors, counted.astype(jnp.float32)
+    counted = counted.astype(jnp.float32)
+    how, k = (self.query_reduce, self.query_vectors) if is_query else (
+        self.doc_reduce, self.doc_vectors)
+    return reduce_tokens(vectors, counted, how, k, iterations=self.kmeans_iterations)
 
   # ------------------------------------------------------------------ interface
 
@@ -217,5 +230,72 @@ def special_ids(tokenizer, *, query_prefix: str, document_prefix: str,
 def multivector_fields(model: MultiVectorEmbedder) -> tuple:
   """The fields a saved model records (ModelSpec.multivector), sorted (name, value)."""
   names = ("dim", "query_prefix_id", "document_prefix_id", "mask_id", "query_length",
-           "expand_queries", "attend_to_expansion", "skip_ids")
+           "expand_queries", "attend_to_expansion", "skip_ids", "query_reduce",
+           "query_vectors", "doc_reduce", "doc_vectors", "kmeans_iterations")
   return tuple(sorted((n, getattr(model, n)) for n in names))
+
+
+REDUCTIONS = ("none", "kmeans", "tail", "spacing")
+
+
+def _positions(counted, k: int):
+  """[batch, k] indices of k counted tokens evenly spaced over each text (in order;
+  counted tokens are contiguous but for skipped punctuation, so the j-th of k is the
+  counted token numbered floor(j * n / k)), and [batch, k] whether that slot exists
+  (a text with fewer than k counted tokens fills only n slots)."""
+  n = jnp.sum(counted, axis=-1).astype(jnp.int32)                 # [batch]
+  rank = jnp.cumsum(counted, axis=-1).astype(jnp.int32) - 1        # counted token's number
+  j = jnp.arange(k)
+  # the j-th of n >= k counted tokens spread evenly; with n < k, the first n slots
+  # hold each token once and the rest are masked
+  want = jnp.where(n[:, None] >= k, (j[None] * n[:, None]) // k, j[None])   # [batch, k]
+  real = (j[None] < n[:, None]).astype(counted.dtype)
+  hit = (rank[:, None, :] == want[:, :, None]) & (counted[:, None, :] > 0)
+  return jnp.argmax(hit, axis=-1), real
+
+
+def reduce_tokens(vectors, counted, how: str, k: int, *, iterations: int = 5):
+  """Each text's token vectors [batch, layers, T, D] (mask [batch, T]) reduced to k:
+  (vectors [batch, layers, k, D], mask [batch, k]); 'none' returns them unchanged.
+  k-means starts from the evenly spaced tokens (`_positions`) and runs `iterations`
+  Lloyd steps per layer on the cosine (the assignment is not differentiated; the
+  centroids, means of their tokens, are, then normalised); a cluster left empty keeps
+  its previous centroid. A text with n < k counted tokens has n vectors (the rest of
+  its slots masked)."""
+  if how == "none" or not k:
+    return vectors, counted
+  if how not in REDUCTIONS:
+    raise ValueError(f"token reduction {how!r}; valid: {list(REDUCTIONS)}")
+  if how == "tail":
+    n = jnp.sum(counted, axis=-1).astype(jnp.int32)
+    rank = jnp.cumsum(counted, axis=-1).astype(jnp.int32) - 1
+    want = n[:, None] - k + jnp.arange(k)[None]                     # the last k numbers
+    real = (want >= 0).astype(counted.dtype)
+    hit = (rank[:, None, :] == want[:, :, None]) & (counted[:, None, :] > 0)
+    pos = jnp.argmax(hit, axis=-1)
+  else:
+    pos, real = _positions(counted, k)
+  picked = jnp.take_along_axis(vectors, pos[:, None, :, None], axis=2)   # [b, l, k, D]
+  if how != "kmeans":
+    return picked, real
+  return kmeans_centroids(vectors, counted, picked, real, iterations)
+
+
+def kmeans_centroids(vectors, counted, init, init_mask, iterations: int):
+  """Lloyd's k-means on the cosine, per text and layer: tokens [b, l, T, D] with mask
+  [b, T], `iterations` steps from the centroids `init` [b, l, k, D] (its real slots:
+  init_mask [b, k]). Each step assigns every counted token to its most similar live
+  centroid (no gradient through the choice) and moves each centroid to the mean of its
+  tokens (an empty one stays). Returns (normalised centroids, init_mask)."""
+  centroids = init
+  for _ in range(iterations):
+    sim = jnp.einsum("bltd,blkd->bltk", jax.lax.stop_gradient(vectors),
+                     jax.lax.stop_gradient(centroids))
+    sim = jnp.where(init_mask[:, None, None, :] > 0, sim, -jnp.inf)
+    assign = jax.nn.one_hot(jnp.argmax(sim, axis=-1), centroids.shape[2],
+                            dtype=vectors.dtype) * counted[:, None, :, None]
+    size = jnp.sum(assign, axis=2)                                  # [b, l, k]
+    total = jnp.einsum("bltk,bltd->blkd", assign, vectors)
+    mean = total / jnp.maximum(size, 1.0)[..., None]
+    centroids = jnp.where(size[..., None] > 0, mean, centroids)
+  return l2_normalize(centroids), init_mask
