@@ -37,6 +37,10 @@ RUNS = {
     "vs_sentence_transformers.py": (
         [PY, "benchmarks/vs_sentence_transformers.py", "--rounds=1", "--peer-malloc=same"],
         r"train ratio: [0-9.]+\nencode ratio: [0-9.]+", {}),
+    # PyLate is not in the test venv (it pins sentence-transformers 5.3): jaxembed's side
+    # runs; the peer's side was run by hand (benchmarks/README.md).
+    "vs_pylate.py": ([PY, "benchmarks/vs_pylate.py", "--rounds=1"],
+                     r"jaxembed train: [0-9.]+ pairs/s", {}),
     "tiny.py": None,             # the helper behind JAXEMBED_BENCH_TINY
     "__init__.py": None,
 }
