@@ -41,10 +41,13 @@ def base_config() -> ml_collections.ConfigDict:
   # model's throughout, which no longer describe the trained layers.
   c.model.refresh_exits_at_end = False
   c.model.centring_texts = 4096
-  # The BERT encoder's matmul precision: float32, or bfloat16 (float32 accumulation,
+  # The BERT encoder's matmul precision: float32, bfloat16 (float32 accumulation,
   # parameters, norms and softmax; faster on CPUs with AVX512-BF16/AMX and on
-  # accelerators: benchmarks/README.md). "" keeps the model folder's (float32).
-  c.model.dtype = ""
+  # accelerators, slower on CPUs without: benchmarks/README.md), or auto: bfloat16 on
+  # GPUs and TPUs, and on a CPU whichever a timed matmul finds faster (jaxembed/
+  # precision.py; logged, and recorded in the workdir's precision.json). "" keeps
+  # the model folder's (float32).
+  c.model.dtype = "auto"
   # BertConfig fields to replace (e.g. num_layers for a tiny random smoke model).
   c.model.bert_overrides = ml_collections.ConfigDict()
   # The decoder encoder (model.encoder='decoder'). With model.init='random' all fields

@@ -4,6 +4,8 @@
                        RESUMABLE: more steps, other logging/checkpoint/eval cadence)
   data_fingerprint.json  size and SHA-256 of the user's training files (a resume
                        refuses files that changed)
+  precision.json       model.dtype as configured and the matmul dtype it ran with
+                       ('auto' resolves per machine: jaxembed/precision.py)
   .lock                held (flock) by the process training here
   model/               the base model's config.json, tokenizer.json and jaxembed.json
                        (the saved-model spec: `jaxembed.load` needs nothing else)
@@ -78,6 +80,7 @@ class Workdir:
   HEATMAPS = "heatmaps"
 
   FINGERPRINT = "data_fingerprint.json"
+  PRECISION = "precision.json"
   VERSION = "version.json"            # jaxembed version and git commit of the run
   LOCK = ".lock"
 

@@ -21,7 +21,7 @@ PACKAGE = os.path.join(ROOT, "jaxembed")
 # Lowest first. A module belongs to the first layer whose name is a prefix of its
 # dotted name (inside `jaxembed`).
 LAYERS = (
-    ("errors", "version", "compilation_cache", "hostmem"),
+    ("errors", "version", "compilation_cache", "hostmem", "precision"),
     ("defaults",),
     ("models",),
     ("losses", "data", "sharding", "checkpoint", "workdir"),

@@ -33,8 +33,6 @@ def get_config(arg=None):
   c = common.base_config()
   if args.smoke:
     c = common.smoke(c)
-  else:
-    c.model.dtype = "bfloat16"
   c.model.multivector.dim = 16 if args.smoke else 128
   c.loss.name = "maxsim"
   c.loss.scale = 1.0                     # ColBERT's scores, unscaled

@@ -44,12 +44,12 @@ def base_config() -> ml_collections.ConfigDict:
 def pair_loss_config(tiny: bool = False) -> ml_collections.ConfigDict:
   """The pair loss alone on all-MiniLM-L6-v2 (InfoNCE, scale 20, in-batch negatives,
   WordNet pairs, every (layer, dim) cell): the base of the studies that compare
-  objectives, heads or exits, and the ablation's `pairs` arm. bfloat16 matmuls and
-  training rows packed to 32 tokens; `tiny`: the smoke model (float32) instead."""
+  objectives, heads or exits, and the ablation's `pairs` arm. The matmul dtype the
+  hardware runs fastest (model.dtype=auto) and training rows packed to 32 tokens;
+  `tiny`: the smoke model (float32) instead."""
   c = base_config()
   if tiny:
     return smoke(c)
-  c.model.dtype = "bfloat16"
   # The pairs are short (25 real tokens a pair in 64 padded slots): packed into rows of
   # 32 tokens, a multiple of 16 rows (two shapes in practice); benchmarks/packing.py
   # measures the step against padded rows.
@@ -79,6 +79,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Tiny and fast (seconds): a 2-layer random BERT on the MiniLM vocabulary, a few
   hundred WordNet pairs and small evaluation sets. Used by the tests."""
   c.model.init = "random"
+  c.model.dtype = "float32"       # the same numbers on every machine
   c.model.bert_overrides = ml_collections.ConfigDict(dict(
       num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64))
   c.data.max_train_examples = 512

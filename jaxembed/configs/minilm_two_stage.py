@@ -28,8 +28,6 @@ VARIANTS = ()
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False)
   c = common.base_config()
-  if not args.smoke:
-    c.model.dtype = "bfloat16"
   pairs = {"name": "pairs", "train.steps": 300, "optim.learning_rate": 5e-5}
   blend = {"name": "blend", "train.steps": 100, "optim.learning_rate": 2e-5,
            "optim.warmup_steps": 10,

@@ -8,7 +8,8 @@ Every (layer, dim) cell of layers 1..6 x dims {32, ..., 384} from one encoder pa
 teaching every cell (KL between in-batch similarity distributions) and anchoring the
 full cell (10 x (1 - cosine)), both on texts of 5 tokens or more. Shallow layers are
 centred by their mean pooled vector, re-estimated after the last step. The recipe and
-its ablation (configs/ood_ablation.py): experiments/RESULTS.md.
+its ablation (configs/ood_ablation.py): experiments/notes/2026-12-default-recipe.md;
+reported on test halves with fresh seeds: experiments/RESULTS.md.
 
 Arguments (comma-separated after the file name):
   smoke              this recipe on a tiny random model, seconds (tests)

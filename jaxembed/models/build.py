@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import tokenizers
 
+from jaxembed import precision
 from jaxembed.errors import ConfigError
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
@@ -95,8 +96,10 @@ def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
     if bad:
       raise ConfigError(f"model.bert_overrides: unknown fields {bad}; valid: {sorted(valid)}")
     dtype = config.model.get("dtype", "")
-    if dtype not in ("", "float32", "bfloat16"):
-      raise ConfigError(f"model.dtype={dtype!r}; valid values: '', 'float32', 'bfloat16'")
+    if dtype not in ("",) + precision.DTYPES:
+      raise ConfigError(f"model.dtype={dtype!r}; valid values: {list(precision.DTYPES)} "
+                        "('' keeps the folder's float32)")
+    dtype = precision.resolve(dtype)
     if dtype and "dtype" not in overrides:
       overrides["dtype"] = dtype
     if not config.train.dropout:

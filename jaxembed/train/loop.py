@@ -363,6 +363,9 @@ def _restore_and_train(run: Run, config, wd: Workdir, stop: _StopSignal, previou
   resuming = wd.check_config(config)
   wd.check_fingerprint(inputs.data_fingerprint(config), resuming)
   wd.write_config(config, run.folder, run.spec)
+  wd.write(Workdir.PRECISION, json.dumps({
+      "model.dtype": config.model.get("dtype", ""),
+      "matmul_dtype": run.text_config.dtype}, indent=1))
   ckpt = Checkpointer(wd.checkpoints, keep=config.train.keep_checkpoints)
   abstract, shardings = abstract_state(run)
   state = data_iter = None
