@@ -29,6 +29,8 @@ def xla_flags(devices: int) -> str:
 
 os.environ["XLA_FLAGS"] = xla_flags(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Each test evaluates what it asks for; tests/test_eval_cache.py turns the cache on.
+os.environ.setdefault("JAXEMBED_EVAL_CACHE", "off")
 os.environ.setdefault("JAXEMBED_COMPILATION_CACHE", os.path.join(
     tempfile.gettempdir(), f"jaxembed-tests-xla-{os.getuid()}"))
 

@@ -9,15 +9,23 @@ queries and their class prompts as documents.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import os
+import pickle
 import time
 
+import jax
 import numpy as np
 
 from jaxembed import sharding as shd
 from jaxembed.api import BatchEncoder, TokenEncoder
 from jaxembed.evals import grid as grid_eval, late_interaction
 from jaxembed.evals.tasks import ZeroShotTask
+from jaxembed.version import __version__
+
+DEFAULT_EVAL_CACHE = "~/.cache/jaxembed/eval"
 
 
 def _text_encoder(run, params, method: str):
@@ -47,6 +55,55 @@ def _image_encoder(run, params):
                             .addressable_data(0))[:rows])
     return np.concatenate(out)
   return encode
+
+
+def cache_key(run, params) -> str | None:
+  """A content key of an evaluation: the parameters' bytes, every task's content, the
+  model's description and the evaluation settings, and jaxembed's version. None where
+  the parameters are not all on this process (several hosts)."""
+  if jax.process_count() > 1:
+    return None
+  h = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
+                           key=lambda x: jax.tree_util.keystr(x[0])):
+    a = np.asarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update(pickle.dumps([(type(t).__name__, t) for t in run.eval_tasks], protocol=4))
+  h.update(run.spec.to_json().encode())
+  h.update(repr(run.model).encode())
+  h.update(json.dumps(run.config.eval.to_dict(), sort_keys=True, default=str).encode())
+  h.update(json.dumps(run.view.lora_scale).encode())
+  h.update(__version__.encode())
+  return h.hexdigest()
+
+
+def cached_evaluate(run, params, label: str) -> list[dict]:
+  """`evaluate`, its rows kept under `cache_key` in `$JAXEMBED_EVAL_CACHE` (default
+  ~/.cache/jaxembed/eval; 'off' turns it off): the 'before' grid of an unchanged
+  pretrained model is computed once, whichever run asks for it."""
+  where = os.path.expanduser(os.environ.get("JAXEMBED_EVAL_CACHE", DEFAULT_EVAL_CACHE))
+  key = None if where.strip().lower() in ("off", "0", "") else cache_key(run, params)
+  path = key and os.path.join(where, f"{key}.json")
+  if path and os.path.exists(path):
+    try:
+      with open(path) as f:
+        rows = json.load(f)
+      logging.info("eval (%s): the same model and evaluation were scored before; "
+                   "rows read from %s", label, path)
+      return rows
+    except (OSError, ValueError):
+      pass                      # a damaged entry: evaluated again and rewritten
+  rows = evaluate(run, params, label)
+  if path:
+    try:
+      os.makedirs(where, exist_ok=True)
+      with open(path + f".{os.getpid()}.tmp", "w") as f:
+        json.dump(rows, f)
+      os.replace(path + f".{os.getpid()}.tmp", path)
+    except OSError as e:
+      logging.warning("eval cache %s not written: %s", where, e)
+  return rows
 
 
 def _evaluate_multivector(run, params, label: str) -> list[dict]:

@@ -28,7 +28,7 @@ from jaxembed.errors import NonFiniteError
 from jaxembed.evals import grid as grid_eval
 from jaxembed.train import inputs
 from jaxembed.train import stages as stages_lib
-from jaxembed.train.evaluation import evaluate
+from jaxembed.train.evaluation import cached_evaluate, evaluate
 from jaxembed.train.run import Run, setup
 from jaxembed.train.state import TrainState, abstract_state, new_state
 from jaxembed.train.step import compile_train_step
@@ -182,7 +182,7 @@ class Loop:
     params = self.state.params
     if self.fresh_start:
       params = run.as_published(params)
-    rows = evaluate(run, params, "before")
+    rows = cached_evaluate(run, params, "before")
     # The log first, the cache last: a run killed in between evaluates again.
     wd.drop_log_entries(Workdir.EVAL_LOG, lambda r: r.get("label") == "before")
     self.record_eval(0, rows, "before")
