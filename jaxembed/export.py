@@ -27,7 +27,7 @@ from jaxembed.api import EmbeddingModel
 from jaxembed.errors import ConfigError
 from jaxembed.models import spec as model_spec
 from jaxembed.models import weights
-from jaxembed.models.embedder import CENTER, COMPONENTS
+from jaxembed.models.embedder import CENTER, COMPONENTS, HEAD, HEAD_NORM
 from jaxembed.models.hf import flax_to_hf
 from jaxembed.models.loading import ST_LEGACY_POOLING, ST_POOLING_MODES
 from jaxembed.models.multivector import PROJECTION, PUNCTUATION
@@ -45,7 +45,8 @@ FORMATS = ("auto", "sentence-transformers", "pylate", "flax")
 
 
 def _check(model: EmbeddingModel, layer, dim):
-  width = model.module.dim if model.multivector else model.hidden_size
+  width = (model.module.dim if model.multivector
+           else model.spec.head_width or model.hidden_size)
   layer = model.num_layers if layer is None else int(layer)
   dim = width if dim is None else int(dim)
   if not 1 <= layer <= model.num_layers:
@@ -140,23 +141,44 @@ def export_sentence_transformers(model: EmbeddingModel, out: str, *, layer=None,
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"}]
   weight, bias = exit_map(model.params, layer, cfg.hidden_size)
-  if dim < cfg.hidden_size or bias.any() or not np.array_equal(
-      weight, np.eye(cfg.hidden_size, dtype=weight.dtype)):
-    # The Matryoshka prefix of the exit's affine map: an identity slice, a centred
-    # exit's mean as its bias, and its removed directions in the weight.
-    tensors = {"linear.weight": weight[:dim].copy()}
-    if bias.any():
-      tensors["linear.bias"] = bias[:dim].copy()
-    _write_json(os.path.join(out, "2_Dense", "config.json"), {
-        "in_features": cfg.hidden_size, "out_features": dim, "bias": bool(bias.any()),
+  norm = model.spec.head_norm
+  # Rows of the affine map before the LayerNorm, which normalises the head's whole
+  # output; without one, the Matryoshka prefix alone.
+  rows = (model.spec.head_width or cfg.hidden_size) if norm else dim
+
+  def dense(w, b):
+    name = f"{len(modules)}_Dense"
+    tensors = {"linear.weight": np.ascontiguousarray(w, np.float32)}
+    if b is not None and b.any():
+      tensors["linear.bias"] = np.ascontiguousarray(b, np.float32)
+    _write_json(os.path.join(out, name, "config.json"), {
+        "in_features": int(w.shape[1]), "out_features": int(w.shape[0]),
+        "bias": "linear.bias" in tensors,
         "activation_function": "torch.nn.modules.linear.Identity"})
-    safetensors.numpy.save_file(tensors, os.path.join(out, "2_Dense", "model.safetensors"))
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense",
+    safetensors.numpy.save_file(tensors, os.path.join(out, name, "model.safetensors"))
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": name,
                     "type": "sentence_transformers.models.Dense"})
+  if rows < cfg.hidden_size or bias.any() or not np.array_equal(
+      weight, np.eye(cfg.hidden_size, dtype=weight.dtype)):
+    # The exit's affine map (a centred exit's mean as its bias, its removed directions
+    # and a loaded folder's head in its weight), cut to its Matryoshka prefix.
+    dense(weight[:rows], bias[:rows])
+  if norm:
+    name = f"{len(modules)}_LayerNorm"
+    _write_json(os.path.join(out, name, "config.json"), {"dimension": rows})
+    safetensors.numpy.save_file(
+        {"norm.weight": np.asarray(model.params[f"{HEAD_NORM}_scale"], np.float32)[:rows],
+         "norm.bias": np.asarray(model.params[f"{HEAD_NORM}_bias"], np.float32)[:rows]},
+        os.path.join(out, name, "model.safetensors"))
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": name,
+                    "type": "sentence_transformers.models.LayerNorm"})
+    if dim < rows:
+      dense(np.eye(rows, dtype=np.float32)[:dim], None)
   if model.default_normalize:
-    modules.append({"idx": len(modules), "name": str(len(modules)), "path": "3_Normalize",
+    name = f"{len(modules)}_Normalize"
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": name,
                     "type": "sentence_transformers.models.Normalize"})
-    os.makedirs(os.path.join(out, "3_Normalize"), exist_ok=True)
+    os.makedirs(os.path.join(out, name), exist_ok=True)
   _write_json(os.path.join(out, "modules.json"), modules)
   _write_json(os.path.join(out, "config_sentence_transformers.json"),
               {"similarity_fn_name": "cosine", "prompts": prompts,
@@ -253,7 +275,8 @@ def export(model: EmbeddingModel, out: str, *, layer=None, dim=None,
 def exit_map(params, layer: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
   """(W [hidden, hidden], b [hidden]) float32 with W v + b = layer `layer`'s exit of a
   pooled vector v: the identity and zero, or with centred exits P (v - mean) where P
-  = I - U^T U removes the exit's components U (Embedder.exit_components)."""
+  = I - U^T U removes the exit's components U (Embedder.exit_components), then the
+  head's linear map K^T when the model has one (Embedder.head)."""
   weight = np.eye(hidden, dtype=np.float64)
   centre = np.zeros(hidden, np.float64)
   if CENTER in params:
@@ -261,7 +284,11 @@ def exit_map(params, layer: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
   if COMPONENTS in params:
     u = np.asarray(jax_to_numpy(params[COMPONENTS]), np.float64)[layer - 1]
     weight = weight - u.T @ u
-  return weight.astype(np.float32), (-(weight @ centre)).astype(np.float32)
+  bias = -(weight @ centre)
+  if HEAD in params:       # a loaded folder's Dense chain, applied after the exit
+    head = np.asarray(jax_to_numpy(params[HEAD]), np.float64).T
+    weight, bias = head @ weight, head @ bias
+  return weight.astype(np.float32), bias.astype(np.float32)
 
 
 def jax_to_numpy(tree):

@@ -21,10 +21,10 @@ from jaxembed.models import lora
 from jaxembed.models import spec as model_spec
 from jaxembed.models.bert import BertConfig
 from jaxembed.models.build import abstract_params, model_from_spec
-from jaxembed.models.embedder import CENTER, COMPONENTS, HEAD, encoder_config
+from jaxembed.models.embedder import CENTER, COMPONENTS, HEAD, HEAD_NORM, encoder_config
 from jaxembed.models.hf import LazyTensors
 from jaxembed.models.loading import (PACKAGE_PREFIX, WEIGHTS_PREFIX, load_encoder_weights,
-                                     read_model_folder, resolve_model_path)
+                                     read_json_file, read_model_folder, resolve_model_path)
 from jaxembed.models.onnx import read_onnx_bert
 from jaxembed.models.spec import ModelSpec
 from jaxembed.workdir import Workdir, check_remote
@@ -51,7 +51,10 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   head_width = 0
   if folder.dense:
     weight, bias = _dense_chain(folder.dense, cfg.hidden_size)
-    exit_form = _as_exit(weight, bias, cfg.hidden_size) if len(folder.dense) == 1 else None
+    # A LayerNorm after the Dense modules normalises the head's whole output, so the
+    # chain is then a head, never a truncation taken at encode time.
+    exit_form = (_as_exit(weight, bias, cfg.hidden_size)
+                 if len(folder.dense) == 1 and not folder.layer_norm else None)
     if exit_form is not None:      # a jaxembed export's truncation
       dim, centre, components = exit_form
     else:                          # a linear head (EmbeddingGemma: 768 -> 3072 -> 768)
@@ -63,6 +66,9 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
       kernel[:, :head_width] = weight.T
       params = dict(params, **{HEAD: kernel})
       dim = head_width if head_width < cfg.hidden_size else None
+  if folder.layer_norm:
+    params = dict(params, **_layer_norm(folder.layer_norm, head_width or cfg.hidden_size,
+                                        cfg.hidden_size))
   if centre is not None:    # a centred exit (model.centred_exits), exported
     full = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
     full[-1] = centre
@@ -74,7 +80,7 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   spec = ModelSpec(encoder=cfg, pooling=folder.pooling, centred_exits=centre is not None,
                    exit_components=len(components),
                    max_seq_length=tok.max_length, padding_side=padding, normalize=True,
-                   dim=dim, head=HEAD in params,
+                   dim=dim, head=HEAD in params, head_norm=bool(folder.layer_norm),
                    head_width=head_width if head_width < cfg.hidden_size else 0,
                    **_prompt_fields(folder))
   return EmbeddingModel(spec, jax.tree.map(jnp.asarray, params), tok)
@@ -93,6 +99,27 @@ def _prompt_fields(folder) -> dict:
                 default_prompt_name=default)
   return dict(prompts=tuple(sorted(prompts.items())), include_prompt=True,
               default_prompt_name=default)
+
+
+def _layer_norm(sub: str, width: int, hidden: int) -> dict:
+  """The LayerNorm module in folder `sub` as the Embedder's head_norm parameters
+  ([hidden]: its `width` entries, then 1 and 0 where the head's output is zero)."""
+  cfg_path = os.path.join(sub, "config.json")
+  cfg = read_json_file(cfg_path) if os.path.isfile(cfg_path) else {}
+  if cfg.get("dimension", width) != width:
+    raise ModelLoadError(f"{cfg_path}: dimension={cfg.get('dimension')!r}, but the vector "
+                         f"entering the LayerNorm has {width} dims")
+  tensors = dict(LazyTensors.open(os.path.join(sub, "model.safetensors")))
+  scale, shift = tensors.get("norm.weight"), tensors.get("norm.bias")
+  if scale is None or shift is None or np.shape(scale) != (width,) or np.shape(shift) != (width,):
+    raise ModelLoadError(f"{sub}/model.safetensors: expected norm.weight and norm.bias of "
+                         f"shape [{width}] (has {sorted(tensors)[:5]})")
+  _check_finite({"norm": tensors}, sub)
+  out = {f"{HEAD_NORM}_scale": np.ones(hidden, np.float32),
+         f"{HEAD_NORM}_bias": np.zeros(hidden, np.float32)}
+  out[f"{HEAD_NORM}_scale"][:width] = np.asarray(scale, np.float32)
+  out[f"{HEAD_NORM}_bias"][:width] = np.asarray(shift, np.float32)
+  return out
 
 
 def _dense_chain(folders, hidden: int):

@@ -71,9 +71,9 @@ def test_pooling_configs_of_every_version_read_the_same(saved, tmp_path, pooling
 
 
 @pytest.mark.parametrize("module, match", [
-    ({"type": "sentence_transformers.models.LayerNorm", "path": "3_LayerNorm"},
-     r"module 3 \('sentence_transformers.models.LayerNorm'\) is not one jaxembed "
-     r"implements"),
+    ({"type": "sentence_transformers.models.WeightedLayerPooling", "path": "3_Weighted"},
+     r"module 3 \('sentence_transformers.models.WeightedLayerPooling'\) is not one "
+     r"jaxembed implements"),
     ({"type": "my_package.CustomHead", "path": "3_Custom"},
      r"module 3 \('my_package.CustomHead'\) is not one jaxembed implements"),
 ])
@@ -82,6 +82,37 @@ def test_a_module_jaxembed_lacks_is_refused_by_name(saved, tmp_path, module, mat
   edit_json(out / "modules.json", lambda m: m + [dict(module, idx=3, name="3")])
   with pytest.raises(ModelLoadError, match=match):
     jaxembed.load(str(out))
+
+
+@pytest.mark.parametrize("dense", [None, 256])
+def test_a_layer_norm_module_loads_and_exports_as_the_peer_computes(peer, tmp_path, dense):
+  """Pooling -> [Dense 384->256] -> LayerNorm (random scale and shift) -> Normalize, as
+  sentence-transformers saves it: jaxembed's vectors equal the peer's, and its export
+  (the Dense chain, the LayerNorm, a Matryoshka cut after it) loads in the peer with
+  the vectors jaxembed gives for that cell."""
+  import torch
+  from jaxembed.export import export
+  torch.manual_seed(0)
+  modules = [peer[0], peer[1]]
+  width = dense or 384
+  if dense:
+    modules.append(st.models.Dense(384, dense, bias=False,
+                                   activation_function=torch.nn.Identity()))
+  norm = st.models.LayerNorm(width)
+  norm.norm.weight.data.uniform_(0.5, 1.5)
+  norm.norm.bias.data.normal_(0, 0.1)
+  folder = str(tmp_path / "with_norm")
+  st.SentenceTransformer(modules=modules + [norm, st.models.Normalize()],
+                         device="cpu").save(folder)
+  theirs = st.SentenceTransformer(folder, device="cpu").encode(TEXTS)
+  model = jaxembed.load(folder)
+  assert model.spec.head_norm
+  np.testing.assert_array_less(0.99999, cosines(model.encode(TEXTS), theirs))
+  for dim in (None, 64):
+    out = export(model, str(tmp_path / f"export_{dim}"), dim=dim, format="sentence-transformers")
+    again = st.SentenceTransformer(out, device="cpu").encode(TEXTS)
+    np.testing.assert_array_less(0.99999, cosines(model.encode(TEXTS, dim=dim), again))
+    assert again.shape[1] == (dim or width)
 
 
 def test_a_dense_module_with_an_activation_is_refused(saved, tmp_path):

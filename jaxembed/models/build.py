@@ -195,7 +195,8 @@ def model_from_spec(spec: ModelSpec) -> Embedder:
     return MultiVectorEmbedder(spec.encoder, **dict(spec.multivector))
   return Embedder(spec.encoder, pooling=spec.pooling, pool_heads=spec.pool_heads,
                   pool_latents=spec.pool_latents, centred_exits=spec.centred_exits,
-                  exit_components=spec.exit_components, head=spec.head)
+                  exit_components=spec.exit_components, head=spec.head,
+                  head_norm=spec.head_norm, head_width=spec.head_width)
 
 
 def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:

@@ -31,6 +31,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxembed.errors import ConfigError, ModelLoadError
@@ -99,6 +100,8 @@ def text_inputs(batch: int = 1, length: int = 8) -> dict:
 CENTER = "exit_center"          # the centred exits' parameter (Embedder.centred_exits)
 COMPONENTS = "exit_components"  # their removed directions (Embedder.exit_components)
 HEAD = "head"                    # the linear map after pooling (Embedder.head)
+HEAD_NORM = "head_norm"          # the LayerNorm after it (Embedder.head_norm)
+HEAD_NORM_EPS = 1e-5             # torch.nn.LayerNorm's, as sentence-transformers' module
 
 
 class Embedder(nn.Module):
@@ -132,6 +135,11 @@ class Embedder(nn.Module):
   # init): the Dense modules after pooling of a sentence-transformers folder, composed
   # (EmbeddingGemma: 768 -> 3072 -> 768), applied at every exit.
   head: bool = False
+  # A LayerNorm of the (head's) vector, params['head_norm'] {'scale', 'bias'} [width]:
+  # sentence-transformers' LayerNorm module, over the first `head_width` coordinates
+  # (0: all; the rest stay zero) with eps 1e-5.
+  head_norm: bool = False
+  head_width: int = 0
 
   query_modality = "text"
   symmetric = True               # queries and documents through the same encoder
@@ -185,6 +193,19 @@ class Embedder(nn.Module):
           (width, width), jnp.float32)
       pooled = jnp.einsum("blw,wv->blv", pooled.astype(jnp.float32), kernel,
                           precision="highest").astype(pooled.dtype)
+    if self.head_norm:
+      width = self.encoder_config.hidden_size
+      scale = self.param(f"{HEAD_NORM}_scale", nn.with_logical_partitioning(
+          nn.initializers.ones_init(), ("embed",)), (width,), jnp.float32)
+      bias = self.param(f"{HEAD_NORM}_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), ("embed",)), (width,), jnp.float32)
+      n = self.head_width or width
+      live = (jnp.arange(width) < n).astype(jnp.float32)
+      x = pooled.astype(jnp.float32) * live
+      mean = jnp.sum(x, axis=-1, keepdims=True) / n
+      var = jnp.sum(jnp.square((x - mean) * live), axis=-1, keepdims=True) / n
+      pooled = (((x - mean) * jax.lax.rsqrt(var + HEAD_NORM_EPS) * scale + bias) * live
+                ).astype(pooled.dtype)
     return nn.with_logical_constraint(pooled, ("activation_batch", None, "activation_embed"))
 
   # ------------------------------------------------------------------ interface

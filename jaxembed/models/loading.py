@@ -96,6 +96,7 @@ class ModelFolder:
   weights: str
   tokenizer: str
   dense: tuple = ()             # the folders of its Dense modules (after pooling), in order
+  layer_norm: str = ""          # the folder of its LayerNorm module (after them), if any
   include_prompt: bool = True   # sentence-transformers: a prompt's tokens are pooled
   prompts: tuple = ()           # ((name, text), ...) of config_sentence_transformers.json
   default_prompt_name: str | None = None
@@ -164,6 +165,7 @@ def read_model_folder(path: str, field: str = "model.path",
                      normalize="Normalize" in modules,
                      weights=need.get("model.safetensors") or need["model.safetensors.index.json"],
                      tokenizer=need["tokenizer.json"], dense=tuple(modules.get("Dense", ())),
+                     layer_norm=modules.get("LayerNorm", ""),
                      include_prompt=include_prompt, prompts=prompts,
                      default_prompt_name=default_prompt)
 
@@ -198,7 +200,7 @@ def encoder_config_from_hf(path: str):
 
 
 # sentence-transformers modules jaxembed implements, in the order they may come.
-ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+ST_MODULES = ("Transformer", "Pooling", "Dense", "LayerNorm", "Normalize")
 # Pooling config: sentence-transformers >= 6 writes one `pooling_mode`; older versions
 # one boolean per mode. Both name modes as below; jaxembed's names are the values.
 ST_POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "lasttoken": "last_token",

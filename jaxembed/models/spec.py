@@ -45,6 +45,7 @@ class ModelSpec:
   # architecture 'multivector': MultiVectorEmbedder's fields (dim, query_length, the
   # marker, [MASK] and skipped token ids, ...), as sorted (name, value) items.
   multivector: tuple = ()
+  head_norm: bool = False              # params hold 'head_norm_scale/_bias' (Embedder.head_norm)
   head_width: int = 0                  # the head's real output rows (0: all): dims above refused
 
   def to_dict(self) -> dict:
@@ -54,6 +55,8 @@ class ModelSpec:
              multivector=dict(self.multivector))
     if not self.multivector:   # a single-vector spec reads as before
       d.pop("multivector")
+    if not self.head_norm:
+      d.pop("head_norm")
     return d
 
   def to_json(self) -> str:
