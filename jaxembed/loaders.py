@@ -47,28 +47,10 @@ def from_model_folder(path: str, *, max_length: int | None = None) -> EmbeddingM
   # default is to normalise, as every similarity here is a cosine.
   cfg = folder.encoder_config
   _check_finite(params, f"{path}: {folder.weights}")
-  dim, centre, components = None, None, np.zeros((0, cfg.hidden_size), np.float32)
-  head_width = 0
-  if folder.dense:
-    weight, bias = _dense_chain(folder.dense, cfg.hidden_size)
-    # A LayerNorm after the Dense modules normalises the head's whole output, so the
-    # chain is then a head, never a truncation taken at encode time.
-    exit_form = (_as_exit(weight, bias, cfg.hidden_size)
-                 if len(folder.dense) == 1 and not folder.layer_norm else None)
-    if exit_form is not None:      # a jaxembed export's truncation
-      dim, centre, components = exit_form
-    else:                          # a linear head (EmbeddingGemma: 768 -> 3072 -> 768)
-      if bias is not None and np.any(bias):
-        raise ModelLoadError(f"{folder.dense[0]}: Dense modules with a bias that is not "
-                             "a centred exit's are not supported")
-      head_width = weight.shape[0]
-      kernel = np.zeros((cfg.hidden_size, cfg.hidden_size), np.float32)
-      kernel[:, :head_width] = weight.T
-      params = dict(params, **{HEAD: kernel})
-      dim = head_width if head_width < cfg.hidden_size else None
-  if folder.layer_norm:
-    params = dict(params, **_layer_norm(folder.layer_norm, head_width or cfg.hidden_size,
-                                        cfg.hidden_size))
+  head = folder_head(folder, cfg.hidden_size, as_exit=True)
+  params = dict(params, **head["params"])
+  dim, centre, components = head["dim"], head["centre"], head["components"]
+  head_width = head["head_width"]
   if centre is not None:    # a centred exit (model.centred_exits), exported
     full = np.zeros((cfg.num_layers, cfg.hidden_size), np.float32)
     full[-1] = centre
@@ -99,6 +81,39 @@ def _prompt_fields(folder) -> dict:
                 default_prompt_name=default)
   return dict(prompts=tuple(sorted(prompts.items())), include_prompt=True,
               default_prompt_name=default)
+
+
+def folder_head(folder, hidden: int, *, as_exit: bool) -> dict:
+  """What a folder's modules after pooling add to the model: {'params' (Embedder.head,
+  head_norm_*), 'dim', 'centre', 'components', 'head_width'}. With `as_exit`, one Dense
+  module of the form a jaxembed export writes (a Matryoshka cut, a centred exit)
+  becomes that again (its dim, centre and components); otherwise, and for any other
+  chain, the Dense modules compose into the linear head (a bias is refused), and a
+  LayerNorm after them becomes head_norm."""
+  out = {"params": {}, "dim": None, "centre": None, "head_width": 0,
+         "components": np.zeros((0, hidden), np.float32)}
+  width = hidden
+  if folder.dense:
+    weight, bias = _dense_chain(folder.dense, hidden)
+    # A LayerNorm after the Dense modules normalises the head's whole output, so the
+    # chain is then a head, never a truncation taken at encode time.
+    exit_form = (_as_exit(weight, bias, hidden)
+                 if as_exit and len(folder.dense) == 1 and not folder.layer_norm else None)
+    if exit_form is not None:      # a jaxembed export's truncation
+      out["dim"], out["centre"], out["components"] = exit_form
+    else:                          # a linear head (EmbeddingGemma: 768 -> 3072 -> 768)
+      if bias is not None and np.any(bias):
+        raise ModelLoadError(f"{folder.dense[0]}: Dense modules with a bias that is not "
+                             "a centred exit's are not supported")
+      width = weight.shape[0]
+      kernel = np.zeros((hidden, hidden), np.float32)
+      kernel[:, :width] = weight.T
+      out["params"][HEAD] = kernel
+      if width < hidden:
+        out["dim"] = out["head_width"] = width
+  if folder.layer_norm:
+    out["params"].update(_layer_norm(folder.layer_norm, width, hidden))
+  return out
 
 
 def _layer_norm(sub: str, width: int, hidden: int) -> dict:

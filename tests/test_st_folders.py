@@ -254,15 +254,48 @@ def test_one_text_is_not_padded_to_the_batch_size(monkeypatch):
     model.encode(["hello"], batch_size=0)
 
 
+@pytest.fixture(scope="module")
+def with_head(peer, tmp_path_factory):
+  """MiniLM -> mean -> Dense 384->256 (no bias) -> LayerNorm (random) -> Normalize."""
+  import torch
+  torch.manual_seed(1)
+  norm = st.models.LayerNorm(256)
+  norm.norm.weight.data.uniform_(0.5, 1.5)
+  norm.norm.bias.data.normal_(0, 0.1)
+  out = tmp_path_factory.mktemp("st") / "with_head"
+  st.SentenceTransformer(modules=[
+      peer[0], peer[1], st.models.Dense(384, 256, bias=False,
+                                        activation_function=torch.nn.Identity()),
+      norm, st.models.Normalize()], device="cpu").save(str(out))
+  return out
+
+
 @pytest.mark.slow
-def test_a_peer_saved_folder_trains_exports_and_loads_back_in_the_peer(saved, tmp_path,
-                                                                       tfds_dir):
-  """A folder saved by the installed sentence-transformers -> jaxembed.load / train 10
-  steps with a query instruction -> export -> the peer loads it, prompt included, with
-  our vectors."""
+@pytest.mark.parametrize("folder", ["saved", "with_head"])
+def test_a_peer_saved_folder_trains_exports_and_loads_back_in_the_peer(request, folder,
+                                                                       tmp_path, tfds_dir):
+  """A folder saved by the installed sentence-transformers (plain, or with a Dense
+  chain and a LayerNorm after pooling, trained with the encoder) -> train 10 steps with
+  a query instruction -> export -> the peer loads it, prompt included, with our
+  vectors."""
   from conftest import st_round_trip
-  r = st_round_trip(str(saved), tmp_path, tfds_dir, TEXTS[:4])
+  r = st_round_trip(str(request.getfixturevalue(folder)), tmp_path, tfds_dir, TEXTS[:4])
+  if folder == "with_head":
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in
+             json.loads((tmp_path / "exported" / "modules.json").read_text())]
+    assert kinds[2:] == ["Dense", "LayerNorm", "Normalize"], kinds
+    assert r["ours_d"].shape[1] == 256
   assert r["prompts"][0] == {"query": "query: "}
   assert r["prompts"][1].get("query") == "query: "
   for ours, theirs in (("ours_q", "peer_q"), ("ours_d", "peer_d"), ("trained_q", "peer_q")):
     assert cosines(r[ours], r[theirs]).min() >= 0.99999, (ours, theirs)
+
+
+def test_a_config_that_would_drop_a_folders_head_is_refused(with_head, smoke_config,
+                                                            tmp_path):
+  """A random init (or a two-tower or multi-vector model) has no place for the folder's
+  Dense chain and LayerNorm: refused by name, not trained without them."""
+  from jaxembed.train.run import setup
+  config = smoke_config(**{"model.path": str(with_head)})     # the smoke model: random
+  with pytest.raises(ConfigError, match="Dense / LayerNorm modules"):
+    setup(config, str(tmp_path))

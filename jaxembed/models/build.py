@@ -8,6 +8,7 @@ field and list the valid values.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import flax.linen as nn
 import jax
@@ -21,7 +22,7 @@ from jaxembed.models.bert import BertConfig
 from jaxembed.models.decoder import DecoderConfig
 from jaxembed.models.embedder import Embedder
 from jaxembed.models import lora
-from jaxembed.models.loading import ModelFolder
+from jaxembed.models.loading import ModelFolder, read_json_file
 from jaxembed.models.multivector import (REDUCTIONS, MultiVectorEmbedder, multivector_fields,
                                          special_ids)
 from jaxembed.models.pooling import TRAINABLE, check_pooling
@@ -79,11 +80,13 @@ def text_encoder_config(config: ml_collections.ConfigDict, folder: ModelFolder):
     if kind not in ("bert", "decoder"):
       raise ConfigError(f"model.two_tower.text_encoder={kind!r}; valid values: "
                         "['bert', 'decoder']")
-  if getattr(folder, "dense", ()) and config.model.init != "random":
+  if head_of(folder) != (False, False, 0) and (
+      config.model.init != "pretrained" or config.model.encoder == "two_tower"
+      or config.model.get("multivector", {}).get("dim", 0)):
     raise ConfigError(f"model.path={config.model.path!r} maps its pooled vector through "
-                      f"{len(folder.dense)} Dense module(s); training fine-tunes the "
-                      "encoder alone and would drop them: not supported yet (encode it "
-                      "with jaxembed.load)")
+                      "Dense / LayerNorm modules, which a single-vector model trained "
+                      "from its pretrained weights keeps (model.init='pretrained', "
+                      "encoder 'bert' or 'decoder'); this config would drop them")
   if kind == "decoder":
     cfg = _decoder_config(config, folder)
   elif not isinstance(folder.encoder_config, BertConfig):
@@ -131,6 +134,22 @@ def _decoder_config(config, folder) -> DecoderConfig:
                                                          config.data.seq_len)})
 
 
+def head_of(folder) -> tuple[bool, bool, int]:
+  """(head, head_norm, head_width) of a model folder's modules after pooling: its Dense
+  chain composed into Embedder.head (the chain's output width, 0 when it keeps the
+  encoder's), its LayerNorm as Embedder.head_norm. Read from the modules' configs."""
+  dense, norm = getattr(folder, "dense", ()), getattr(folder, "layer_norm", "")
+  if not dense:
+    return False, bool(norm), 0
+  hidden = folder.encoder_config.hidden_size
+  cfg_path = os.path.join(dense[-1], "config.json")
+  width = read_json_file(cfg_path).get("out_features", hidden) if os.path.isfile(
+      cfg_path) else hidden
+  if not isinstance(width, int) or not 0 < width <= hidden:
+    raise ConfigError(f"{cfg_path}: out_features={width!r} must be in 1..{hidden}")
+  return True, bool(norm), 0 if width == hidden else width
+
+
 def build_model(config: ml_collections.ConfigDict, text_config, folder=None):
   """The model a run trains: an Embedder over `text_config`, a TwoTower when
   model.encoder='two_tower', a MultiVectorEmbedder when model.multivector.dim > 0 (its
@@ -141,9 +160,12 @@ def build_model(config: ml_collections.ConfigDict, text_config, folder=None):
   if mv is not None and mv.dim:
     return _multivector_model(config, text_config, folder)
   if m.encoder != "two_tower":
+    head, head_norm, head_width = head_of(folder) if m.init == "pretrained" else (
+        False, False, 0)
     return Embedder(text_config, pooling=m.pooling, pool_heads=m.pool_heads,
                     pool_latents=m.pool_latents, centred_exits=bool(m.centred_exits),
-                    exit_components=int(m.exit_components))
+                    exit_components=int(m.exit_components), head=head,
+                    head_norm=head_norm, head_width=head_width)
   t = m.two_tower
   if t.towers not in TOWERS:
     raise ConfigError(f"model.two_tower.towers={t.towers!r}; valid values: {list(TOWERS)}")
@@ -213,6 +235,8 @@ def run_spec(config: ml_collections.ConfigDict, model) -> ModelSpec:
       max_seq_length=min(config.eval.max_length, text.max_position_embeddings),
       padding_side=config.data.padding_side, normalize=True,
       query_instruction=config.data.query_instruction,
+      head=model.head, head_norm=model.head_norm,
+      head_width=getattr(model, "head_width", 0), dim=getattr(model, "head_width", 0) or None,
       architecture=("multivector" if model.multivector else
                     "two_tower" if config.model.encoder == "two_tower" else "embedder"),
       multivector=multivector_fields(model) if model.multivector else ())

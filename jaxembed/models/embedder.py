@@ -21,7 +21,9 @@ model they hold:
   `supports_early_exit` (a train step computing only the layers its loss reads);
   `centred_exits`, `exit_components`: the exits' statistics the params hold
   (train/centring.py; False and 0 for a model without them); `multivector`: whether
-  it gives token matrices instead of pooled vectors (models/multivector.py).
+  it gives token matrices instead of pooled vectors (models/multivector.py); `head`,
+  `head_norm`: a pretrained folder's Dense chain and LayerNorm after pooling, loaded
+  with the encoder (loaders.folder_head).
 """
 
 from __future__ import annotations

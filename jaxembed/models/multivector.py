@@ -87,6 +87,8 @@ class MultiVectorEmbedder(nn.Module):
   centred_exits = False
   exit_components = 0
   multivector = True
+  head = False                   # no Dense chain / LayerNorm after pooling
+  head_norm = False
   pretrained_paths = (("encoder",),)
 
   @property

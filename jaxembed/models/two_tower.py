@@ -92,6 +92,8 @@ class TwoTower(nn.Module):
   supports_packing = False
   supports_early_exit = False    # one output "layer": nothing to stop early at
   multivector = False            # pooled vectors
+  head = False                   # no Dense chain / LayerNorm after pooling
+  head_norm = False
   centred_exits = False         # (model.centred_exits is for a single tower)
   exit_components = 0
 

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from jaxembed import sharding as shd
+from jaxembed.loaders import folder_head
 from jaxembed.models import abstract_params, load_encoder_weights, lora
 from jaxembed.train import centring
 
@@ -77,6 +78,11 @@ def initial_params(run, start: dict | None = None):
       loaded = load_encoder_weights(run.folder.weights, cfg)["encoder"]
       for path in paths:
         params = _replace(params, path, shd.host_to_global(loaded, _get(shardings, path)))
+    if run.model.head or run.model.head_norm:
+      # The folder's Dense chain and LayerNorm after pooling, trained with the encoder.
+      head = folder_head(run.folder, cfg.hidden_size, as_exit=False)["params"]
+      params = dict(params, **{k: shd.host_to_global(v, shardings[k])
+                               for k, v in head.items()})
   if lora.GROUP in run.param_shardings:
     factors = lora.init(abstract_params(run.model, None, run.config.optim.lora)[lora.GROUP],
                         run.config.seed)
