@@ -16,12 +16,15 @@ Arguments (comma-separated after the file name):
   variant=starbucks  Starbucks' fixed (layer, dim) pairs, halved for this model, with
                      the KL term to the full model
   variant=mrl        1D Matryoshka: dims at the last layer only
+  variant=pairs      the pair loss alone on the same data, steps, batch and dropout
+                     (no teacher terms, no centred exits): the recipe's matched
+                     baseline (experiments/ood_claim.py)
 """
 
 from jaxembed.configs import common
 
 # Arguments the config tests build, besides None and "smoke".
-VARIANTS = ("variant=starbucks", "variant=mrl", "smoke,variant=starbucks")
+VARIANTS = ("variant=starbucks", "variant=mrl", "smoke,variant=starbucks", "variant=pairs")
 
 
 def default_recipe(c):
@@ -48,6 +51,9 @@ def get_config(arg=None):
     c.loss.kl_weight = 1.0
   elif args.variant == "mrl":
     c.loss.matryoshka.mode = "mrl"
+  elif args.variant == "pairs":
+    c.loss.distill.weight = c.loss.distill.anchor_weight = 0.0
+    c.model.centred_exits = c.model.refresh_exits_at_end = False
   elif args.variant != "grid":
-    raise ValueError(f"variant={args.variant!r}; valid: grid, starbucks, mrl")
+    raise ValueError(f"variant={args.variant!r}; valid: grid, starbucks, mrl, pairs")
   return c
