@@ -77,6 +77,15 @@ def _shared_jit(module, method: str, mesh, rules):
     return _jit_forward(module, method, mesh, rules)
 
 
+def _params_mesh(params):
+  """The mesh the parameters are sharded over, or None on one device."""
+  leaf = jax.tree.leaves(params)[0]
+  mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+  if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
+    return None
+  return mesh
+
+
 class BatchEncoder:
   """Texts -> pooled, unnormalised vectors [n, layers, width] through any model of the
   embedder interface (`models/embedder.py`), by one of its Linen methods
@@ -96,10 +105,7 @@ class BatchEncoder:
 
   @functools.cached_property
   def _forward(self):
-    leaf = jax.tree.leaves(self.params)[0]
-    mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
-    if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
-      mesh = None
+    mesh = _params_mesh(self.params)
     jitted = _shared_jit(self.module, self.method, mesh, self.rules)
     if mesh is None:
       return lambda p, ids, mask, pool: np.asarray(jitted(p, ids, mask, pool))
@@ -167,10 +173,7 @@ class TokenEncoder:
 
   @functools.cached_property
   def _forward(self):
-    leaf = jax.tree.leaves(self.params)[0]
-    mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
-    if not isinstance(mesh, jax.sharding.Mesh) or mesh.size == 1:
-      mesh = None
+    mesh = _params_mesh(self.params)
     jitted = _cached_jit_tokens(self.module, self.method, mesh, self.rules)
     if mesh is None:
       return lambda p, ids, mask: tuple(np.asarray(x) for x in jitted(p, ids, mask))
