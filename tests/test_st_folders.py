@@ -299,3 +299,23 @@ def test_a_config_that_would_drop_a_folders_head_is_refused(with_head, smoke_con
   config = smoke_config(**{"model.path": str(with_head)})     # the smoke model: random
   with pytest.raises(ConfigError, match="Dense / LayerNorm modules"):
     setup(config, str(tmp_path))
+
+
+def test_training_without_the_folders_prompts_says_so(saved, tmp_path, smoke_config,
+                                                      caplog):
+  """EmbeddingGemma-style prompts in the folder, a run without data.query_instruction:
+  a warning names them (the trained model keeps only what it trained with)."""
+  import logging
+  from jaxembed.train.run import setup
+  out = copy_of(saved, tmp_path)
+  edit_json(out / "config_sentence_transformers.json",
+            lambda c: dict(c, prompts={"query": "task: search | query: ", "document": ""}))
+  with caplog.at_level(logging.WARNING):
+    setup(smoke_config(**{"model.path": str(out)}), str(tmp_path / "run"))
+  assert "task: search | query: " in caplog.text and "data.query_instruction" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    setup(smoke_config(**{"model.path": str(out),
+                          "data.query_instruction": "task: search | query: "}),
+          str(tmp_path / "run2"))
+  assert "does not train with" not in caplog.text

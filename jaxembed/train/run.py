@@ -232,6 +232,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   build.check_model_config(config)
   folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
   text_config = build.text_encoder_config(config, folder)
+  prompts = {name: text for name, text in folder.prompts if text}
+  if prompts and config.data.query_instruction not in prompts.values():
+    # A trained model keeps the instruction it trained with, not the folder's prompts.
+    logging.warning("model.path=%r has prompts %s that this run does not train with "
+                    "(data.query_instruction=%r); the trained model will not have them. "
+                    "To train as the model is used, set data.query_instruction to its "
+                    "query prompt", config.model.path, prompts,
+                    config.data.query_instruction)
   model = build.build_model(config, text_config, folder)
   build_cells("grid", num_layers=model.output_layers, hidden=model.output_width,
               layers=config.eval.layers, dims=config.eval.dims, field="eval")
