@@ -83,3 +83,14 @@ def test_coverage_over_simulated_studies():
 def test_verdict_rule(low, high, direction, effect, want):
   interval = stats.Interval(mean=(low + high) / 2, low=low, high=high)
   assert stats.verdict(interval, direction, effect) == want
+
+
+def test_a_verdict_row_parses_back_to_its_rule():
+  i = stats.Interval(mean=0.031, low=0.004, high=0.06)
+  row = stats.verdict_row("man pages", i, +1, scale=100)
+  m = stats.ROW.search(row)
+  assert m and m["verdict"] == "reproduced" and float(m["low"]) == 0.4
+  row = stats.verdict_row("x", stats.Interval(0.0, -0.02, 0.01), +1, paper_effect=0.05,
+                          scale=100)
+  assert stats.ROW.search(row)["verdict"] == "contradicted"
+  assert stats.ROW.search(row)["effect"] == "+5.0"

@@ -1,0 +1,59 @@
+"""What the protocol's studies share: training an arm's run for a seed, the test halves
+of the packaged retrieval sets, per-query reciprocal ranks and the machine's name
+(no flags here: each study defines its own)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+K = 10
+
+
+def train(out: str, arm: str, seed: int, config: str) -> float:
+  """Trains <out>/<arm>_s<seed> with `config`; 0 if it had finished, else the seconds
+  it took. The end-of-run evaluation is made small: studies evaluate the test halves
+  themselves."""
+  workdir = os.path.join(out, f"{arm}_s{seed}")
+  if os.path.exists(os.path.join(workdir, "metrics.json")):
+    return 0.0
+  start = time.time()
+  cmd = [sys.executable, "-m", "experiments.train", f"--config={config}",
+         f"--workdir={workdir}", f"--config.seed={seed}", "--config.eval.before=False",
+         "--config.eval.ood=('docstrings',)", "--config.eval.ood_queries=32",
+         "--config.eval.wordnet_queries=0", "--config.eval.lee=False",
+         "--config.eval.simlex=False", "--config.eval.wordsim=False",
+         "--config.eval.polarity=False", "--config.eval.newsgroup=False"]
+  print(" ".join(cmd), flush=True)
+  subprocess.run(cmd, check=True)
+  return time.time() - start
+
+
+def test_tasks():
+  """The test halves of the three sets, every test query, as training builds them."""
+  from experiments.splits import packaged_tasks
+  from jaxembed.evals import splits
+  return {t.name: t.with_queries(lambda q, n=t.name: splits.keep(q, n, "test"))
+          for t in packaged_tasks()}
+
+
+def reciprocal_ranks(scores: np.ndarray, relevance: np.ndarray, k: int = K) -> np.ndarray:
+  """Per query: 1 / rank of the first relevant document in the top k, else 0."""
+  from jaxembed.evals.retrieval import top_k
+  ranked = np.take_along_axis(relevance, top_k(scores, k), axis=1) > 0
+  first = np.argmax(ranked, axis=1)
+  return np.where(ranked.any(axis=1), 1.0 / (first + 1), 0.0)
+
+
+def machine() -> str:
+  """The CPU's model name and core count, as a results table names its machine."""
+  try:
+    model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                 if line.startswith("model name"))
+  except (OSError, StopIteration):
+    model = "unknown CPU"
+  return f"{model}, {os.cpu_count()} cores"
