@@ -85,7 +85,7 @@ def test_every_objective_trains_sharded_on_8_devices(smoke_config, name, extra):
     ({"loss.name": "triplet"}, r"loss.name='triplet'; valid values: \['info_nce', "
                                r"'contrastive', 'sigmoid', 'multi_positive_info_nce', "
                                r"'2dmse', 'cosent', 'angle', "
-                               r"'self_distillation'\]"),
+                               r"'self_distillation', 'maxsim'\]"),
     ({"loss.matryoshka.weights": (1.0, 2.0)}, r"weights has 2 entries for 6 cells"),
     ({"loss.matryoshka.dims": (8, 48)}, r"loss.matryoshka.dims: dim 48 is out of range "
                                         r"for the hidden size 32 \(valid: 1..32\)"),

@@ -52,7 +52,7 @@ BUILD_ALL = textwrap.dedent("""
           built += 1                                   # not fetched here: checked only
           continue
         folder = read_model_folder(config.model.path, tokenizer=config.model.tokenizer)
-        model = build_model(config, text_encoder_config(config, folder))
+        model = build_model(config, text_encoder_config(config, folder), folder)
         assert abstract_params(model)
         built += 1
     print("BUILT", built)
