@@ -6,6 +6,7 @@ input reads its text field, and a bad line is named."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxembed
-from conftest import MINILM, REPO, user_env
+from conftest import MINILM, REPO, user_env, xla_flags
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,33 @@ def test_shards_join_into_the_rows_encode_gives(tmp_path):
   other = run(encode_args(tmp_path / "c.txt", tmp_path / "out", "--prompt_name=query"))
   assert other.returncode == 2
   assert "holds the work of another run (prompt_name differ)" in other.stderr
+
+
+def test_two_processes_share_the_shards_and_join_them(tmp_path):
+  """Two processes joined by jax.distributed (gloo on 127.0.0.1, two CPU devices
+  each): process 0 encodes shards 0, 2, 4 and process 1 shards 1, 3; process 0 joins
+  them into the rows one process gives."""
+  texts = corpus(450)
+  (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = user_env({"XLA_FLAGS": xla_flags(2)})
+  procs = [subprocess.Popen(
+      encode_args(tmp_path / "c.txt", tmp_path / "out", f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}"),
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  # Each process's progress bar counts its own shards' texts: 100 + 100 + 50, 100 + 100.
+  assert "250/250" in outs[0][1] and "200/200" in outs[1][1], (outs[0][1][-500:],
+                                                               outs[1][1][-500:])
+  got = np.load(tmp_path / "out" / "embeddings.npy")
+  want = jaxembed.load(MINILM).encode(texts, layer=2, dim=64)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert not os.listdir(tmp_path / "out" / "shards")
 
 
 def test_a_killed_run_resumes_to_the_one_shot_result(tmp_path):

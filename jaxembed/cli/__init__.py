@@ -18,6 +18,8 @@ import importlib
 import os
 import sys
 
+from absl import flags
+
 COMMANDS = {"train": ("jaxembed.cli.train", "train and evaluate a model from a config"),
             "export": ("jaxembed.cli.export",
                        "write a trained model as a sentence-transformers or Flax folder"),
@@ -27,6 +29,32 @@ COMMANDS = {"train": ("jaxembed.cli.train", "train and evaluate a model from a c
             "configs": (None, "list the configs shipped in the package")}
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs")
+
+
+_DISTRIBUTED = None
+
+
+def define_distributed_flags() -> None:
+  """The multi-host flags shared by `train` and `encode` (defined once)."""
+  global _DISTRIBUTED
+  if _DISTRIBUTED is not None:
+    return
+  _DISTRIBUTED = (
+      flags.DEFINE_string(
+          "coordinator_address", None,
+          "host:port of process 0, for a multi-host run started by hand (TPU pods, "
+          "SLURM and Open MPI are detected without it)."),
+      flags.DEFINE_integer("num_processes", None, "Processes in the job."),
+      flags.DEFINE_integer("process_id", None, "This process's index."),
+      flags.DEFINE_bool("multihost", False,
+                        "Join a multi-host job found by jax itself (TPU pod, SLURM)."))
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed` joined as the multi-host flags say (nothing for one process)."""
+  from jaxembed.sharding.distributed import initialize
+  coordinator, num_processes, process_id, multihost = (f.value for f in _DISTRIBUTED)
+  initialize(coordinator, num_processes, process_id, multihost=multihost)
 
 
 def packaged_configs() -> list[str]:

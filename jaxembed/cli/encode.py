@@ -10,8 +10,9 @@ It is read in shards of `--shard_size` texts, streamed (memory does not grow wit
 corpus); each shard is encoded (its texts bucketed by token length, the batch split
 over every local device) and written atomically to `OUT/shards/`, so a rerun after a
 crash skips the finished shards and gives the same result. With several processes
-(`jax.distributed`), process i encodes shards i, i + n, ...; process 0 then joins
-them. The result: `numpy.load("OUT/embeddings.npy", mmap_mode="r")`, float32 rows in
+(`jax.distributed`: `--coordinator_address --num_processes --process_id` as for
+`train`, or `--multihost`), process i encodes shards i, i + n, ... into the shared
+OUT; process 0 then joins them. The result: `numpy.load("OUT/embeddings.npy", mmap_mode="r")`, float32 rows in
 input order, and `OUT/meta.json` (model, cell, dtype, count). `--index=flat|ivf_pq|binary`
 also writes a faiss index `OUT/index.faiss` (needs faiss: `pip install jaxembed[faiss]`).
 """
@@ -23,6 +24,7 @@ import sys
 from absl import app, flags
 
 from jaxembed import hostmem
+from jaxembed.cli import define_distributed_flags, initialize_distributed
 
 _MODEL = None
 _INPUT = None
@@ -55,6 +57,7 @@ def define_flags() -> None:
   _INDEX = flags.DEFINE_enum("index", None, ["flat", "ivf_pq", "binary"],
                              "also build a faiss index beside the embeddings")
   _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a failure, not one line.")
+  define_distributed_flags()
   flags.mark_flags_as_required(["model", "input", "out"])
 
 
@@ -63,6 +66,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxembed.corpus import encode_corpus
   from jaxembed.errors import JaxembedError
+  initialize_distributed()
   try:
     meta = encode_corpus(_MODEL.value, _INPUT.value, _OUT.value, text_field=_FIELD.value,
                          layer=_LAYER.value, dim=_DIM.value, prompt_name=_PROMPT.value,

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from jaxembed import hostmem
 from jaxembed.checkpoint import remove_partial_saves
-from jaxembed.cli import resolve_configs
+from jaxembed.cli import define_distributed_flags, initialize_distributed, resolve_configs
 from jaxembed.errors import JaxembedError
 
 # Failures of the machine rather than of the program: reported in one line.
@@ -26,17 +26,13 @@ _SYSTEM_FAILURES = ("No space left on device", "RESOURCE_EXHAUSTED", "File too l
 
 _CONFIG = None
 _WORKDIR = None
-_COORDINATOR = None
-_NUM_PROCESSES = None
-_PROCESS_ID = None
-_MULTIHOST = None
 _DEBUG = None
 
 
 def define_flags() -> None:
   """Defines this command's flags, once: at import they would clash with the
   other commands' (every module of the package imports together)."""
-  global _CONFIG, _WORKDIR, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _MULTIHOST, _DEBUG
+  global _CONFIG, _WORKDIR, _DEBUG
   if _CONFIG is not None:
     return
   _CONFIG = config_flags.DEFINE_config_file(
@@ -44,14 +40,7 @@ def define_flags() -> None:
       "(`jaxembed configs` lists them; e.g. ood_ablation:smoke,arm=pairs).",
       lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
-  _COORDINATOR = flags.DEFINE_string(
-      "coordinator_address", None,
-      "host:port of process 0, for a multi-host run started by hand (TPU pods, SLURM and "
-      "Open MPI are detected without it).")
-  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-  _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-  _MULTIHOST = flags.DEFINE_bool(
-      "multihost", False, "Join a multi-host job found by jax itself (TPU pod, SLURM).")
+  define_distributed_flags()
   _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of a failure, not one line.")
   flags.mark_flags_as_required(["config", "workdir"])
 
@@ -93,10 +82,8 @@ def main(argv):
     handler.addFilter(_QuietLibraries(debug=_DEBUG.value))
   if not _DEBUG.value:
     sys.unraisablehook = _quiet_closed_loops
-  from jaxembed.sharding.distributed import initialize
   from jaxembed.train.loop import StopNow, train_and_evaluate
-  initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-             multihost=_MULTIHOST.value)
+  initialize_distributed()
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except StopNow as e:

@@ -86,6 +86,13 @@ class Tokenizer:
       out[start:start + len(encodings)] = [len(e.ids) for e in encodings]
     return out
 
+  def _prompt_length(self, instruction: str) -> int:
+    """sentence-transformers' prompt length: the tokens of the instruction encoded
+    alone, less a trailing special token ([SEP], EOS)."""
+    alone = self._tok.encode(instruction)
+    return len(alone.ids) - int(bool(alone.special_tokens_mask
+                                     and alone.special_tokens_mask[-1]))
+
   def _tokenize(self, texts, instruction: str):
     """Each text with the instruction before it, tokenized and truncated, unpadded."""
     return self._tok.encode_batch([instruction + str(t) for t in texts])
@@ -99,11 +106,15 @@ class Tokenizer:
     of `pad_multiple` (few distinct shapes, so few compilations at inference, and
     little padding beyond the batch's longest: benchmarks/README.md).
     With an `instruction`, each text is encoded as instruction + text and a
-    `pool_mask` is added: the attention mask without the instruction's tokens (found
-    by their character offsets) and the special tokens before them ([CLS], BOS), which
-    take part in attention but not in pooling: the prefix sentence-transformers leaves
-    out of pooling with `include_prompt: false`, so an exported model with its prompt
-    gives the same vectors there.
+    `pool_mask` is added: the attention mask without the instruction's prefix, which
+    takes part in attention but not in pooling. The prefix is counted as
+    sentence-transformers counts it for `include_prompt: false` (the instruction
+    tokenized alone, special tokens before it included, a trailing special token
+    not), so an exported model with its prompt gives the same vectors there. For a
+    SentencePiece tokenizer and an instruction ending in a space, that count includes
+    the space's own token, which the joined text does not have, so the prefix reaches
+    one token into the text: sentence-transformers does the same, and training here
+    pools as the exported model will.
     """
     encodings = self._tokenize(texts, instruction)
     longest = max((len(e.ids) for e in encodings), default=1)
@@ -112,6 +123,7 @@ class Tokenizer:
     ids = np.full((len(texts), pad_to), self.pad_id, np.int32)
     mask = np.zeros((len(texts), pad_to), np.int32)
     pool = np.zeros((len(texts), pad_to), np.int32) if instruction else None
+    prefix = self._prompt_length(instruction) if instruction else 0
     for i, e in enumerate(encodings):
       n = min(len(e.ids), pad_to)
       cols = slice(0, n) if self.padding_side == "right" else slice(pad_to - n, pad_to)
@@ -119,7 +131,7 @@ class Tokenizer:
       mask[i, cols] = 1
       if pool is not None:
         keep = np.ones(n, np.int32)
-        keep[:_prefix_length(e, n, len(instruction))] = 0
+        keep[:prefix] = 0
         pool[i, cols] = keep
     out = {"input_ids": ids, "attention_mask": mask}
     if pool is not None:
@@ -127,17 +139,3 @@ class Tokenizer:
     return out
 
 
-def _prefix_length(encoding, n: int, instruction_chars: int) -> int:
-  """How many of the first `n` tokens are the prompt prefix: leading special tokens
-  and the instruction's own tokens (a special token after them, such as [SEP] of an
-  empty text, is not prefix)."""
-  seen_instruction = False
-  for k, ((start, _), special) in enumerate(zip(encoding.offsets[:n],
-                                                encoding.special_tokens_mask[:n])):
-    if special and seen_instruction:
-      return k
-    if not special:
-      if start >= instruction_chars:
-        return k
-      seen_instruction = True
-  return n

@@ -159,11 +159,16 @@ class DecoderConfig:
     side; causal attention on right padding gives transformers' exact values (its
     default positions ignore left padding). The tokenizer class follows the
     tokenizer.json (transformers otherwise rebuilds the model type's own pipeline from
-    the vocabulary): a WordPiece vocabulary is a BertTokenizer."""
+    the vocabulary): a WordPiece vocabulary is a BertTokenizer. The special tokens the
+    tokenizer.json's template adds around a text are named (bos_token before it,
+    eos_token after): sentence-transformers leaves a prompt's trailing special token
+    out of the prompt's length only when the tokenizer declares it special."""
     wordpiece = tokenizer_json.get("model", {}).get("type") == "WordPiece"
-    return {"tokenizer_class": "BertTokenizer" if wordpiece else "TokenizersBackend",
-            "model_max_length": max_length, "padding_side": "right",
-            "pad_token": pad_token, "model_input_names": ["input_ids", "attention_mask"]}
+    out = {"tokenizer_class": "BertTokenizer" if wordpiece else "TokenizersBackend",
+           "model_max_length": max_length, "padding_side": "right",
+           "pad_token": pad_token, "model_input_names": ["input_ids", "attention_mask"]}
+    out.update(_template_specials(tokenizer_json))
+    return out
 
   def to_hf(self) -> dict[str, Any]:
     """A `config.json` dict that `transformers` reads: Qwen2 when the q/k/v projections
@@ -379,3 +384,30 @@ def hf_weight_table(cfg: DecoderConfig) -> list[WeightEntry]:
     e += [WeightEntry(f"{hf}{theirs}.weight", (fx, ours, "scale"), same, same)
           for theirs, ours in norms.items()]
   return e
+
+
+def _template_specials(tokenizer_json: dict) -> dict[str, str]:
+  """{'bos_token', 'eos_token', 'unk_token'} as a tokenizer.json defines them: the
+  special tokens its template puts before and after a single text, and its model's
+  unknown token; those it does not have are left out."""
+  out = {}
+  unk = (tokenizer_json.get("model") or {}).get("unk_token")
+  if isinstance(unk, str):
+    out["unk_token"] = unk
+  post = tokenizer_json.get("post_processor") or {}
+  steps = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+  for step in steps:
+    single = step.get("single") if isinstance(step, dict) else None
+    if not isinstance(single, list):
+      continue
+    seen_text = False
+    for piece in single:
+      if not isinstance(piece, dict):
+        continue
+      if "Sequence" in piece:
+        seen_text = True
+      elif isinstance(piece.get("SpecialToken"), dict):
+        token = piece["SpecialToken"].get("id")
+        if isinstance(token, str):
+          out.setdefault("eos_token" if seen_text else "bos_token", token)
+  return out
