@@ -30,7 +30,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.results_io import run_or_table
-from experiments.study_io import K, machine, reciprocal_ranks, test_tasks, train
+from experiments.study_io import (K, machine, maxsim_matrix, reciprocal_ranks, test_tasks,
+                                  train)
 
 ARMS = {"single": "configs/minilm_wordnet_2d.py", "multi": "configs/colbert_minilm.py"}
 SETS = ("manpages", "docstrings", "wordnet")
@@ -55,25 +56,13 @@ def evaluate_single(workdir: str, tasks) -> dict:
 
 def evaluate_multi(workdir: str, tasks) -> dict:
   import jaxembed
-  from jaxembed.evals.late_interaction import maxsim_scores
   model = jaxembed.load(workdir)
   out = {}
   for name, task in tasks.items():
     q = model.encode_multivector(task.queries, is_query=True, layer=6)
     d = model.encode_multivector(task.corpus, is_query=False, layer=6)
-    qt, qm = _padded(q)
-    dt, dm = _padded(d)
-    out[name] = reciprocal_ranks(maxsim_scores(qt, qm, dt, dm), task.relevance).tolist()
+    out[name] = reciprocal_ranks(maxsim_matrix(q, d), task.relevance).tolist()
   return out
-
-
-def _padded(matrices):
-  longest = max(len(m) for m in matrices)
-  tokens = np.zeros((len(matrices), longest, matrices[0].shape[1]), np.float32)
-  mask = np.zeros((len(matrices), longest), np.float32)
-  for i, m in enumerate(matrices):
-    tokens[i, :len(m)], mask[i, :len(m)] = m, 1
-  return tokens, mask
 
 
 def evaluate_bm25(tasks) -> dict:

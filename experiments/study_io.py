@@ -49,6 +49,23 @@ def reciprocal_ranks(scores: np.ndarray, relevance: np.ndarray, k: int = K) -> n
   return np.where(ranked.any(axis=1), 1.0 / (first + 1), 0.0)
 
 
+def maxsim_matrix(queries, docs) -> np.ndarray:
+  """Exhaustive MaxSim [Q, N] of token matrices [t_i, dim] (`encode_multivector`'s),
+  the documents scored in length buckets so that padding stays small."""
+  from jaxembed.evals.late_interaction import maxsim_scores, pad_tokens
+  padded = lambda ms: pad_tokens([m[None] for m in ms], 0, ms[0].shape[1])
+  q, qm = padded(queries)
+  out = np.zeros((len(queries), len(docs)), np.float32)
+  lengths = np.array([len(d) for d in docs])
+  edges = [-1, 16, 32, 64, 128, 1 << 30]
+  for lo, hi in zip(edges, edges[1:]):
+    rows = np.flatnonzero((lengths > lo) & (lengths <= hi))
+    if len(rows):
+      d, dm = padded([docs[i] for i in rows])
+      out[:, rows] = maxsim_scores(q, qm, d, dm)
+  return out
+
+
 def machine() -> str:
   """The CPU's model name and core count, as a results table names its machine."""
   try:

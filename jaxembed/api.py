@@ -19,6 +19,7 @@ from jaxembed.data.tokenizer import Tokenizer
 from jaxembed.errors import ConfigError
 from jaxembed.models.build import model_from_spec
 from jaxembed.models.embedder import make_encoder
+from jaxembed.models.multivector import REDUCTIONS
 from jaxembed.models.spec import ModelSpec
 
 
@@ -325,6 +326,29 @@ class EmbeddingModel:
       v = m[layer - 1, :, :dim]
       out.append(v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12))
     return out
+
+  def with_token_reduction(self, *, query: tuple[str, int] | None = None,
+                           doc: tuple[str, int] | None = None) -> "EmbeddingModel":
+    """This multi-vector model with its token vectors reduced at encode time, the
+    parameters shared: `doc=('kmeans', 8)` clusters each document's counted tokens
+    into 8 centroids as CRISP does in training (applied after training here: the
+    post-hoc baseline CRISP compares against); 'tail' and 'spacing' keep k tokens
+    (the paper's fixed-selection pruning); ('none', 0) keeps every token. A side
+    not given keeps the model's setting."""
+    if not self.multivector:
+      raise ConfigError("with_token_reduction needs a multi-vector model")
+    mv = dict(self.spec.multivector)
+    for side, value in (("query", query), ("doc", doc)):
+      if value is None:
+        continue
+      how, k = value
+      if how not in REDUCTIONS:
+        raise ConfigError(f"{side}=({how!r}, {k}): the reduction must be one of "
+                          f"{list(REDUCTIONS)}")
+      k = _count(k, f"{side} vectors", low=0 if how == "none" else 1)
+      mv[f"{side}_reduce"], mv[f"{side}_vectors"] = how, k
+    spec = dataclasses.replace(self.spec, multivector=tuple(sorted(mv.items())))
+    return EmbeddingModel(spec, self.params, self.tokenizer, rules=self._encoder.rules)
 
   def _layer_encoder(self, layer: int) -> BatchEncoder:
     """The sub-model truncated to `layer`, computing only its first `layer` blocks."""

@@ -120,3 +120,35 @@ def test_gradient_through_the_centroids_equals_finite_differences(float64):
     assert grad[idx] == pytest.approx(fd, abs=1e-6), idx
   assert np.abs(grad[:, 1]).max() > 0 and np.all(grad[:, 0] == 0)   # layer 0 unused
   assert np.all(grad[1, 1, 3] == 0)                   # the skipped token is no member
+
+
+def test_post_hoc_reduction_of_a_model_equals_numpy_on_its_own_vectors():
+  """`with_token_reduction` (CRISP's post-hoc baselines): a model's document vectors
+  clustered after training equal NumPy's k-means of the unreduced model's vectors
+  from the same start; tail keeps the last k; queries and parameters are untouched."""
+  import os
+  import sys
+  from conftest import REPO
+  sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
+  import multivector_model
+  from jaxembed.errors import ConfigError
+  model = multivector_model.model()
+  texts = multivector_model.TEXTS
+  full = model.encode_multivector(texts)
+  k = 4
+  clustered = model.with_token_reduction(doc=("kmeans", k)).encode_multivector(texts)
+  tail = model.with_token_reduction(doc=("tail", k)).encode_multivector(texts)
+  for v, c, t in zip(full, clustered, tail):
+    x = v.astype(np.float64)[None, None]
+    counted = np.ones((1, len(v)))
+    want, mask = ref_kmeans(x, counted, k, iterations=5)
+    want = want[0, 0][mask[0] > 0]
+    assert c.shape == want.shape, (c.shape, want.shape)
+    np.testing.assert_allclose(c, want, atol=2e-5)
+    np.testing.assert_allclose(t, v[-min(k, len(v)):], atol=1e-6)
+  queries = model.with_token_reduction(doc=("kmeans", k)).encode_multivector(
+      texts, is_query=True)
+  for a, b in zip(queries, model.encode_multivector(texts, is_query=True)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match="doc=\\('mean', 4\\)"):
+    model.with_token_reduction(doc=("mean", 4))
