@@ -139,9 +139,10 @@ def test_no_cycle():
 
 
 # Entry points import the library inside main(): a command re-executes itself first
-# (jaxembed.hostmem) and answers --help without loading JAX.
-ENTRY_POINTS = ("jaxembed.cli.train", "jaxembed.cli.export", "jaxembed.cli.merge",
-                "jaxembed.cli.encode")
+# (jaxembed.hostmem) and answers --help without loading JAX. jaxembed.cli is the
+# `jaxembed <command>` dispatcher and holds the commands' shared multi-host start-up.
+ENTRY_POINTS = ("jaxembed.cli", "jaxembed.cli.train", "jaxembed.cli.export",
+                "jaxembed.cli.merge", "jaxembed.cli.encode")
 
 
 def test_imports_at_module_level():
