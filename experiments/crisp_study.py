@@ -35,7 +35,7 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (K, machine, maxsim_matrix, reciprocal_ranks, test_tasks,
-                                  train)
+                                  train, wall_lines)
 
 _RUNS = flags.DEFINE_string("runs", "runs/multivector_study",
                             "the multivector study's runs (multi_s<seed>: the unpruned arm)")
@@ -154,11 +154,7 @@ def table(results: dict) -> str:
       interval = stats.paired_interval(a, b, resamples=2000)
       lines.append(stats.verdict_row(f"vs {base}, {names[n]}", interval, DIRECTION,
                                      scale=100))
-  wall = results.get("train_wall_s", {})
-  if wall:
-    lines += ["", "Training wall time per run (s): " + ", ".join(
-        f"{k} {v:.0f}" for k, v in sorted(wall.items()))]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + wall_lines(results)) + "\n"
 
 
 def main(argv):

@@ -31,7 +31,7 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (K, machine, maxsim_matrix, reciprocal_ranks, test_tasks,
-                                  train)
+                                  train, wall_lines)
 
 ARMS = {"single": "configs/minilm_wordnet_2d.py", "multi": "configs/colbert_minilm.py"}
 SETS = ("manpages", "docstrings", "wordnet")
@@ -145,11 +145,7 @@ def table(results: dict) -> str:
     b = np.array([results["rr"]["multi"][s][n] for s in seeds])
     i = stats.paired_interval(a, b, resamples=2000)
     lines.append(stats.verdict_row(names[n], i, DIRECTION, scale=100))
-  wall = results.get("train_wall_s", {})
-  if wall:
-    lines += ["", "Training wall time per run (s): " + ", ".join(
-        f"{k} {v:.0f}" for k, v in sorted(wall.items()))]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + wall_lines(results)) + "\n"
 
 
 def main(argv):

@@ -66,6 +66,15 @@ def maxsim_matrix(queries, docs) -> np.ndarray:
   return out
 
 
+def wall_lines(results: dict) -> list[str]:
+  """A table's closing line of training wall times per run (none when none stored)."""
+  wall = results.get("train_wall_s", {})
+  if not wall:
+    return []
+  return ["", "Training wall time per run (s): " + ", ".join(
+      f"{k} {v:.0f}" for k, v in sorted(wall.items()))]
+
+
 def machine() -> str:
   """The CPU's model name and core count, as a results table names its machine."""
   try:
