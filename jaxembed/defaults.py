@@ -145,6 +145,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.blockwise = False                           # ring loss: no global B x B logits
   c.loss.blockwise_chunk = 512                       # candidates scored at a time
   c.loss.kl_temperature = 1.0                        # 2dmse, self_distillation
+  c.loss.exit_teacher = "next"                       # self_distillation: next | deepest |
+                                                     #   none (the weight-only control)
   c.loss.directions = ("qd",)                        # contrastive: qd, dq, qq, dd
   c.loss.false_negative_margin = ml_collections.config_dict.placeholder(float)
   c.loss.focal_gamma = 0.0                           # contrastive: (1 - p)^gamma weights

@@ -70,3 +70,19 @@ def test_multi_exit_self_distillation():
   # Teachers fixed at the unperturbed inputs: that is what stop-gradient means.
   np.testing.assert_allclose(gq, numeric_grad(lambda x: ref(x, dl, (ql, dl)), ql), atol=1e-5)
   np.testing.assert_allclose(gd, numeric_grad(lambda x: ref(ql, x, (ql, dl)), dl), atol=1e-5)
+
+
+def test_self_distillation_weight_control():
+  """teacher='none': the KL terms' weight goes to the shallower exits' own InfoNCE."""
+  rng = np.random.default_rng(6)
+  ql, dl = rng.normal(size=(5, 3, 6)), rng.normal(size=(5, 3, 6))
+  idx = {1: 0, 2: 1, 3: 2}
+  nce = lambda z: np.mean([lse(z[i]) - z[i, i] for i in range(len(z))])
+  per = {l: nce(20.0 * unit(ql[:, idx[l]]) @ unit(dl[:, idx[l]]).T) for l in (1, 2, 3)}
+  want = np.mean(list(per.values())) + 0.5 * np.mean([per[1], per[2]])
+  got = multi_exit_self_distillation(jnp.asarray(ql), jnp.asarray(dl), (1, 2, 3),
+                                     layer_index=idx, distill_weight=0.5, teacher="none")[0]
+  assert float(got) == pytest.approx(want, abs=1e-8)
+  with pytest.raises(ValueError, match="'next', 'deepest', 'none'"):
+    multi_exit_self_distillation(jnp.asarray(ql), jnp.asarray(dl), (1, 2, 3),
+                                 layer_index=idx, teacher="other")

@@ -13,6 +13,9 @@ Arguments (comma-separated):
                     distributions, the deeper one detached (loss.name=self_distillation)
   arm=exits         InfoNCE at every exit, no KL (matryoshka pairs (2|4|6, 384))
   arm=last_only     InfoNCE at the last layer only
+  arm=weight_control  self_distill's loss with each KL term replaced by the exit's own
+                    InfoNCE (loss.exit_teacher=none): the same extra weight on the
+                    shallower exits, no deeper exit guiding them
   accelerator       the larger variant for a GPU/TPU: 2,000 steps of 256 pairs, every
                     WordNet pair kind, the full evaluation sets
   smoke             tiny random model (tests)
@@ -22,7 +25,7 @@ from jaxembed.configs import common
 
 VARIANTS = ("arm=exits", "arm=last_only", "arm=self_distill,accelerator",
             "smoke,arm=exits", "smoke,arm=last_only")
-ARMS = ("self_distill", "exits", "last_only")
+ARMS = ("self_distill", "exits", "last_only", "weight_control")
 EXITS = (2, 4, 6)
 
 
@@ -34,10 +37,12 @@ def get_config(arg=None):
   exits, width = (EXITS, 384) if not args.smoke else ((1, 2), 32)
   c.train.steps = 80
   m = c.loss.matryoshka
-  if args.arm == "self_distill":
+  if args.arm in ("self_distill", "weight_control"):
     c.loss.name = "self_distillation"
     m.layers = exits
     c.loss.kl_weight = 1.0
+    if args.arm == "weight_control":
+      c.loss.exit_teacher = "none"
   elif args.arm == "exits":
     m.mode = "pairs"
     m.pairs = tuple((layer, width) for layer in exits)

@@ -43,9 +43,13 @@ def multi_exit_self_distillation(q_layers, d_layers, exits: Sequence[int], *,
   et al. 2025): every exit is trained with InfoNCE, and each shallower exit also matches the
   in-batch score distribution of a deeper one (the next exit, or the deepest), detached.
   Returns (loss, {"exit_<l>": contrastive, "distill_<l>": kl}).
+
+  teacher='none' is the study's control: each shallower exit's "distill" term is its
+  own InfoNCE again, so it carries the same extra loss weight with no deeper exit
+  guiding it.
   """
-  if teacher not in ("next", "deepest"):
-    raise ValueError(f"teacher={teacher!r}: valid 'next', 'deepest'")
+  if teacher not in ("next", "deepest", "none"):
+    raise ValueError(f"teacher={teacher!r}: valid 'next', 'deepest', 'none'")
   exits = sorted(exits)
   logits = {}
   for layer in exits:
@@ -55,6 +59,9 @@ def multi_exit_self_distillation(q_layers, d_layers, exits: Sequence[int], *,
         l2_normalize(d_layers[:, i]), negs).T
   parts = {f"exit_{l}": info_nce_from_logits(logits[l]) for l in exits}
   for n, layer in enumerate(exits[:-1]):
+    if teacher == "none":
+      parts[f"distill_{layer}"] = parts[f"exit_{layer}"]
+      continue
     deeper = exits[n + 1] if teacher == "next" else exits[-1]
     parts[f"distill_{layer}"] = kl_scores(logits[layer], logits[deeper],
                                           temperature=temperature)

@@ -428,6 +428,8 @@ def _self_distillation(cfg, ctx: BuildContext):
   """Multi-exit: every exit in loss.matryoshka.layers trained, deeper exits teaching
   shallower ones."""
   exits = tuple(cfg.matryoshka.layers)
+  if "exit_teacher" in cfg:
+    _check(cfg, "exit_teacher", ("next", "deepest", "none"))
   bad = [l for l in exits if not 1 <= l <= ctx.num_layers]
   if bad or not exits:
     raise ConfigError(f"loss.matryoshka.layers={exits}: exits must be in 1..{ctx.num_layers}")
@@ -437,7 +439,7 @@ def _self_distillation(cfg, ctx: BuildContext):
     loss, parts = multi_exit_self_distillation(
         q, d, exits, layer_index=ctx.layer_index, scale=cfg.scale,
         distill_weight=cfg.kl_weight or 1.0, temperature=cfg.kl_temperature,
-        negatives=negatives)
+        teacher=cfg.get("exit_teacher", "next"), negatives=negatives)
     return loss, _named(parts)
   return fn
 
