@@ -1,6 +1,7 @@
-"""Quantised retrieval: binary (sign bits, Hamming distance) and int8 (per-dimension
-ranges calibrated on a sample), each optionally followed by rescoring a candidate list
-with the float vectors.
+"""Quantised retrieval: binary (sign bits, Hamming distance), int8 (per-dimension
+ranges calibrated on a sample) and BEBR's recurrent binary codes (several bits per
+dimension, scored by `sdc_scores`), each optionally followed by rescoring a candidate
+list with the float vectors.
 
 Bytes per vector: binary ceil(d / 8), int8 d, float32 4d. Rescoring keeps the float
 vectors off the hot path (on disk in practice) and reads only `rescore` of them.
@@ -23,7 +24,11 @@ def pack_binary(vecs: np.ndarray) -> np.ndarray:
 
 
 def hamming(q_bits: np.ndarray, d_bits: np.ndarray) -> np.ndarray:
-  """[Q, N] Hamming distances between packed bit rows."""
+  """[Q, N] Hamming distances between packed bit rows (read 8 bytes at a time when
+  the rows are a whole number of 64-bit words)."""
+  if q_bits.shape[-1] % 8 == 0:
+    q_bits = np.ascontiguousarray(q_bits).view(np.uint64)
+    d_bits = np.ascontiguousarray(d_bits).view(np.uint64)
   return np.bitwise_count(q_bits[:, None, :] ^ d_bits[None, :, :]).sum(-1, dtype=np.int32)
 
 
@@ -107,6 +112,34 @@ def rescore(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray,
   """The candidates reranked by float inner product; the best k, best first."""
   scores = np.einsum("qd,qkd->qk", queries, corpus[candidates])
   return np.take_along_axis(candidates, top_k(scores, k), axis=1)
+
+
+def sdc_scores(q_codes: np.ndarray, d_codes: np.ndarray, weights,
+               code_dim: int) -> np.ndarray:
+  """BEBR's symmetric distance computation: [Q, N] inner products of the binary
+  values v = sum_t w_t c_t (c_t in {-1, +1}^code_dim) of two sets of packed codes
+  [n, steps, ceil(code_dim / 8)] uint8, from popcounts alone:
+
+      <v_q, v_d> = sum_{s,t} w_s w_t (code_dim - 2 popcount(q_s XOR d_t))
+
+  (the padding bits of the last byte are zero on both sides and never differ)."""
+  w = np.asarray(weights, np.float64)
+  steps = q_codes.shape[1]
+  out = np.zeros((len(q_codes), len(d_codes)), np.float64)
+  for s in range(steps):
+    for t in range(steps):
+      differ = hamming(q_codes[:, s], d_codes[:, t])
+      out += w[s] * w[t] * (code_dim - 2.0 * differ)
+  return out.astype(np.float32)
+
+
+def sdc_search(q_codes: np.ndarray, d_codes: np.ndarray, weights, code_dim: int,
+               k: int) -> np.ndarray:
+  """Top k by `sdc_scores`, queries in blocks (memory: block x corpus)."""
+  k = min(k, len(d_codes))
+  return np.concatenate([top_k(sdc_scores(q_codes[s:s + _BLOCK], d_codes, weights,
+                                          code_dim), k)
+                         for s in range(0, len(q_codes), _BLOCK)])
 
 
 def bytes_per_vector(kind: str, dim: int) -> int:
