@@ -251,7 +251,7 @@ def test_encode_batches_by_token_count(monkeypatch):
 
 def test_encoders_of_equal_modules_share_the_compiled_forward_not_the_weights():
   import jaxembed
-  from jaxembed import api
+  from jaxembed import batch_encode as api
   model = jaxembed.load(MINILM)
   texts = ["a dog runs in the park", "the stock market fell sharply today"]
   first = model.encode_all_layers(texts)

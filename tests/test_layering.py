@@ -26,7 +26,7 @@ LAYERS = (
     ("models",),
     ("losses", "data", "sharding", "checkpoint", "workdir"),
     ("evals",),
-    ("api", "loaders", "export", "mining", "mteb_adapter", "corpus", "__init__"),
+    ("api", "batch_encode", "loaders", "export", "mining", "mteb_adapter", "corpus", "__init__"),
     ("train",),
     ("cli", "configs", "__main__"),   # entry points and the packaged configs
 )

@@ -1,9 +1,9 @@
 """Multi-vector retrieval: exhaustive MaxSim over a corpus (jitted, a block of
 documents at a time) and the (layer, dim) grid of retrieval metrics the single-vector
 evaluation reports, from each text's token matrix [layers, tokens, width] (as
-`jaxembed.api.TokenEncoder` gives them). `maxsim_search` scores queries against every
-document with memory bounded by the block: [block, Td, dim] document tokens and
-[Q, block] scores at a time.
+`jaxembed.batch_encode.TokenEncoder` gives them). `maxsim_search` scores queries
+against every document with memory bounded by the block: [block, Td, dim] document
+tokens and [Q, block] scores at a time.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from jaxembed import sharding as shd
-from jaxembed.api import BatchEncoder
+from jaxembed.batch_encode import BatchEncoder
 from jaxembed.errors import ConfigError
 from jaxembed.models.embedder import CENTER, COMPONENTS
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxembed import sharding as shd
-from jaxembed.api import BatchEncoder, TokenEncoder
+from jaxembed.batch_encode import BatchEncoder, TokenEncoder
 from jaxembed.evals import grid as grid_eval, late_interaction
 from jaxembed.evals.tasks import ZeroShotTask
 from jaxembed.version import __version__
