@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+
+# A JSON list of numbers only (no strings, no nested lists).
+_NUMBER_LIST = re.compile(r"\[[-+0-9.eE,\s]*\]")
 
 
 class ResultsFolder:
@@ -24,8 +28,12 @@ class ResultsFolder:
       return json.load(f)
 
   def save(self, results: dict) -> None:
+    """Writes results.json atomically: indented, each list of numbers on one line
+    (per-query score lists would otherwise take a line per number)."""
+    text = _NUMBER_LIST.sub(lambda m: re.sub(r"\s+", "", m.group()),
+                            json.dumps(results, indent=1))
     with open(self.path + ".tmp", "w") as f:
-      json.dump(results, f, indent=1)
+      f.write(text + "\n")
     os.replace(self.path + ".tmp", self.path)
 
   def write_table(self, md: str) -> None:

@@ -70,3 +70,17 @@ def test_every_verdict_row_follows_the_rule():
       assert stats.verdict(interval, direction, effect) == m["verdict"], m.group(0)
       rows += 1
   assert rows >= 3
+
+
+def test_results_save_keeps_number_lists_on_one_line(tmp_path):
+  """results.json round-trips exactly; a per-query list takes one line, not one per
+  number; lists of strings and nested lists keep the indented layout."""
+  from experiments.results_io import ResultsFolder
+  data = {"rr": {"1": [0.5, 1.0, 0.0, 1e-05, -2]}, "names": ["a", "b"],
+          "cells": [[6, 384], [2, 64]], "n": 3}
+  folder = ResultsFolder(str(tmp_path))
+  folder.save(data)
+  text = (tmp_path / "results.json").read_text()
+  assert json.loads(text) == data
+  assert '"1": [0.5,1.0,0.0,1e-05,-2]' in text
+  assert '"a",\n' in text
