@@ -105,11 +105,12 @@ def run(folder, results: dict) -> None:
 
   def scores(alignment, x, y, shade) -> dict:
     img = alignment.images(x)
-    zero_shot = (np.argmax(img @ alignment.texts(prompts).T, 1) == y).astype(float)
+    zero_shot = (np.argmax(img @ alignment.texts(prompts).T, 1) == y).astype(int)
     sims = img @ alignment.texts(candidates).T
     truth = sims[np.arange(len(y)), y * 2 + shade]
-    rr = 1.0 / (1 + (sims > truth[:, None]).sum(1))
-    return {"zero_shot": zero_shot, "rr": rr}
+    # The true caption's rank among the 20 (stored as an integer: its reciprocal is
+    # the image's reciprocal rank).
+    return {"zero_shot": zero_shot, "rank": 1 + (sims > truth[:, None]).sum(1)}
 
   def fit(n, seed, weight):
     idx, cap, groups = pairs(n, seed)
@@ -136,11 +137,11 @@ def run(folder, results: dict) -> None:
       for arm, w in (("plain", 0.0), ("structure", choice[str(n)]["weight"])):
         s = scores(fit(n, seed, w), test_feats, test_y, test_shade)
         test.setdefault(arm, {}).setdefault(str(n), {})[str(seed)] = {
-            k: v.round(6).tolist() for k, v in s.items()}
+            k: v.tolist() for k, v in s.items()}
       idx, _, _ = pairs(n, seed)
       probe = LogisticRegression(C=1.0, max_iter=2000).fit(feats[idx], train_y[idx])
       test.setdefault("probe", {}).setdefault(str(n), {})[str(seed)] = {
-          "zero_shot": (probe.predict(test_feats) == test_y).astype(float).tolist()}
+          "zero_shot": (probe.predict(test_feats) == test_y).astype(int).tolist()}
   results.update({"split": "test", "seeds": seeds, "dev_seeds": dev_seeds,
                   "pairs": list(PAIRS), "weights": list(WEIGHTS), "choice": choice,
                   "machine": machine(), "images": len(test_y), "test": test,
@@ -154,7 +155,10 @@ def table(results: dict) -> str:
   test = results["test"]
 
   def rows(arm, n, metric):
-    return np.array([test[arm][str(n)][s][metric] for s in seeds])
+    """[seeds, images] per-image scores; 'rr' is the reciprocal of the stored rank."""
+    if metric == "rr":
+      return 1.0 / np.array([test[arm][str(n)][s]["rank"] for s in seeds], np.float64)
+    return np.array([test[arm][str(n)][s][metric] for s in seeds], np.float64)
 
   def cell(arm, n, metric):
     means = 100 * rows(arm, n, metric).mean(axis=1)
