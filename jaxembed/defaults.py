@@ -165,9 +165,14 @@ def base_config() -> ml_collections.ConfigDict:
   # anchor_min_tokens / kl_min_tokens: the anchor holds, and the KL matches the rows
   # of, only texts of at least that many tokens (specials included; 0: every text),
   # leaving single words free to move.
+  # teacher: "" (the student's own pretrained weights, as above) or another model's
+  # folder (anything jaxembed.load reads: e.g. all-mpnet-base-v2 teaching MiniLM's
+  # grid). Another model reads the batch's texts through its own tokenizer (no query
+  # instruction) and gives its default sub-model's vectors; the anchor needs its width
+  # to be the student's (else set anchor_weight=0: the KL needs no common width).
   c.loss.distill = ml_collections.ConfigDict(dict(
       weight=0.0, anchor_weight=0.0, pair_weight=1.0, scale=20.0, temperature=1.0,
-      anchor_min_tokens=0, kl_min_tokens=0))
+      anchor_min_tokens=0, kl_min_tokens=0, teacher=""))
   c.loss.matryoshka = ml_collections.ConfigDict()
   c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
   c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxembed import sharding as shd, train
-from jaxembed.errors import ConfigError
+from jaxembed.errors import ConfigError, ModelLoadError
 from jaxembed.losses import build_cells
 from jaxembed.losses.distillation import relational_kd, teacher_distillation
 from jaxembed.losses.registry import BatchInputs, make_loss
@@ -288,4 +288,74 @@ def test_bad_distill_settings_are_named(smoke_config, field, value, match):
     config.loss.distill.weight = 1.0
   config.loss.distill[field] = value
   with pytest.raises(ConfigError, match=match):
+    train.setup(config, "/nonexistent-unused")
+
+
+def _texts_batch(run, anchors, positives):
+  """A batch of these texts as the pipeline makes it (both tokenizers)."""
+  from jaxembed.data.pipeline import TokenizePairs
+  tokenize = TokenizePairs(run.tokenizer, run.config.data.seq_len,
+                           teacher_tokenizer=run.teacher_model.tokenizer)
+  return tokenize({"anchor": np.array(anchors, object),
+                   "positive": np.array(positives, object)})
+
+
+ANCHORS = ["a dog runs in the park", "the stock market fell sharply today",
+           "how to bake sourdough bread", "a small boat on a lake", "open a file",
+           "the cat sleeps", "rain is expected tomorrow", "list the files"]
+POSITIVES = ["a puppy playing outside", "shares dropped on wall street",
+             "a recipe for homemade bread", "sailing on calm water",
+             "the open system call opens a file descriptor", "a kitten naps",
+             "the forecast says showers", "ls prints a directory's contents"]
+
+
+MPNET = "weights:all-mpnet-base-v2"
+
+
+def test_another_model_teaches_through_its_own_tokenizer(smoke_config):
+  """loss.distill.teacher names all-mpnet-base-v2 (768 dims, its own vocabulary) for
+  the tiny random student on MiniLM's vocabulary (32 dims): the batch carries MPNet's
+  tokens of the same texts, the step's teacher vectors are what
+  jaxembed.load(MPNet).encode gives for them, and each cell's KL at step 0 is the
+  float64 loop's between the student's vectors and those."""
+  import jaxembed
+  from conftest import require_weights
+  config = smoke_config(**{"train.dropout": False})
+  config.loss.distill.update(weight=1.0, anchor_weight=0.0, teacher=require_weights(MPNET))
+  run = train.setup(config, "/nonexistent-unused", devices=jax.devices()[:2])
+  assert run.other_teacher.dim == 768 and run.model.output_width == 32
+  batch = _texts_batch(run, ANCHORS, POSITIVES)
+  assert not np.array_equal(batch["teacher"]["anchor"]["input_ids"],
+                            batch["anchor"]["input_ids"])
+  teacher_model = jaxembed.load(MPNET)
+  want = {side: teacher_model.encode(texts, normalize=False)
+          for side, texts in (("anchor", ANCHORS), ("positive", POSITIVES))}
+  inputs = train.step.loss_inputs(run.train_model, batch, run.teacher_params(),
+                                  run.other_teacher)
+  for got, side in zip(inputs.teacher, ("anchor", "positive")):
+    np.testing.assert_allclose(np.asarray(got), want[side], rtol=0, atol=2e-5)
+  _, shardings = train.abstract_state(run)
+  state = train.new_state(run, shardings)
+  vecs = train.step.encode_pairs(run.train_model, state.params, batch, None,
+                                 deterministic=True)
+  step_fn = train.compile_train_step(run, shardings)
+  _, metrics = step_fn(state, shd.host_batch_to_global(run.mesh, batch))
+  student = np.concatenate([np.asarray(v) for v in vecs])        # [16, layers, 32]
+  teacher = np.concatenate([want["anchor"], want["positive"]])
+  for layer, dim in ((1, 8), (2, 32)):
+    ref = relational_kd_reference(student[:, layer - 1, :dim], teacher, 20.0, 1.0)
+    np.testing.assert_allclose(float(shd.local_value(metrics[f"loss/distill/L{layer}_D{dim}"])),
+                               ref, rtol=2e-4)
+  assert "loss/anchor" not in metrics
+
+
+def test_another_teacher_of_another_width_refuses_the_anchor(smoke_config):
+  from conftest import MINILM
+  config = smoke_config()
+  config.loss.distill.update(weight=1.0, anchor_weight=1.0, teacher=MINILM)
+  with pytest.raises(ConfigError, match=r"loss.distill.anchor_weight=1.0.*384 dims "
+                                        r"against the student's 32"):
+    train.setup(config, "/nonexistent-unused")
+  config.loss.distill.update(anchor_weight=0.0, teacher="/nonexistent-teacher")
+  with pytest.raises(ModelLoadError, match="loss.distill.teacher: /nonexistent-teacher"):
     train.setup(config, "/nonexistent-unused")

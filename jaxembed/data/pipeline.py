@@ -23,11 +23,15 @@ from jaxembed.errors import DataError
 class TokenizePairs:
   """Batch of records -> {'anchor': ids/mask, 'positive': ids/mask[, 'negatives'][,
   'score': [batch] float32 grades][, 'pair_weight', 'teacher_weight': [batch]
-  float32]}, fixed length."""
+  float32][, 'teacher': the same sides through `teacher_tokenizer`]}, fixed length."""
 
   def __init__(self, tokenizer: Tokenizer, seq_len: int, instruction="",
-               loss_weights=None, pack_length: int = 0, pack_granule: int = 8):
+               loss_weights=None, pack_length: int = 0, pack_granule: int = 8,
+               teacher_tokenizer: Tokenizer | None = None):
     self.tokenizer = tokenizer
+    # A teacher other than the student (loss.distill.teacher) reads the same texts
+    # through its own tokenizer, without the query instruction: batch['teacher'].
+    self.teacher_tokenizer = teacher_tokenizer
     self.seq_len = seq_len
     # data.pack_length > 0: the batch's texts also go packed into rows of that many
     # tokens ('packed'), each side carrying its tokens' places there ('token_index');
@@ -47,19 +51,25 @@ class TokenizePairs:
     instruction = self.instruction
     if not isinstance(instruction, str):
       instruction = instruction[int(batch.get("source", 0))]
+    texts = {side: [decode_text(t) for t in batch[side]] for side in ("anchor", "positive")}
     for side in ("anchor", "positive"):
-      texts = [decode_text(t) for t in batch[side]]
       out[side] = self.tokenizer.encode(
-          texts, pad_to=self.seq_len,
+          texts[side], pad_to=self.seq_len,
           instruction=instruction if side == "anchor" else "")
     negatives = batch.get("negatives")
     if negatives is not None and len(negatives):
       # grain batches a list field position by position: k arrays of [batch] texts
       columns = [[decode_text(t) for t in col] for col in negatives]
-      enc = self.tokenizer.encode([t for row in zip(*columns) for t in row],
-                                  pad_to=self.seq_len)
-      b, k = len(columns[0]), len(columns)
-      out["negatives"] = {key: v.reshape(b, k, self.seq_len) for key, v in enc.items()}
+      texts["negatives"] = [t for row in zip(*columns) for t in row]
+      shape = (len(columns[0]), len(columns), self.seq_len)
+      enc = self.tokenizer.encode(texts["negatives"], pad_to=self.seq_len)
+      out["negatives"] = {key: v.reshape(shape) for key, v in enc.items()}
+    if self.teacher_tokenizer is not None:
+      out["teacher"] = {}
+      for side, side_texts in texts.items():
+        enc = self.teacher_tokenizer.encode(side_texts, pad_to=self.seq_len)
+        out["teacher"][side] = {key: v.reshape(out[side]["input_ids"].shape)
+                                for key, v in enc.items()}
     if "score" in batch:    # graded pairs (data.source='scored_file')
       out["score"] = np.asarray(batch["score"], np.float32)
     if self.loss_weights is not None:
@@ -110,7 +120,8 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  max_examples: int | None = None, split_name: str = "train",
                  num_threads: int = 2, workers: int = 0,
                  instruction: str = "", pack_length: int = 0,
-                 pack_granule: int = 8) -> grain.IterDataset:
+                 pack_granule: int = 8, teacher_tokenizer: Tokenizer | None = None
+                 ) -> grain.IterDataset:
   """An endless, per-epoch reshuffled stream of tokenised pair batches for this host.
 
   `batch_size` is the global batch; this host yields its `batch_size / process_count`
@@ -133,7 +144,8 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  process_count)
   ds = (ds.batch(batch_size // process_count, drop_remainder=True)
         .map(TokenizePairs(tokenizer, seq_len, instruction, pack_length=pack_length,
-                           pack_granule=pack_granule)))
+                           pack_granule=pack_granule,
+                           teacher_tokenizer=teacher_tokenizer)))
   return _to_iter(ds, num_threads, workers)
 
 
@@ -180,7 +192,8 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
                     max_examples: int | None = None, num_threads: int = 2,
                     workers: int = 0, instruction="",
                     loss_weights=None, pack_length: int = 0,
-                    pack_granule: int = 8) -> grain.IterDataset:
+                    pack_granule: int = 8,
+                    teacher_tokenizer: Tokenizer | None = None) -> grain.IterDataset:
   """Batches planned by `batching.BatchPlan`: a weighted mixture of `sources` (each
   batch from one of them) and/or batches in which no text occurs twice. `instruction`:
   the query instruction, one string or one per source. `loss_weights`: None, or one
@@ -215,7 +228,7 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
   ds = batching.PlannedBatches(sources, plan, batch_size, process_index, process_count,
                                negs[0]).map(TokenizePairs(tokenizer, seq_len, instruction,
                                                           loss_weights, pack_length,
-                                                          pack_granule))
+                                                          pack_granule, teacher_tokenizer))
   return _to_iter(ds, num_threads, workers)
 
 

@@ -21,9 +21,10 @@ from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalT
 from jaxembed.train import sources
 
 
-def make_inputs(config, model, tokenizer):
+def make_inputs(config, model, tokenizer, teacher_tokenizer=None):
   """(the per-host grain dataset, the evaluation tasks, the texts that centre the
-  layers with model.centred_exits (else [])) for `model`."""
+  layers with model.centred_exits (else [])) for `model`; with `teacher_tokenizer`
+  (a teacher other than the student) each batch also carries its texts through it."""
   d = config.data
   batch = config.train.batch_size
   if d.workers < 0:
@@ -35,6 +36,10 @@ def make_inputs(config, model, tokenizer):
                         f"{single.query_modality}s, and the model's are "
                         f"{model.query_modality}s (an image-text pair needs "
                         "model.encoder='two_tower', model.two_tower.towers='image_text')")
+    if teacher_tokenizer is not None:
+      raise ConfigError(f"loss.distill.teacher={config.loss.distill.teacher!r}: a teacher "
+                        f"other than the student reads text pairs; data.source="
+                        f"{d.source!r} gives {single.what}")
     return single.inputs(config, tokenizer)
   if model.query_modality != "text":
     raise ConfigError(f"the model's queries are {model.query_modality}s; data.source="
@@ -47,7 +52,8 @@ def make_inputs(config, model, tokenizer):
   common = dict(tokenizer=tokenizer, batch_size=batch, seq_len=d.seq_len,
                 seed=config.seed, process_index=jax.process_index(),
                 process_count=jax.process_count(), max_examples=d.max_train_examples,
-                workers=d.workers, pack_length=d.pack_length, pack_granule=d.pack_granule)
+                workers=d.workers, pack_length=d.pack_length, pack_granule=d.pack_granule,
+                teacher_tokenizer=teacher_tokenizer)
   instructions = [c["instruction"] for c in components]
   if len(components) == 1 and not d.no_duplicates and loss_weights is None:
     dataset = pipeline.pair_dataset(train_sources[0], instruction=instructions[0],

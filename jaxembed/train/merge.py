@@ -114,7 +114,8 @@ def _probe_loss(run):
     params = run.view.merged(combine(base, taus, alphas))
     vectors = encode_pairs(run.model, params, batch, None, deterministic=True)
     value, _ = run.loss_fn(*vectors, rng=key, loss_params=params.get("loss"),
-                           inputs=loss_inputs(run.model, batch, teacher))
+                           inputs=loss_inputs(run.model, batch, teacher,
+                                              run.other_teacher))
     return value
   return loss
 

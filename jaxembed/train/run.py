@@ -15,10 +15,10 @@ import jax
 import ml_collections
 import optax
 
-from jaxembed import compilation_cache, defaults
+from jaxembed import compilation_cache, defaults, loaders
 from jaxembed import sharding as shd
 from jaxembed.data.tokenizer import Tokenizer
-from jaxembed.errors import ConfigError
+from jaxembed.errors import ConfigError, ModelLoadError
 from jaxembed.losses import build_cells
 from jaxembed.losses import registry
 from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_params, make_loss
@@ -28,7 +28,7 @@ from jaxembed.models.embedder import CENTER, COMPONENTS
 from jaxembed.train import centring, inputs, sources
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
-from jaxembed.train.step import Forward, ParamView
+from jaxembed.train.step import Forward, OtherTeacher, ParamView
 from jaxembed.workdir import Workdir
 
 
@@ -56,6 +56,10 @@ class Run:
   # before its checkpoint: e.g. the exits' statistics re-estimated
   # (model.refresh_exits_at_end). The loop calls them without knowing what they do.
   end_hooks: tuple = ()
+  # loss.distill.teacher: the frozen teacher when it is another model (its sub-model
+  # and width), and that model (jaxembed.api.EmbeddingModel); None: the student's own.
+  other_teacher: OtherTeacher | None = None
+  teacher_model: Any = None
   centring_texts: tuple = ()  # model.centred_exits: the texts whose layer means centre
 
   @property
@@ -90,15 +94,47 @@ class Run:
 
   def teacher_params(self):
     """The frozen teacher: the pretrained weights, freshly loaded (on a resume too),
-    laid out like the student's."""
+    laid out like the student's; or another model's (loss.distill.teacher),
+    replicated on every device."""
+    if self.teacher_model is not None:
+      return shd.host_to_global(self.teacher_model.params, shd.replicated(self.mesh))
     return {k: v for k, v in initial_params(self).items() if k not in ("loss", lora.GROUP)}
 
 
+def load_other_teacher(config, model):
+  """(OtherTeacher, its EmbeddingModel) when loss.distill.teacher names a model, else
+  (None, None). The anchor term compares the student's full vectors with the
+  teacher's, so it needs one width; the KL compares in-batch similarities and needs
+  none."""
+  kd = distill_settings(config.loss)
+  path = kd.get("teacher", "") if kd is not None else ""
+  if not path:
+    return None, None
+  try:
+    teacher = loaders.load(path)
+  except ModelLoadError as e:
+    raise ModelLoadError(f"loss.distill.teacher: {e}") from e
+  if teacher.multivector:
+    raise ConfigError(f"loss.distill.teacher={path!r} is a multi-vector model; the "
+                      "teacher terms need one vector per text")
+  layer = teacher.default_layer or teacher.num_layers
+  dim = teacher.default_dim or teacher.hidden_size          # as `encode` gives them
+  if kd.anchor_weight and dim != model.output_width:
+    raise ConfigError(f"loss.distill.anchor_weight={kd.anchor_weight}: the anchor needs "
+                      f"the teacher's width, and loss.distill.teacher={path!r} gives "
+                      f"{dim} dims against the student's {model.output_width}; set "
+                      "loss.distill.anchor_weight=0 (the KL terms need no common width)")
+  module = teacher.module.clone(layers=(layer,), early_exit=True)
+  logging.info("loss.distill.teacher: %s, layer %d, %d dims", path, layer, dim)
+  return OtherTeacher(module, dim), teacher
+
+
 def check_distill_config(config, model) -> None:
-  """loss.distill's teacher is the pretrained model as loaded: it needs pretrained
-  weights and a model that is nothing but them (no randomly initialised pooler or
-  tower, which would make a random teacher)."""
-  if distill_settings(config.loss) is None:
+  """loss.distill's teacher is the pretrained model as loaded (unless loss.distill.
+  teacher names another): it needs pretrained weights and a model that is nothing but
+  them (no randomly initialised pooler or tower, which would make a random teacher)."""
+  kd = distill_settings(config.loss)
+  if kd is None or kd.get("teacher", ""):
     return
   if config.model.init != "pretrained":
     logging.warning("loss.distill with model.init=%r: the teacher is the model's random "
@@ -290,7 +326,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
   eval_tokenizer = Tokenizer(folder.tokenizer,
                              min(config.eval.max_length, text_config.max_position_embeddings),
                              config.data.padding_side)
-  dataset, eval_tasks, centring_texts = inputs.make_inputs(config, model, tokenizer)
+  other_teacher, teacher_model = load_other_teacher(config, model)
+  dataset, eval_tasks, centring_texts = inputs.make_inputs(
+      config, model, tokenizer,
+      teacher_tokenizer=teacher_model.tokenizer if teacher_model is not None else None)
   return Run(config=config, workdir=Workdir(workdir), folder=folder, model=model,
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
@@ -298,4 +337,5 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              param_shardings=param_shardings, loss_params=loss_params, view=view,
              train_depth=train_depth, end_hooks=(
                  (centring.with_exit_centres,) if config.model.refresh_exits_at_end else ()),
-             centring_texts=tuple(centring_texts))
+             centring_texts=tuple(centring_texts), other_teacher=other_teacher,
+             teacher_model=teacher_model)

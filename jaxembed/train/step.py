@@ -27,15 +27,32 @@ def encode_pairs(model: nn.Module, params, batch, rng, *, deterministic: bool):
                      method="encode_pairs")
 
 
-def teacher_embeddings(model: nn.Module, teacher_params, batch):
-  """The frozen teacher's vectors of a batch's texts: its last layer, full width,
-  deterministic, constant: (anchors [batch, width], positives[, negatives
-  [batch, k, width]])."""
-  out = encode_pairs(model, teacher_params, batch, None, deterministic=True)
-  return tuple(jax.lax.stop_gradient(x[..., -1, :]) for x in out)
+@dataclasses.dataclass(frozen=True)
+class OtherTeacher:
+  """A frozen teacher that is not the student's own pretrained model
+  (loss.distill.teacher): `module` (its sub-model as `encode` runs it by default,
+  one layer out) reads batch['teacher'], the texts through its own tokenizer, and
+  gives its first `dim` coordinates."""
+  module: nn.Module
+  dim: int
 
 
-def loss_inputs(model: nn.Module, batch, teacher_params=None) -> BatchInputs:
+def teacher_embeddings(model: nn.Module, teacher_params, batch,
+                       other: OtherTeacher | None = None):
+  """The frozen teacher's vectors of a batch's texts, deterministic, constant:
+  (anchors [batch, width], positives[, negatives [batch, k, width]]). The student's
+  own pretrained weights (`other` None) give their last layer, full width; another
+  model gives its default sub-model's vectors."""
+  if other is None:
+    out = encode_pairs(model, teacher_params, batch, None, deterministic=True)
+    return tuple(jax.lax.stop_gradient(x[..., -1, :]) for x in out)
+  out = encode_pairs(other.module, teacher_params, batch["teacher"], None,
+                     deterministic=True)
+  return tuple(jax.lax.stop_gradient(x[..., 0, :other.dim]) for x in out)
+
+
+def loss_inputs(model: nn.Module, batch, teacher_params=None,
+                other: OtherTeacher | None = None) -> BatchInputs:
   """What the objective takes from a batch besides the vectors: graded pairs' `grades`,
   grouped pairs' `groups`, the frozen teacher's vectors (`teacher`) and each text's
   token count laid out like them, and the weights of the pair and teacher terms for the
@@ -43,7 +60,7 @@ def loss_inputs(model: nn.Module, batch, teacher_params=None) -> BatchInputs:
   its rows' weights is that dataset's)."""
   teacher = tokens = None
   if teacher_params is not None:
-    teacher = teacher_embeddings(model, teacher_params, batch)
+    teacher = teacher_embeddings(model, teacher_params, batch, other)
     tokens = tuple(jnp.sum(batch[side]["attention_mask"], axis=-1)
                    for side in ("anchor", "positive", "negatives") if side in batch)
   mean = lambda k: jnp.mean(batch[k]) if k in batch else None  # noqa: E731
@@ -110,20 +127,22 @@ class Forward:
 
 
 def train_step(state: TrainState, batch, teacher_params=None, *, forward: Forward,
-               loss_fn: Callable, tx: optax.GradientTransformation):
+               loss_fn: Callable, tx: optax.GradientTransformation,
+               other_teacher: OtherTeacher | None = None):
   """One optimisation step; loss_fn(anchor_layers, positive_layers[, negative_layers],
   *, rng, loss_params, inputs) -> (loss, aux), loss_params being params["loss"] (a
   learnable temperature) or None, inputs the batch's `BatchInputs`.
 
   The dropout key is fold_in(state.rng, state.step): it depends on nothing but the
   seed and the step, so a resumed run draws the same masks as an uninterrupted one.
-  teacher_params: a frozen teacher of the same model (loss.distill). The step reports
+  teacher_params: a frozen teacher of the same model (loss.distill), or of
+  `other_teacher`'s (loss.distill.teacher). The step reports
   metrics['finite'] = False when its loss or gradient norm is not finite; the loop
   reads it before every checkpoint and log line, so a state that saw a non-finite
   loss or gradient is never saved."""
   rng = jax.random.fold_in(state.rng, state.step)
   encode_rng, loss_rng = jax.random.split(rng)
-  inputs = loss_inputs(forward.model, batch, teacher_params)
+  inputs = loss_inputs(forward.model, batch, teacher_params, other_teacher)
 
   def objective(embeddings, params):
     return loss_fn(*embeddings, rng=loss_rng, loss_params=params.get("loss"),
@@ -140,8 +159,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, forward: Forwar
 
 class TeacherStep:
   """A jitted step(state, batch, teacher_params) called as step(state, batch): the
-  teacher's parameters are an argument (laid out like the student's), not constants
-  baked into the compiled program."""
+  teacher's parameters are an argument (laid out like the student's, or replicated:
+  another model's), not constants baked into the compiled program."""
 
   def __init__(self, jitted: shd.MeshJit, teacher_params):
     self.jitted, self.teacher_params = jitted, teacher_params
@@ -157,16 +176,20 @@ class TeacherStep:
 def compile_train_step(run, shardings: TrainState):
   """The train step jitted once with explicit shardings and the state donated; it
   carries the run's mesh and logical rules. With loss.distill, the pretrained weights
-  (`run.teacher_params()`) go with it as the frozen teacher."""
+  (`run.teacher_params()`) go with it as the frozen teacher, or another model's
+  (loss.distill.teacher: `run.other_teacher`), replicated on every device."""
   step = functools.partial(train_step, forward=run.forward, loss_fn=run.loss_fn,
-                           tx=run.tx)
+                           tx=run.tx, other_teacher=run.other_teacher)
   batch_sh, rep = shd.batch_sharding(run.mesh), shd.replicated(run.mesh)
   if not run.distill:
     return shd.mesh_jit(step, run.mesh, run.rules, in_shardings=(shardings, batch_sh),
                         out_shardings=(shardings, rep), donate_argnums=0)
   teacher = run.teacher_params()
-  teacher_sh = {k: v for k, v in run.param_shardings.items()
-                if k not in ("loss", lora.GROUP)}
+  if run.other_teacher is not None:
+    teacher_sh = jax.tree.map(lambda _: rep, teacher)
+  else:
+    teacher_sh = {k: v for k, v in run.param_shardings.items()
+                  if k not in ("loss", lora.GROUP)}
   jitted = shd.mesh_jit(step, run.mesh, run.rules,
                         in_shardings=(shardings, batch_sh, teacher_sh),
                         out_shardings=(shardings, rep), donate_argnums=0)
