@@ -37,8 +37,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.results_io import run_or_table
-from experiments.study_io import (CELLS, evaluate_cells as evaluate, machine, test_tasks,
-                                  train, wall_lines)
+from experiments.study_io import (CELLS, SET_NAMES as names, evaluate_cells as evaluate,
+                                  machine, test_tasks, train, verdict_rows, wall_lines)
 
 CONFIG = "configs/minilm_wordnet_2d.py"
 ARMS = {"default": ("--config.loss.name=contrastive",),
@@ -95,7 +95,6 @@ def run(folder, results: dict) -> None:
 def table(results: dict) -> str:
   from jaxembed.evals import stats
   seeds = [str(s) for s in results["seeds"]]
-  names = {"manpages": "man pages", "docstrings": "docstrings", "wordnet": "WordNet"}
   cells = [f"{l}_{d}" for l, d in results["cells"]]
   per_seed = lambda arm, n, cell: np.array([results["rr"][arm][s][n][cell] for s in seeds])
   lines = [f"Test halves (eval.split=test), MRR@{results['k']} x100, mean ± sample sd over "
@@ -114,14 +113,7 @@ def table(results: dict) -> str:
             "jaxembed/evals/stats.py):", "",
             "| b − a, set, cell | claim | Δ | 95% interval | verdict |",
             "|---|---|---|---|---|"]
-  for b, a, direction in COMPARISONS:
-    for n in results["sets"]:
-      for cell in cells:
-        i = stats.paired_interval(per_seed(a, n, cell), per_seed(b, n, cell),
-                                  resamples=2000)
-        lines.append(stats.verdict_row(f"{b} − {a}, {names[n]}, "
-                                       f"({cell.replace('_', ', ')})", i, direction,
-                                       scale=100))
+  lines += verdict_rows(COMPARISONS, results["sets"], cells, per_seed)
   return "\n".join(lines + wall_lines(results)) + "\n"
 
 

@@ -35,7 +35,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.results_io import run_or_table
-from experiments.study_io import evaluate_cells, machine, test_tasks, train, wall_lines
+from experiments.study_io import (SET_NAMES as names, evaluate_cells, machine, test_tasks,
+                                  train, verdict_rows, wall_lines)
 
 ARMS = ("exits", "self_distill", "weight_control")
 CELLS = ((2, 384), (4, 384), (6, 384))
@@ -89,7 +90,6 @@ def run(folder, results: dict) -> None:
 def table(results: dict) -> str:
   from jaxembed.evals import stats
   seeds = [str(s) for s in results["seeds"]]
-  names = {"manpages": "man pages", "docstrings": "docstrings", "wordnet": "WordNet"}
   cells = [f"{l}_{d}" for l, d in results["cells"]]
   per_seed = lambda arm, n, c: np.array([results["rr"][arm][s][n][c] for s in seeds])
   lines = [f"Test halves, MRR@{results['k']} x100, mean ± sample sd over seeds "
@@ -107,12 +107,8 @@ def table(results: dict) -> str:
             "interval over seeds, then queries; the claim: b > a, no effect size):", "",
             "| b − a, set, exit | claim | Δ | 95% interval | verdict |",
             "|---|---|---|---|---|"]
-  for b, a in COMPARISONS:
-    for n in results["sets"]:
-      for c in CLAIMED_EXITS:
-        i = stats.paired_interval(per_seed(a, n, c), per_seed(b, n, c), resamples=2000)
-        lines.append(stats.verdict_row(f"{b} − {a}, {names[n]}, exit {c.split('_')[0]}",
-                                       i, +1, scale=100))
+  lines += verdict_rows([(b, a, +1) for b, a in COMPARISONS], results["sets"],
+                        CLAIMED_EXITS, per_seed, label=lambda c: f"exit {c.split('_')[0]}")
   curves = results.get("loss_curve", {})
   if curves:
     lines += ["", "Training loss (the arm's whole objective), mean over seeds and over "

@@ -35,7 +35,8 @@ import os
 import numpy as np
 from absl import app, flags
 
-from experiments.study_io import CELLS, evaluate_cells as evaluate, machine, test_tasks, train
+from experiments.study_io import (CELLS, SET_NAMES as names, evaluate_cells as evaluate,
+                                  machine, test_tasks, train, verdict_rows)
 from experiments.results_io import run_or_table
 
 ARMS = {"pairs": "configs/minilm_wordnet_2d.py:variant=pairs",
@@ -77,7 +78,6 @@ COMPARISONS = (("default", "pairs", +1), ("default", "pretrained", +1),
 def table(results: dict) -> str:
   from jaxembed.evals import stats
   seeds = [str(s) for s in results["seeds"]]
-  names = {"manpages": "man pages", "docstrings": "docstrings", "wordnet": "WordNet"}
   cells = [f"{l}_{d}" for l, d in results["cells"]]
 
   def per_seed(arm, n, cell):
@@ -103,13 +103,7 @@ def table(results: dict) -> str:
             "",
             "| b − a, set, cell | claim | Δ | 95% interval | verdict |",
             "|---|---|---|---|---|"]
-  for b, a, direction in COMPARISONS:
-    for n in results["sets"]:
-      for cell in cells:
-        i = stats.paired_interval(per_seed(a, n, cell), per_seed(b, n, cell),
-                                  resamples=2000)
-        name = f"{b} − {a}, {names[n]}, ({cell.replace('_', ', ')})"
-        lines.append(stats.verdict_row(name, i, direction, scale=100))
+  lines += verdict_rows(COMPARISONS, results["sets"], cells, per_seed)
   return "\n".join(lines) + "\n"
 
 

@@ -70,6 +70,31 @@ def evaluate_cells(path: str, tasks, cells=CELLS) -> dict:
   return out
 
 
+SET_NAMES = {"manpages": "man pages", "docstrings": "docstrings", "wordnet": "WordNet"}
+
+
+def cell_label(cell: str) -> str:
+  """'6_384' -> '(6, 384)'."""
+  return f"({cell.replace('_', ', ')})"
+
+
+def verdict_rows(comparisons, sets, cells, per_seed, label=cell_label) -> list[str]:
+  """One verdict row per (b, a, direction) of `comparisons`, set and cell: the paired
+  difference b − a of per_seed(arm, set, cell) ([seeds, queries] scores) with its 95%
+  bootstrap interval over seeds, then queries, judged by the rule of
+  jaxembed/evals/stats.py (x100)."""
+  from jaxembed.evals import stats
+  rows = []
+  for b, a, direction in comparisons:
+    for n in sets:
+      for cell in cells:
+        interval = stats.paired_interval(per_seed(a, n, cell), per_seed(b, n, cell),
+                                         resamples=2000)
+        rows.append(stats.verdict_row(f"{b} − {a}, {SET_NAMES[n]}, {label(cell)}",
+                                      interval, direction, scale=100))
+  return rows
+
+
 def maxsim_matrix(queries, docs) -> np.ndarray:
   """Exhaustive MaxSim [Q, N] of token matrices [t_i, dim] (`encode_multivector`'s),
   the documents scored in length buckets so that padding stays small."""
