@@ -12,16 +12,14 @@ vectors in the shared space.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxembed.errors import ConfigError
 from jaxembed.losses.contrastive import multi_positive_pairs
 from jaxembed.losses.structure import structure_regularizer
+from jaxembed.train.small_fit import fit_on_batches
 
 
 @dataclasses.dataclass
@@ -77,26 +75,11 @@ def fit_alignment(image_features, text_features, groups=None, *, dim: int = 128,
   key, ki, kt = jax.random.split(jax.random.PRNGKey(seed), 3)
   init = jax.nn.initializers.orthogonal()
   params = {"image": init(ki, (zi.shape[1], dim)), "text": init(kt, (zt.shape[1], dim))}
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, iterations))
-  opt_state = tx.init(params)
-  zi_d, zt_d, g_d = jnp.asarray(zi), jnp.asarray(zt), jnp.asarray(g)
   loss_fn = lambda p, a, b, c: alignment_loss(
       p, a, b, c, scale=scale, structure_weight=structure_weight, levels=levels,
       temperature=temperature)
-
-  @jax.jit
-  def step(params, opt_state, key):
-    idx = jax.random.choice(key, n, (batch_size,), replace=False)
-    loss, grads = jax.value_and_grad(loss_fn)(params, zi_d[idx], zt_d[idx], g_d[idx])
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  history = []
-  for it in range(iterations):
-    key, sub = jax.random.split(key)
-    params, opt_state, loss = step(params, opt_state, sub)
-    if it % 250 == 0 or it == iterations - 1:
-      history.append((it, float(loss)))
-      logging.info("alignment: iteration %d/%d loss %.4f", it + 1, iterations, float(loss))
+  params, history = fit_on_batches(loss_fn, params, (zi, zt, g), iterations=iterations,
+                                   batch_size=batch_size, learning_rate=learning_rate,
+                                   key=key, label="alignment")
   return Alignment(np.asarray(params["image"], np.float64),
                    np.asarray(params["text"], np.float64), history)

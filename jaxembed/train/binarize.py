@@ -17,17 +17,14 @@ bits on the embedding). `fit_binarizer` returns a `Binarizer`: `.codes(x)` packe
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxembed.errors import ConfigError
 from jaxembed.models.binarizer import RecurrentBinarizer, composite
-
-_LOG_EVERY = 250
+from jaxembed.train.small_fit import fit_on_batches
 
 
 @dataclasses.dataclass
@@ -115,23 +112,8 @@ def fit_binarizer(embeddings: np.ndarray, *, steps: int, code_dim: int | None = 
   module = RecurrentBinarizer(code_dim=code_dim, steps=steps)
   key, init_key = jax.random.split(jax.random.PRNGKey(seed))
   params = module.init(init_key, x[:2])["params"]
-  tx = optax.adam(optax.cosine_decay_schedule(learning_rate, iterations))
-  opt_state = tx.init(params)
   loss_fn = lambda p, b: binarizer_loss(module, p, b, scale=scale, recon_weight=recon_weight)
-
-  @jax.jit
-  def step(params, opt_state, key):
-    idx = jax.random.choice(key, n, (batch_size,), replace=False)
-    loss, grads = jax.value_and_grad(loss_fn)(params, jnp.asarray(x)[idx])
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  history = []
-  for it in range(iterations):
-    key, sub = jax.random.split(key)
-    params, opt_state, loss = step(params, opt_state, sub)
-    if it % _LOG_EVERY == 0 or it == iterations - 1:
-      history.append((it, float(loss)))
-      logging.info("binarizer %d x %d bits: iteration %d/%d loss %.4f", steps, code_dim,
-                   it + 1, iterations, float(loss))
+  params, history = fit_on_batches(loss_fn, params, (x,), iterations=iterations,
+                                   batch_size=batch_size, learning_rate=learning_rate,
+                                   key=key, label=f"binarizer {steps} x {code_dim} bits")
   return Binarizer(module, jax.device_get(params), history)
