@@ -108,3 +108,42 @@ def test_the_experiment_runs_and_resumes(tfds_dir, tmp_path):
                           env=user_env())
   assert second.returncode == 0, second.stderr[-3000:]
   assert second.stderr.count("skipped") == 4
+
+
+def test_the_protocol_study_runs_resumes_and_scores_from_its_predictions(tfds_dir,
+                                                                         tmp_path):
+  """experiments/mrl_study.py: every test image's prediction stored per (arm, seed,
+  measure, dim); accuracies and intervals recomputed from them; a rerun keeps runs."""
+  out = str(tmp_path / "mrl_study")
+  args = [sys.executable, "-m", "experiments.mrl_study", "--smoke", f"--out={out}",
+          "--seeds=0,1", f"--tfds_dir={tfds_dir}"]
+  first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=user_env())
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)
+  runs, labels = results["runs"], results["labels"]
+  assert set(runs) == {f"{a}_s{s}" for a in ("mrl", "mrl_e", "ff2", "ff16")
+                       for s in (0, 1)}
+  assert set(runs["mrl_s0"]["linear"]) == {"2", "4", "16"}
+  assert set(runs["ff16_s1"]["pca"]["1nn"]) == {"2", "4"}
+  for record in runs.values():
+    for measure in ("head", "linear", "1nn"):
+      assert all(len(p) == len(labels) for p in record[measure].values())
+  # The ff16 model's own linear probe at 16 and its 'truncation' to 16 would agree;
+  # truncation stops below the full width.
+  assert "16" not in runs["ff16_s0"]["truncated"]["linear"]
+  from experiments import mrl_study
+  got = mrl_study.correct(results, "ff", "linear", 2, [0, 1])
+  want = [[float(p == t) for p, t in zip(runs[f"ff2_s{s}"]["linear"]["2"], labels)]
+          for s in (0, 1)]
+  np.testing.assert_array_equal(got, want)
+  with open(os.path.join(out, "table.md")) as f:
+    text = f.read()
+  mean = 100 * np.mean(want, axis=1).mean()
+  assert "| 2 | " in text and f"{mean:.1f} ± " in text
+  assert "| MRL − FF-2, linear probe, dim 2 | > 0 |" in text
+  second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=user_env())
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert second.stderr.count("in results.json, kept") == 8

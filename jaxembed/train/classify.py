@@ -125,13 +125,19 @@ def features(trained: TrainedClassifier, pixels: np.ndarray, batch: int = 1000):
                          for s in range(0, len(pixels), batch)])
 
 
-def head_accuracy(trained: TrainedClassifier, z: np.ndarray, labels) -> dict[int, float]:
-  """Accuracy of the trained head at each of the model's dims, on features z."""
+def head_predictions(trained: TrainedClassifier, z: np.ndarray) -> dict[int, np.ndarray]:
+  """The trained head's predicted class of every row of features z, at each of the
+  model's dims."""
   spec = trained.model.spec
   heads = trained.model.apply({"params": trained.params}, method="heads")
   out = {}
   for n, m in enumerate(spec.dims):
     kernel, bias = (heads[0][:m], heads[1]) if spec.shared_head else heads[n]
-    pred = np.argmax(z[:, :m] @ np.asarray(kernel) + np.asarray(bias), axis=1)
-    out[m] = float(np.mean(pred == np.asarray(labels)))
+    out[m] = np.argmax(z[:, :m] @ np.asarray(kernel) + np.asarray(bias), axis=1)
   return out
+
+
+def head_accuracy(trained: TrainedClassifier, z: np.ndarray, labels) -> dict[int, float]:
+  """Accuracy of the trained head at each of the model's dims, on features z."""
+  return {m: float(np.mean(pred == np.asarray(labels)))
+          for m, pred in head_predictions(trained, z).items()}
