@@ -136,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   # info_nce | contrastive | sigmoid | multi_positive_info_nce | 2dmse |
-  # self_distillation, and on graded pairs cosent | angle (jaxembed/losses/registry)
+  # self_distillation, and on graded pairs cosent | angle (jaxembed/losses/objectives)
   c.loss.name = "info_nce"
   c.loss.scale = 20.0                                # 1 / temperature
   c.loss.learnable_temperature = False               # learn log(scale) (and SigLIP's bias)
