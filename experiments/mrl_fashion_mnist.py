@@ -25,8 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxembed.data import builders, pipeline
-from jaxembed.evals.classification import (fit_logistic, knn_predict, logistic_predict,
-                                           pca_reduce)
+from jaxembed.evals.classification import pca_reduce, prefix_probes
 from jaxembed.train import classify
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mrl_fashion_mnist.py")
@@ -37,16 +36,9 @@ _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from resul
 
 def probe_scores(train_z, train_y, test_z, test_y, dims, c: float) -> dict:
   """{'linear': {dim: acc}, '1nn': {dim: acc}} on the first `dim` coordinates."""
-  out = {"linear": {}, "1nn": {}}
-  for m in dims:
-    tr, te = train_z[:, :m], test_z[:, :m]
-    # Standardised with the probe's training statistics, so L-BFGS and the penalty see
-    # every representation on the same scale.
-    mu, sd = tr.mean(0), tr.std(0) + 1e-6
-    model = fit_logistic((tr - mu) / sd, train_y, c=c)
-    out["linear"][str(m)] = float(np.mean(logistic_predict(model, (te - mu) / sd) == test_y))
-    out["1nn"][str(m)] = float(np.mean(knn_predict(tr, train_y, te, k=1) == test_y))
-  return out
+  predictions = prefix_probes(train_z, train_y, test_z, dims, c)
+  return {kind: {str(m): float(np.mean(pred == test_y)) for m, pred in by_dim.items()}
+          for kind, by_dim in predictions.items()}
 
 
 def run_seed(config, seed: int, results: dict, save) -> None:

@@ -57,15 +57,9 @@ def _labels(pred) -> str:
 def probe_predictions(train_z, train_y, test_z, dims, c: float) -> dict:
   """{'linear': {dim: labels}, '1nn': {dim: labels}} on the first `dim` coordinates;
   labels: the predicted class of every test image, one digit each."""
-  from jaxembed.evals.classification import fit_logistic, knn_predict, logistic_predict
-  out = {"linear": {}, "1nn": {}}
-  for m in dims:
-    tr, te = train_z[:, :m], test_z[:, :m]
-    mu, sd = tr.mean(0), tr.std(0) + 1e-6   # the first study's standardisation
-    model = fit_logistic((tr - mu) / sd, train_y, c=c)
-    out["linear"][str(m)] = _labels(logistic_predict(model, (te - mu) / sd))
-    out["1nn"][str(m)] = _labels(knn_predict(tr, train_y, te, k=1))
-  return out
+  from jaxembed.evals.classification import prefix_probes
+  return {kind: {str(m): _labels(pred) for m, pred in by_dim.items()}
+          for kind, by_dim in prefix_probes(train_z, train_y, test_z, dims, c).items()}
 
 
 def run(folder, results: dict) -> None:

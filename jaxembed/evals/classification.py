@@ -134,3 +134,18 @@ def pca_reduce(train_x, test_x, m: int):
   mu = train_x.mean(0)
   _, _, vt = np.linalg.svd(train_x - mu, full_matrices=False)
   return (train_x - mu) @ vt[:m].T, (np.asarray(test_x, np.float64) - mu) @ vt[:m].T
+
+
+def prefix_probes(train_z, train_y, test_z, dims, c: float = 1.0) -> dict:
+  """{'linear': {dim: predictions}, '1nn': {dim: predictions}}: a linear probe
+  (standardised with the training features' statistics, so the penalty sees every
+  representation on one scale) and 1-NN (cosine) on the first `dim` coordinates of
+  the features, each predicting a label for every test row."""
+  out = {"linear": {}, "1nn": {}}
+  for m in dims:
+    tr, te = np.asarray(train_z)[:, :m], np.asarray(test_z)[:, :m]
+    mu, sd = tr.mean(0), tr.std(0) + 1e-6
+    model = fit_logistic((tr - mu) / sd, train_y, c=c)
+    out["linear"][m] = logistic_predict(model, (te - mu) / sd)
+    out["1nn"][m] = knn_predict(tr, train_y, te, k=1)
+  return out
