@@ -170,12 +170,15 @@ def table(results: dict) -> str:
         lines.append(stats.verdict_row(f"MRL − {label}, {title}, dim {m}", interval, +1,
                                        scale=100))
   lines += ["", "Training loss (the arm's cross-entropy, summed over MRL's heads), mean "
-            "over seeds, at the logged steps 500, 1,000, ..., the last:", ""]
+            "over seeds and over the logged steps of each fifth of the run (one batch "
+            "each, every 100 steps):", ""]
+  steps = results["steps"]
+  fifths = [(k * steps // 5, (k + 1) * steps // 5) for k in range(5)]
   for arm in results["arms"]:
-    curves = [dict((s, v) for s, v in runs[f"{arm}_s{s}"]["loss_curve"]) for s in seeds]
-    marks = [s for s in sorted(curves[0]) if s % 500 == 0 or s == results["steps"]]
+    logged = [(s, v) for seed in seeds for s, v in runs[f"{arm}_s{seed}"]["loss_curve"]]
     lines.append(f"- {arm}: " + ", ".join(
-        f"{np.mean([c[s] for c in curves]):.3f} ({s})" for s in marks))
+        f"{np.mean([v for s, v in logged if lo < s <= hi]):.3f} (steps {lo + 1}–{hi})"
+        for lo, hi in fifths if any(lo < s <= hi for s, _ in logged)))
   train_s = sum(runs[f"{a}_s{s}"]["train_s"] for a in results["arms"] for s in seeds)
   probe_s = sum(runs[f"{a}_s{s}"]["probe_s"] for a in results["arms"] for s in seeds)
   lines += ["", f"Time: {len(seeds) * len(results['arms'])} models, training "
