@@ -22,6 +22,7 @@ the trained heads, a linear probe and 1-NN (cosine), both fitted on 10,000 train
 images, as in the first study; the predicted label of every test image is stored.
 
   python -m experiments.mrl_study --out=runs/mrl_study --seeds=3   # then 4, then 5
+  python -m experiments.mrl_study --variant=gpu --out=runs/mrl_study_gpu   # accelerator
 
 A finished (arm, seed) is kept in <out>/results.json; table.md is made from it alone
 (`--table_only`).
@@ -45,7 +46,10 @@ MEASURES = (("head", "trained heads"), ("linear", "linear probe"), ("1nn", "1-NN
 _OUT = flags.DEFINE_string("out", "runs/mrl_study", "where results.json and table.md go")
 _SEEDS = flags.DEFINE_list("seeds", ["3", "4", "5"], "training seeds")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
-_SMOKE = flags.DEFINE_bool("smoke", False, "the config's tiny model and data (tests)")
+_VARIANT = flags.DEFINE_enum("variant", CONFIG, [CONFIG, "gpu", "smoke"],
+                             "the config variant of configs/mrl_fashion_mnist.py: long "
+                             "(2 CPU cores), gpu (an accelerator: a larger ViT, 20,000 "
+                             "steps of 512), smoke (tests)")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "where the Fashion-MNIST builder "
                                 "writes (default: the config's data.tfds_dir)")
 
@@ -67,7 +71,7 @@ def run(folder, results: dict) -> None:
   from jaxembed.data import builders, pipeline
   from jaxembed.evals.classification import pca_reduce
   from jaxembed.train import classify
-  config = get_config("smoke" if _SMOKE.value else CONFIG)
+  config = get_config(_VARIANT.value)
   if _TFDS_DIR.value:
     config.data.tfds_dir = _TFDS_DIR.value
   d, p = config.data, config.probe

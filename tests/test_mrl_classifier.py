@@ -115,7 +115,7 @@ def test_the_protocol_study_runs_resumes_and_scores_from_its_predictions(tfds_di
   """experiments/mrl_study.py: every test image's prediction stored per (arm, seed,
   measure, dim); accuracies and intervals recomputed from them; a rerun keeps runs."""
   out = str(tmp_path / "mrl_study")
-  args = [sys.executable, "-m", "experiments.mrl_study", "--smoke", f"--out={out}",
+  args = [sys.executable, "-m", "experiments.mrl_study", "--variant=smoke", f"--out={out}",
           "--seeds=0,1", f"--tfds_dir={tfds_dir}"]
   first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
                          env=user_env())
