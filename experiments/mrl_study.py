@@ -55,6 +55,10 @@ _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "where the Fashion-MNIST build
 
 
 def _labels(pred) -> str:
+  """Class ids 0-9 as one digit each (Fashion-MNIST's ten classes): compact in JSON."""
+  pred = np.asarray(pred)
+  if pred.size and not 0 <= pred.min() <= pred.max() <= 9:
+    raise ValueError(f"labels {pred.min()}..{pred.max()}: stored one digit each, 0-9 only")
   return "".join(str(int(p)) for p in pred)
 
 
