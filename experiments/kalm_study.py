@@ -38,7 +38,7 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (CELLS, SET_NAMES as names, evaluate_cells as evaluate,
-                                  machine, test_tasks, train, verdict_rows, wall_lines)
+                                  machine, test_tasks, train, verdict_section, wall_lines)
 
 CONFIG = "configs/minilm_wordnet_2d.py"
 ARMS = {"default": ("--config.loss.name=contrastive",),
@@ -108,12 +108,7 @@ def table(results: dict) -> str:
         means = 100 * per_seed(arm, n, cell).mean(axis=1)
         row.append(f"{means.mean():.1f} ± {stats.sample_sd(means):.1f}")
       lines.append("| " + " | ".join(row) + " |")
-  lines += ["", "Paired differences b − a, MRR@10 x100 (95% bootstrap interval over seeds, "
-            "then queries; the claim's direction: b > a, no effect size; rule: "
-            "jaxembed/evals/stats.py):", "",
-            "| b − a, set, cell | claim | Δ | 95% interval | verdict |",
-            "|---|---|---|---|---|"]
-  lines += verdict_rows(COMPARISONS, results["sets"], cells, per_seed)
+  lines += verdict_section(COMPARISONS, results["sets"], cells, per_seed)
   return "\n".join(lines + wall_lines(results)) + "\n"
 
 

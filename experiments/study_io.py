@@ -95,6 +95,16 @@ def verdict_rows(comparisons, sets, cells, per_seed, label=cell_label) -> list[s
   return rows
 
 
+def verdict_section(comparisons, sets, cells, per_seed) -> list[str]:
+  """The heading, header and rows of a study's paired-difference table for claims
+  "b above a" with no effect size (`verdict_rows`)."""
+  return ["", "Paired differences b − a, MRR@10 x100 (95% bootstrap interval over seeds, "
+          "then queries; the claim's direction: b > a, no effect size; rule: "
+          "jaxembed/evals/stats.py):", "",
+          "| b − a, set, cell | claim | Δ | 95% interval | verdict |",
+          "|---|---|---|---|---|"] + verdict_rows(comparisons, sets, cells, per_seed)
+
+
 def maxsim_matrix(queries, docs) -> np.ndarray:
   """Exhaustive MaxSim [Q, N] of token matrices [t_i, dim] (`encode_multivector`'s),
   the documents scored in length buckets so that padding stays small."""

