@@ -96,10 +96,7 @@ def run(folder, results: dict) -> None:
       if name in runs:
         logging.info("%s: in results.json, kept", name)
         continue
-      dataset = pipeline.labelled_image_dataset(
-          train_src, batch_size=config.train.batch_size, seed=seed,
-          max_examples=d.max_train_examples)
-      trained = classify.train_classifier(config, arm, dataset, seed=seed)
+      trained = classify.train_on_source(config, arm, train_src, seed=seed)
       t0 = time.time()
       tr_z, te_z = classify.features(trained, probe_x), classify.features(trained, test_x)
       own = trained.model.spec.dims

@@ -118,9 +118,7 @@ def image_part(config, seeds) -> dict:
   test_x, test_y = pipeline.labelled_images(test_src, limit=p.test_examples)
   feats = {}
   for seed in seeds:
-    dataset = pipeline.labelled_image_dataset(train_src, batch_size=config.train.batch_size,
-                                              seed=seed, max_examples=d.max_train_examples)
-    trained = classify.train_classifier(config, f"ff{config.dims[-1]}", dataset, seed=seed)
+    trained = classify.train_on_source(config, f"ff{config.dims[-1]}", train_src, seed=seed)
     feats[seed] = (classify.features(trained, train_x), classify.features(trained, test_x))
     logging.info("ViT seed %d trained in %.0f s", seed, trained.seconds)
   anchors = np.random.default_rng(0).choice(len(train_x), _ANCHORS.value, replace=False)

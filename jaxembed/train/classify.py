@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from jaxembed import sharding as shd
+from jaxembed.data import pipeline
 from jaxembed.errors import ConfigError
 from jaxembed.losses import mrl_classification_loss
 from jaxembed.models.classifier import ClassifierSpec, ImageClassifier
@@ -116,6 +117,17 @@ def train_classifier(config: ml_collections.ConfigDict, arm: str, dataset, *, se
                    time.time() - t0)
   params = jax.tree.map(np.asarray, shd.local_value(params))
   return TrainedClassifier(model, params, losses, time.time() - t0)
+
+
+def train_on_source(config: ml_collections.ConfigDict, arm: str, source, *,
+                    seed: int) -> TrainedClassifier:
+  """Trains one arm on a labelled-image data source (the tfds builder's train split),
+  in the seed's order, at config.train.batch_size, up to config.data.max_train_examples
+  images."""
+  dataset = pipeline.labelled_image_dataset(source, batch_size=config.train.batch_size,
+                                            seed=seed,
+                                            max_examples=config.data.max_train_examples)
+  return train_classifier(config, arm, dataset, seed=seed)
 
 
 def features(trained: TrainedClassifier, pixels: np.ndarray, batch: int = 1000):
