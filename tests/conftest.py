@@ -9,6 +9,7 @@ process and every run a test starts compiles with LLVM's optimisation off
 only the machine code is less optimised.
 """
 
+import importlib
 import os
 import sys
 import tempfile
@@ -59,6 +60,26 @@ def smoke_config(tfds_dir):
     c.data.tfds_dir = tfds_dir
     return common.override(c, overrides)
   return make
+
+
+def import_experiment(name: str):
+  """experiments.<name>, imported into this test process.
+
+  Each experiment script defines its absl flags at import, and several share a name
+  (--out, --seeds), so importing two of them into one process fails with
+  DuplicateFlagError -- which two meet depends on how pytest-xdist spreads the tests.
+  The flags of any other experiment already imported are dropped first (tests call the
+  scripts' functions, never their flags)."""
+  from absl import flags
+  module = f"experiments.{name}"
+  if module in sys.modules:
+    return sys.modules[module]
+  for owner, defined in list(flags.FLAGS.flags_by_module_dict().items()):
+    if owner.startswith("experiments.") and owner != module:
+      for flag in list(defined):     # deleting edits this list
+        if flag.name in flags.FLAGS:
+          delattr(flags.FLAGS, flag.name)
+  return importlib.import_module(module)
 
 
 def user_env(env=None) -> dict:

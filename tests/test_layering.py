@@ -305,3 +305,52 @@ def test_the_type_checks_see_violations(tmp_path):
   src.write_text("def g(d, c):\n  a = d.source == 'fashion_mnist'\n"
                  "  b = c['source'] in ('file', 'beir')\n  return d.source == c\n")
   assert list(_source_name_branches(str(src))) == [2, 3]
+
+
+def _flag_scripts() -> set[str]:
+  """The experiments/ modules that define absl flags when imported."""
+  folder = os.path.join(ROOT, "experiments")
+  names = set()
+  for file in os.listdir(folder):
+    if file.endswith(".py"):
+      with open(os.path.join(folder, file)) as f:
+        if "flags.DEFINE_" in f.read():
+          names.add(file[:-3])
+  return names
+
+
+def _direct_script_imports(path: str, scripts: set[str]) -> list[str]:
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module == "experiments":
+      found += [a.name for a in node.names if a.name in scripts]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      parts = node.module.split(".")
+      if parts[0] == "experiments" and len(parts) > 1 and parts[1] in scripts:
+        found.append(parts[1])
+    elif isinstance(node, ast.Import):
+      found += [a.name.split(".")[1] for a in node.names
+                if a.name.startswith("experiments.") and a.name.split(".")[1] in scripts]
+  return found
+
+
+def test_tests_import_flag_scripts_through_the_helper():
+  """Two experiment scripts define the same absl flag names (--out, --seeds), so two
+  tests importing one each fail together whenever pytest-xdist puts them in one worker.
+  Tests import such scripts with conftest.import_experiment, which drops the other
+  scripts' flags first."""
+  scripts = _flag_scripts()
+  assert {"mrl_study", "ood_ablation"} <= scripts
+  tests_dir = os.path.join(ROOT, "tests")
+  bad = {f: names for f in sorted(os.listdir(tests_dir)) if f.endswith(".py")
+         for names in [_direct_script_imports(os.path.join(tests_dir, f), scripts)]
+         if names}
+  assert not bad, bad
+
+
+def test_the_script_import_checker_sees_one(tmp_path):
+  path = tmp_path / "t.py"
+  path.write_text("def f():\n  from experiments import mrl_study\n")
+  assert _direct_script_imports(str(path), {"mrl_study"}) == ["mrl_study"]

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, user_env
+from conftest import REPO, import_experiment, user_env
 from configs import mrl_fashion_mnist
 from jaxembed.data import builders, pipeline
 from jaxembed.errors import ConfigError
@@ -133,7 +133,7 @@ def test_the_protocol_study_runs_resumes_and_scores_from_its_predictions(tfds_di
   # The ff16 model's own linear probe at 16 and its 'truncation' to 16 would agree;
   # truncation stops below the full width.
   assert "16" not in runs["ff16_s0"]["truncated"]["linear"]
-  from experiments import mrl_study
+  mrl_study = import_experiment("mrl_study")
   got = mrl_study.correct(results, "ff", "linear", 2, [0, 1])
   want = [[float(p == t) for p, t in zip(runs[f"ff2_s{s}"]["linear"]["2"], labels)]
           for s in (0, 1)]

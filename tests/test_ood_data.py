@@ -9,6 +9,7 @@ import pkgutil
 import pytest
 
 import configs
+from conftest import import_experiment
 from jaxembed.data import builders, docstrings, manpages, pipeline
 from jaxembed.errors import DataError
 from jaxembed.train import inputs, stages
@@ -158,7 +159,7 @@ def test_no_training_mixture_meets_the_out_of_domain_sets(tfds_dir):
 
 
 def test_the_ablation_table_is_made_from_the_json_alone():
-  from experiments import ood_ablation
+  ood_ablation = import_experiment("ood_ablation")
   def grid(value):
     return [{"layer": l, "dim": d, "manpages/mrr_at_10": value + l / 100}
             for l in range(1, 7) for d in (32, 64, 128, 256, 384)]
@@ -175,7 +176,7 @@ def test_the_ablation_collects_every_finished_run(tmp_path):
   """Runs of earlier invocations (other recipes or seeds) are kept, with "before" from
   whichever run evaluated it and the recorded wall times; nothing is retrained."""
   import json
-  from experiments import ood_ablation
+  ood_ablation = import_experiment("ood_ablation")
   row = [{"layer": 6, "dim": 384, "manpages/mrr_at_10": 0.5}]
   for name, before in (("pairs_s0", row), ("distill_s0", None), ("distill_s1", None)):
     (tmp_path / name).mkdir()
