@@ -130,3 +130,34 @@ def test_pool_mask_drops_the_prompt_prefix_as_sentence_transformers_does(instruc
     assert (pool[:prompt_length] == 0).all(), texts[row]
     assert (pool[prompt_length:n] == 1).all(), texts[row]
     assert (pool[n:] == 0).all()
+
+
+def test_a_mixture_weighs_wordnets_kinds_apart(smoke_config):
+  """Two WordNet entries, one kind each: each gives exactly its kind's training pairs
+  (together: the pairs of both kinds), and the held-out queries are unchanged."""
+  from jaxembed.errors import ConfigError
+  from jaxembed.train import inputs, sources
+  config = smoke_config(**{"data.mixture": (
+      {"source": "wordnet", "pair_kinds": ("gloss_example",), "weight": 1.0},
+      {"source": "wordnet", "pair_kinds": ("lemma_gloss",), "weight": 1.0})})
+  d = config.data
+  components = inputs.mixture_components(d)
+  assert [c["pair_kinds"] for c in components] == [("gloss_example",), ("lemma_gloss",)]
+  ctx = sources.Context(d)
+  got = [pipeline.as_numpy_records(inputs.train_source(d, c, ctx)) for c in components]
+  assert {r["kind"] for r in got[0]} == {"gloss_example"}
+  assert {r["kind"] for r in got[1]} == {"lemma_gloss"}
+  both = pipeline.as_numpy_records(ctx.wordnet().as_data_source("train"))
+  pair = lambda rows: sorted((r["anchor"], r["positive"]) for r in rows)
+  assert pair(got[0] + got[1]) == pair(both)
+  test = lambda b: pair(pipeline.as_numpy_records(b.as_data_source("test")))
+  assert test(ctx.wordnet(("lemma_gloss",))) == test(ctx.wordnet())
+  for entry, message in (
+      ({"source": "foldoc", "pair_kinds": ("gloss_example",)},
+       r"data.mixture\[0\]: pair_kinds is for a WordNet entry"),
+      ({"source": "wordnet", "pair_kinds": ("gloss",)},
+       r"data.mixture\[0\]: pair_kinds: unknown \['gloss'\]"),
+      ({"source": "wordnet", "pair_kinds": "gloss_example"},
+       r"data.mixture\[0\]: pair_kinds='gloss_example' must be a non-empty list")):
+    with pytest.raises(ConfigError, match=message):
+      inputs.mixture_components(smoke_config(**{"data.mixture": (entry,)}).data)

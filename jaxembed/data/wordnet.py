@@ -83,6 +83,10 @@ def is_held_out(synset_id: str, fraction: float, seed: int) -> bool:
   return zlib.crc32(f"{seed}:{synset_id}".encode()) % 100_000 < fraction * 100_000
 
 
+# (definition, example) and (lemma, definition) pairs.
+PAIR_KINDS = ("gloss_example", "lemma_gloss")
+
+
 def make_pairs(synsets: list[Synset], *, holdout_fraction: float, seed: int,
                kinds: tuple[str, ...] = ("gloss_example", "lemma_gloss")):
   """Returns (train, test) lists of dicts {anchor, positive, synset, kind}.
@@ -91,10 +95,10 @@ def make_pairs(synsets: list[Synset], *, holdout_fraction: float, seed: int,
   is definition -> its examples. Training pairs that share any text with the test set
   are dropped, so a definition shared by two synsets cannot leak.
   """
-  unknown = set(kinds) - {"gloss_example", "lemma_gloss"}
+  unknown = set(kinds) - set(PAIR_KINDS)
   if unknown:
     raise DataError(f"data.pair_kinds: unknown {sorted(unknown)}; valid: "
-                    "['gloss_example', 'lemma_gloss']")
+                    f"{list(PAIR_KINDS)}")
   train, test = [], []
   for s in synsets:
     held = is_held_out(s.id, holdout_fraction, seed)

@@ -10,7 +10,7 @@ import zlib
 
 import jax
 
-from jaxembed.data import builders, packaged, pipeline, readers
+from jaxembed.data import builders, packaged, pipeline, readers, wordnet
 from jaxembed.errors import ConfigError
 from jaxembed.losses.registry import distill_settings
 from jaxembed.train.centring import centring_sample
@@ -70,8 +70,8 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None):
     centring = centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
                                 [c["weight"] for c in components],
                                 config.model.centring_texts)
-  wordnet = ctx.wordnet() if config.eval.wordnet_queries else None
-  return dataset, build_eval_tasks(config, wordnet, training_sources=train_sources), centring
+  held_out = ctx.wordnet() if config.eval.wordnet_queries else None
+  return dataset, build_eval_tasks(config, held_out, training_sources=train_sources), centring
 
 
 def _by_modality(modality: str) -> list[str]:
@@ -82,7 +82,7 @@ def _by_modality(modality: str) -> list[str]:
 # What data.source and its paths are when a mixture names the data instead.
 _UNMIXED = {"source": "wordnet", "train_file": "", "beir_dir": ""}
 _COMPONENT_KEYS = ("source", "path", "weight", "split", "instruction", "pair_weight",
-                   "teacher_weight")
+                   "teacher_weight", "pair_kinds")
 
 
 def mixture_components(d) -> list[dict]:
@@ -91,7 +91,9 @@ def mixture_components(d) -> list[dict]:
   data.source. An entry's 'instruction' (its queries' instruction in training) defaults
   to data.query_instruction; 'pair_weight' and 'teacher_weight' (default 1) scale the
   pair objective and loss.distill's teacher terms on that dataset's batches (e.g.
-  teacher_weight 0 on a labelled set, pair_weight 0 on text kept only for the teacher)."""
+  teacher_weight 0 on a labelled set, pair_weight 0 on text kept only for the teacher).
+  'pair_kinds' (a WordNet entry only; default data.pair_kinds) picks the kinds of pair
+  that entry gives, so that two entries can weigh WordNet's kinds apart."""
   if not d.mixture:
     field = sources.get(d.source, "data.source").path_field
     path = d[field] if field else ""
@@ -138,10 +140,23 @@ def mixture_components(d) -> list[dict]:
     instruction = spec.get("instruction", d.query_instruction)
     if not isinstance(instruction, str):
       raise ConfigError(f"{field}: instruction={instruction!r} must be a string")
+    pair_kinds = spec.get("pair_kinds")
+    if pair_kinds is not None:
+      if not kind.kinds:
+        raise ConfigError(f"{field}: pair_kinds is for a WordNet entry; source="
+                          f"{source!r} gives one kind of pair")
+      if isinstance(pair_kinds, str) or not pair_kinds:
+        raise ConfigError(f"{field}: pair_kinds={pair_kinds!r} must be a non-empty list, "
+                          "e.g. ('gloss_example',)")
+      pair_kinds = tuple(pair_kinds)
+      unknown = sorted(set(pair_kinds) - set(wordnet.PAIR_KINDS))
+      if unknown:
+        raise ConfigError(f"{field}: pair_kinds: unknown {unknown}; valid: "
+                          f"{list(wordnet.PAIR_KINDS)}")
     out.append({"name": f"{field} ({path})" if kind.path_field else field,
                 "source": source, "path": os.path.expanduser(path),
                 "split": spec.get("split", d.beir_split), "weight": weight,
-                "instruction": instruction, **terms})
+                "instruction": instruction, "pair_kinds": pair_kinds, **terms})
   return out
 
 

@@ -40,6 +40,8 @@ class Source:
   files: component -> the user's files it reads (fingerprinted in the workdir).
   repeats_classes: d -> whether its batches may hold one class more than once (then
     only an objective that reads the classes may train on it).
+  kinds: a mixture entry may name its own 'pair_kinds' (WordNet's kinds of pair, so
+    that one mixture can weigh them apart, e.g. balanced).
   """
   name: str
   path_field: str | None = None
@@ -51,6 +53,7 @@ class Source:
   inputs: Callable | None = None
   files: Callable[[dict], list[str]] = lambda component: []
   repeats_classes: Callable = lambda d: False
+  kinds: bool = False
 
 
 _REGISTRY: dict[str, Source] = {}
@@ -111,21 +114,23 @@ class Context:
 
   def __init__(self, d):
     self._d = d
-    self._wordnet = None
+    self._wordnet = {}
 
-  def wordnet(self):
-    if self._wordnet is None:
-      d = self._d
-      self._wordnet = builders.wordnet_pairs(
+  def wordnet(self, pair_kinds=None):
+    """The WordNet builder of `pair_kinds` (default data.pair_kinds). Every choice of
+    kinds holds out the same synsets, so the test split is the same for all."""
+    d = self._d
+    kinds = tuple(pair_kinds or d.pair_kinds)
+    if kinds not in self._wordnet:
+      self._wordnet[kinds] = builders.wordnet_pairs(
           wordnet_dir=d.wordnet_dir, tfds_dir=d.tfds_dir,
-          holdout_fraction=d.holdout_fraction, seed=d.split_seed,
-          pair_kinds=tuple(d.pair_kinds))
-    return self._wordnet
+          holdout_fraction=d.holdout_fraction, seed=d.split_seed, pair_kinds=kinds)
+    return self._wordnet[kinds]
 
 
-@register_pairs("wordnet")
+@register_pairs("wordnet", kinds=True)
 def _wordnet(d, component, ctx):
-  return ctx.wordnet().as_data_source("train")
+  return ctx.wordnet(component.get("pair_kinds")).as_data_source("train")
 
 
 @register_pairs("foldoc")
