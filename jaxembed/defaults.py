@@ -111,6 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
   # (default 1) scale the pair objective and loss.distill's teacher terms on its
   # batches; "instruction" is its queries' data.query_instruction.
   c.data.mixture = ()
+  # >0: each entry's weight is multiplied by (its number of pairs)^(1/T), the
+  # temperature resampling of multi-task training: 1 = in proportion to size (the
+  # natural mixture), 2 = to the square root, larger = towards balanced; 0: the
+  # weights as given.
+  c.data.size_temperature = 0.0
   c.data.no_duplicates = False                       # no text twice in a batch
   # fashion_mnist: no class twice in a batch (batch <= 10); False: uniform batches whose
   # same-class pairs are positives of each other (multi_positive_info_nce, sigmoid).

@@ -161,3 +161,24 @@ def test_a_mixture_weighs_wordnets_kinds_apart(smoke_config):
        r"data.mixture\[0\]: pair_kinds='gloss_example' must be a non-empty list")):
     with pytest.raises(ConfigError, match=message):
       inputs.mixture_components(smoke_config(**{"data.mixture": (entry,)}).data)
+
+
+def test_size_temperature_resamples_the_mixture(smoke_config):
+  """Weights times size^(1/T): T=1 in proportion to size, T=2 to its square root, 0 as
+  given; data.max_train_examples caps the size that counts; a bad T is named."""
+  from jaxembed.errors import ConfigError
+  from jaxembed.train import inputs
+  config = smoke_config(**{"data.mixture": ({"source": "wordnet", "weight": 3.0},
+                                            {"source": "foldoc"})})
+  d = config.data
+  components = inputs.mixture_components(d)
+  sizes = [range(400), range(100)]                     # stand-ins with a length
+  for t, want in ((0.0, [3.0, 1.0]), (1.0, [1200.0, 100.0]), (2.0, [60.0, 10.0])):
+    d.size_temperature = t
+    np.testing.assert_allclose(inputs.mixture_weights(d, components, sizes), want)
+  d.max_train_examples = 100
+  np.testing.assert_allclose(inputs.mixture_weights(d, components, sizes), [30.0, 10.0])
+  for bad in (-1.0, float("nan")):
+    d.size_temperature = bad
+    with pytest.raises(ConfigError, match="data.size_temperature"):
+      inputs.mixture_weights(d, components, sizes)

@@ -4,6 +4,7 @@ anything is trained."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import zlib
@@ -55,20 +56,21 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None):
                 workers=d.workers, pack_length=d.pack_length, pack_granule=d.pack_granule,
                 teacher_tokenizer=teacher_tokenizer)
   instructions = [c["instruction"] for c in components]
+  weights = mixture_weights(d, components, train_sources)
   if len(components) == 1 and not d.no_duplicates and loss_weights is None:
     dataset = pipeline.pair_dataset(train_sources[0], instruction=instructions[0],
                                     **common)
   else:
     dataset = pipeline.planned_dataset(
         train_sources, names=[c["name"] for c in components], instruction=instructions,
-        weights=[c["weight"] for c in components], no_duplicates=d.no_duplicates,
+        weights=weights, no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
   centring = []
   if model.centred_exits:
     # The records a run trains on: the first data.max_train_examples of each source.
     limit = d.max_train_examples
     centring = centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
-                                [c["weight"] for c in components],
+                                weights,
                                 config.model.centring_texts)
   held_out = ctx.wordnet() if config.eval.wordnet_queries else None
   return dataset, build_eval_tasks(config, held_out, training_sources=train_sources), centring
@@ -158,6 +160,26 @@ def mixture_components(d) -> list[dict]:
                 "split": spec.get("split", d.beir_split), "weight": weight,
                 "instruction": instruction, "pair_kinds": pair_kinds, **terms})
   return out
+
+
+def mixture_weights(d, components, train_sources) -> list[float]:
+  """Each dataset's draw weight: its entry's weight, times (its pairs used, after
+  data.max_train_examples)^(1 / data.size_temperature) when that is > 0."""
+  weights = [c["weight"] for c in components]
+  t = d.size_temperature
+  if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
+    raise ConfigError(f"data.size_temperature={t!r} must be a finite number >= 0 "
+                      "(0: the weights as given)")
+  if not t:
+    return weights
+  limit = d.max_train_examples
+  sizes = [len(s) if limit is None else min(limit, len(s)) for s in train_sources]
+  weights = [w * n ** (1.0 / t) for w, n in zip(weights, sizes)]
+  total = sum(weights)
+  logging.info("data.size_temperature=%g: draw probabilities %s", t, ", ".join(
+      f"{c['name']} {w / total:.3f} ({n} pairs)"
+      for c, w, n in zip(components, weights, sizes)))
+  return weights
 
 
 def mixture_loss_weights(config, components):
