@@ -149,3 +149,39 @@ def test_merging_refuses_runs_of_different_models_and_single_runs(specialists, t
     mg.merge_runs(specialists[:1], "uniform")
   with pytest.raises(ConfigError, match="--method='average'; valid"):
     mg.merge_runs(specialists, "average")
+
+
+def test_the_balanced_merging_study_runs_resumes_and_scores_from_its_json(tmp_path,
+                                                                         tfds_dir):
+  """experiments/merge_balanced.py at the smoke size: every model scored per test query,
+  the table's means and intervals made from those scores, and a rerun trains, merges
+  and scores nothing again."""
+  from conftest import import_experiment
+  out = str(tmp_path / "mb")
+  args = [sys.executable, "-m", "experiments.merge_balanced", f"--out={out}", "--seeds=0",
+          "--variant=smoke", "--joint=balanced", f"--tfds_dir={tfds_dir}"]
+  first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=user_env())
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(f"{out}/results.json") as f:
+    results = json.load(f)
+  rr = results["rr"]
+  assert set(rr) == {"pretrained", "A", "B", "balanced", "uniform", "task_arithmetic",
+                     "self_positioning"}
+  assert results["queries"] == {"wordnet": 100, "manpages": 100, "docstrings": 100}
+  alphas = results["merges"]["self_positioning"]["0"]["alphas"]
+  assert len(alphas) == 2 and results["merges"]["uniform"]["0"]["alphas"] == [0.5, 0.5]
+  study = import_experiment("merge_balanced")
+  text = study.table(results)
+  sp = [100 * np.mean(rr["self_positioning"]["0"][n]["2_32"]) for n in results["sets"]]
+  assert f"| Self Positioning | {sp[0]:.1f} | {sp[1]:.1f} | {sp[2]:.1f} | " \
+         f"{np.mean(sp):.1f} |" in text
+  diff = 100 * (np.mean(rr["self_positioning"]["0"]["manpages"]["2_32"])
+                - np.mean(rr["balanced"]["0"]["manpages"]["2_32"]))
+  assert f"| self_positioning − balanced, man pages, (2, 32) | > 0 | {diff:+.1f} |" in text
+  assert "resampled" not in text.split("Paired differences")[1]   # not trained
+  second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=user_env())
+  assert second.returncode == 0, second.stderr[-3000:]
+  with open(f"{out}/results.json") as f:
+    assert json.load(f) == results        # wall times included: nothing was redone
