@@ -27,6 +27,7 @@ Arguments (comma-separated):
                   {16, ..., 384}, weighted equally; evaluated at (6, d) for every d
   arm=plain       InfoNCE at (6, 384) alone, evaluated truncated to every d (MRL's
                   baseline: the full-width model's prefixes)
+  steps=<n>       train n steps instead of 80 (experiments/schemes_study.py: 400)
   accelerator     the larger variant for a GPU/TPU: 2,000 steps of 256 pairs, the full
                   evaluation sets
   smoke           tiny random model (tests)
@@ -34,7 +35,7 @@ Arguments (comma-separated):
 
 from jaxembed.configs import common
 
-VARIANTS = ("arm=grid", "arm=grid_kl", "arm=2dmse", "arm=separate,cell=3:64",
+VARIANTS = ("arm=grid", "arm=grid_kl", "arm=2dmse", "arm=separate,cell=3:64,steps=400",
             "arm=starbucks,accelerator", "arm=mrl", "arm=plain", "smoke,arm=grid",
             "smoke,arm=2dmse", "smoke,arm=separate,cell=1:8", "smoke,arm=mrl")
 ARMS = ("grid", "grid_kl", "starbucks", "2dmse", "separate", "mrl", "plain")
@@ -43,12 +44,15 @@ SMOKE_PAIRS = ((1, 8), (2, 32))
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, arm="grid", cell="", accelerator=False, smoke=False)
+  args = common.parse_arg(arg, arm="grid", cell="", steps=0, accelerator=False,
+                          smoke=False)
   if args.arm not in ARMS:
     raise ValueError(f"arm={args.arm!r}; valid: {', '.join(ARMS)}")
   c = common.pair_loss_config(tiny=args.smoke)
   pairs = SMOKE_PAIRS if args.smoke else PAIRS
-  c.train.steps = 8 if args.smoke else 80
+  if args.steps < 0:
+    raise ValueError(f"steps={args.steps} must be at least 1")
+  c.train.steps = args.steps or (8 if args.smoke else 80)
   m = c.loss.matryoshka
   layers = tuple(l for l, _ in pairs)
   dims = tuple(d for _, d in pairs)
