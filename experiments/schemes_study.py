@@ -57,9 +57,10 @@ _TFDS_DIR = flags.DEFINE_string("tfds_dir", "", "where datasets are built (defau
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
 
 
-def pairs() -> tuple:
+def pairs(variant: str) -> tuple:
+  """The diagonal cells of the config `variant`."""
   from jaxembed.configs import matryoshka_schemes
-  return matryoshka_schemes.SMOKE_PAIRS if _VARIANT.value == "smoke" else \
+  return matryoshka_schemes.SMOKE_PAIRS if variant == "smoke" else \
       matryoshka_schemes.PAIRS
 
 
@@ -69,8 +70,9 @@ def comparisons(cells) -> list:
           ("starbucks", "separate", -1, cells[-1:])]
 
 
-def config_arg(arm: str, cell=None) -> str:
-  parts = [f"arm={arm}", f"steps={_STEPS.value}", _VARIANT.value]
+def config_arg(arm: str, cell, steps: int, variant: str) -> str:
+  """configs/matryoshka_schemes.py's argument for one run."""
+  parts = [f"arm={arm}", f"steps={steps}", variant]
   if cell:
     parts.insert(1, f"cell={cell[0]}:{cell[1]}")
   return ",".join(filter(None, parts))
@@ -84,7 +86,7 @@ def run(folder, results: dict) -> None:
   if results.get("rr") and results.get("settings") != settings:
     raise SystemExit(f"error: {folder.path} holds runs made with "
                      f"{results.get('settings')}, not {settings}: use another --out")
-  cells = pairs()
+  cells = pairs(_VARIANT.value)
   tasks = test_tasks(_TFDS_DIR.value or None)
   if _VARIANT.value == "smoke":          # (the tests: 100 queries a set)
     tasks = {n: t.with_queries(lambda q, first=set(t.queries[:100]): q in first)
@@ -100,7 +102,8 @@ def run(folder, results: dict) -> None:
       runs = ([(f"separate_{l}x{d}", (l, d), [(l, d)]) for l, d in cells]
               if arm == "separate" else [(arm, None, cells)])
       for name, cell, scored in runs:
-        took = train(folder.out, name, seed, f"{CONFIG}:{config_arg(arm, cell)}", extra)
+        arg = config_arg(arm, cell, _STEPS.value, _VARIANT.value)
+        took = train(folder.out, name, seed, f"{CONFIG}:{arg}", extra)
         if took:
           wall[f"{name}_s{seed}"] = round(took, 1)
           folder.save(results)

@@ -68,8 +68,8 @@ def import_experiment(name: str):
   Each experiment script defines its absl flags at import, and several share a name
   (--out, --seeds), so importing two of them into one process fails with
   DuplicateFlagError -- which two meet depends on how pytest-xdist spreads the tests.
-  The flags of any other experiment already imported are dropped first (tests call the
-  scripts' functions, never their flags)."""
+  The flags of any other experiment already imported are dropped first, so a test may
+  call only a script's functions that read no flag (a later import may drop them)."""
   from absl import flags
   module = f"experiments.{name}"
   if module in sys.modules:

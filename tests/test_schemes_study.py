@@ -11,18 +11,15 @@ from conftest import import_experiment
 
 @pytest.fixture(scope="module")
 def study():
-  module = import_experiment("schemes_study")
-  from absl import flags
-  flags.FLAGS(["schemes_study"])          # the flags' defaults
-  return module
+  return import_experiment("schemes_study")
 
 
 def test_every_arm_and_cell_builds_its_config(study):
   from jaxembed.configs import matryoshka_schemes
   for arm in study.ARMS:
-    cells = study.pairs() if arm == "separate" else [None]
+    cells = study.pairs("") if arm == "separate" else [None]
     for cell in cells:
-      c = matryoshka_schemes.get_config(study.config_arg(arm, cell))
+      c = matryoshka_schemes.get_config(study.config_arg(arm, cell, 400, ""))
       assert c.train.steps == 400
       if cell:
         assert tuple(c.loss.matryoshka.pairs) == (tuple(cell),)
