@@ -94,3 +94,8 @@ def test_a_verdict_row_parses_back_to_its_rule():
                           scale=100)
   assert stats.ROW.search(row)["verdict"] == "contradicted"
   assert stats.ROW.search(row)["effect"] == "+5.0"
+
+
+def test_a_verdict_row_never_shows_minus_zero():
+  row = stats.verdict_row("x", stats.Interval(-0.0001, -0.0004, 0.019), +1, scale=100)
+  assert "| +0.0 | [+0.0, +1.9] |" in row and "-0.0" not in row

@@ -110,7 +110,7 @@ def verdict_row(name: str, interval: Interval, direction: int,
                 paper_effect: float | None = None, scale: float = 1.0) -> str:
   """The row, numbers times `scale` to one decimal, the verdict computed on the rounded
   numbers so that a reader (and the test) applying the rule to the row gets it."""
-  r = lambda x: round(scale * x, 1)  # noqa: E731
+  r = lambda x: round(scale * x, 1) + 0.0  # noqa: E731  (+ 0.0: no "-0.0")
   shown = Interval(r(interval.mean), r(interval.low), r(interval.high))
   effect = None if paper_effect is None else r(paper_effect)
   claim = (">" if direction > 0 else "<") + " 0" + (
