@@ -35,13 +35,20 @@ def train(out: str, arm: str, seed: int, config: str, overrides=()) -> float:
   return time.time() - start
 
 
-def test_tasks(tfds_dir: str | None = None):
-  """The test halves of the three sets, every test query, as training builds them
-  (built under `tfds_dir`, default the config's data.tfds_dir)."""
+def test_tasks(tfds_dir: str | None = None, first: int | None = None):
+  """The test halves of the three sets, every test query (`first`: only the first that
+  many, for a smoke run), as training builds them (built under `tfds_dir`, default the
+  config's data.tfds_dir)."""
   from experiments.splits import packaged_tasks
   from jaxembed.evals import splits
-  return {t.name: t.with_queries(lambda q, n=t.name: splits.keep(q, n, "test"))
-          for t in packaged_tasks(tfds_dir)}
+  out = {}
+  for t in packaged_tasks(tfds_dir):
+    half = t.with_queries(lambda q, n=t.name: splits.keep(q, n, "test"))
+    if first is not None:
+      kept = set(half.queries[:first])
+      half = half.with_queries(lambda q, kept=kept: q in kept)
+    out[t.name] = half
+  return out
 
 
 def reciprocal_ranks(scores: np.ndarray, relevance: np.ndarray, k: int = K) -> np.ndarray:
