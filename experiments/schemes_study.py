@@ -133,8 +133,9 @@ def table(results: dict) -> str:
     return np.array([rr[arm][s][n][cell] for s in done])
 
   lines = [f"Test halves (eval.split=test, every test query), MRR@{results['k']} x100, "
-           f"mean ± sample sd over seeds {', '.join(done)}; "
-           f"{results['settings']['steps']} steps per run; {results['machine']}.", ""]
+           + (f"mean ± sample sd over seeds {', '.join(done)}; " if len(done) > 1
+              else f"seed {', '.join(done)}; ")
+           + f"{results['settings']['steps']} steps per run; {results['machine']}.", ""]
   for n in sets:
     lines += [f"**{SET_NAMES[n]}** ({results['queries'][n]} test queries)", "",
               "| (layer, dim) | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
@@ -142,7 +143,8 @@ def table(results: dict) -> str:
       row = []
       for arm in arms:
         means = 100 * per_seed(arm, n, cell).mean(axis=1)
-        row.append(f"{means.mean():.1f} ± {stats.sample_sd(means):.1f}")
+        row.append(f"{means.mean():.1f}" + (f" ± {stats.sample_sd(means):.1f}"
+                                            if len(means) > 1 else ""))
       lines.append(f"| {cell_label(cell)} | " + " | ".join(row) + " |")
     lines.append("")
   lines += ["Paired differences b − a, MRR@10 x100 (95% bootstrap interval over seeds, "
