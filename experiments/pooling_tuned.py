@@ -45,7 +45,7 @@ from absl import app, flags
 
 from experiments.pooling_heads import EOS, Features, encode_texts, study_data, train_head
 from experiments.results_io import run_or_table
-from experiments.study_io import SET_NAMES, machine, reciprocal_ranks
+from experiments.study_io import SET_NAMES, half_tasks, machine, reciprocal_ranks
 
 POOLINGS = ("last_token", "mean", "latent", "multilayer")
 ZERO_SHOT = ("last_token", "mean")
@@ -79,21 +79,10 @@ def study_config(attention: str):
 
 
 def halves(config) -> dict:
-  """{'dev': {set: task}, 'test': {set: task}}: the retrieval sets the config evaluates,
-  every query, split by the stored dev/test halves."""
-  from experiments.splits import packaged_tasks
-  from jaxembed.evals import splits
-  tasks = packaged_tasks(config.data.tfds_dir)
-  out = {}
-  for half in ("dev", "test"):
-    out[half] = {}
-    for t in tasks:
-      kept = t.with_queries(lambda q, n=t.name, h=half: splits.keep(q, n, h))
-      if _SMOKE.value:
-        first = set(kept.queries[:100])
-        kept = kept.with_queries(lambda q, first=first: q in first)
-      out[half][t.name] = kept
-  return out
+  """{'dev': {set: task}, 'test': {set: task}}: the retrieval sets split by the stored
+  dev/test halves, every query (a smoke run: the first 100 of each)."""
+  first = 100 if _SMOKE.value else None
+  return {h: half_tasks(h, config.data.tfds_dir, first) for h in ("dev", "test")}
 
 
 def features(config, attention: str, texts: list[str]) -> tuple[Features, float]:

@@ -36,18 +36,23 @@ def train(out: str, arm: str, seed: int, config: str, overrides=()) -> float:
 
 
 def test_tasks(tfds_dir: str | None = None, first: int | None = None):
-  """The test halves of the three sets, every test query (`first`: only the first that
-  many, for a smoke run), as training builds them (built under `tfds_dir`, default the
-  config's data.tfds_dir)."""
+  """The test halves of the three sets (`half_tasks`)."""
+  return half_tasks("test", tfds_dir, first)
+
+
+def half_tasks(half: str, tfds_dir: str | None = None, first: int | None = None):
+  """The `half` ('dev' or 'test') of the three sets, every query of it (`first`: only
+  the first that many, for a smoke run), as training builds them (built under
+  `tfds_dir`, default the config's data.tfds_dir)."""
   from experiments.splits import packaged_tasks
   from jaxembed.evals import splits
   out = {}
   for t in packaged_tasks(tfds_dir):
-    half = t.with_queries(lambda q, n=t.name: splits.keep(q, n, "test"))
+    half_task = t.with_queries(lambda q, n=t.name: splits.keep(q, n, half))
     if first is not None:
-      kept = set(half.queries[:first])
-      half = half.with_queries(lambda q, kept=kept: q in kept)
-    out[t.name] = half
+      kept = set(half_task.queries[:first])
+      half_task = half_task.with_queries(lambda q, kept=kept: q in kept)
+    out[t.name] = half_task
   return out
 
 
