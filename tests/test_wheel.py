@@ -63,15 +63,42 @@ def _run(args, cwd, timeout=600):
   env = {k: v for k, v in user_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
   done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                         env=env)
-  assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
+  if done.returncode != 0:   # the whole output: an assert's repr would elide the middle
+    pytest.fail(f"{' '.join(map(str, args))} exited {done.returncode}\n"
+                f"--- stdout ---\n{done.stdout[-4000:]}\n--- stderr ---\n{done.stderr[-8000:]}",
+                pytrace=False)
   return done
+
+
+def _project_files(dest):
+  """Copies the project's own files (git's tracked and untracked-but-not-ignored ones;
+  without git, the tree less its environment and build outputs) to `dest`: the wheel is
+  built from that copy, so setuptools writes its build/ and egg-info there instead of
+  into a tree the other test workers are importing from and writing to."""
+  try:
+    listed = subprocess.run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], capture_output=True, text=True)
+  except FileNotFoundError:           # no git on this machine
+    listed = None
+  if listed is None or listed.returncode != 0:
+    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
+        ".venv", ".git", ".pytest_cache", "build", "dist", "*.egg-info", "__pycache__",
+        "runs", "workdirs"))
+    return
+  for rel in filter(None, listed.stdout.split("\0")):
+    src = os.path.join(REPO, rel)
+    if os.path.isfile(src):           # a file deleted but not yet committed is skipped
+      os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+      shutil.copy2(src, os.path.join(dest, rel))
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
   root = tmp_path_factory.mktemp("wheel")
+  source = root / "source"
+  _project_files(source)
   _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-        "-w", str(root / "dist"), REPO], cwd=root)
+        "-w", str(root / "dist"), str(source)], cwd=root)
   wheel = glob.glob(str(root / "dist" / "jaxembed-*.whl"))
   assert len(wheel) == 1, wheel
   venv = root / "venv"
