@@ -173,11 +173,15 @@ def base_config() -> ml_collections.ConfigDict:
   # teacher: "" (the student's own pretrained weights, as above) or another model's
   # folder (anything jaxembed.load reads: e.g. all-mpnet-base-v2 teaching MiniLM's
   # grid). Another model reads the batch's texts through its own tokenizer (no query
-  # instruction) and gives its default sub-model's vectors; the anchor needs its width
-  # to be the student's (else set anchor_weight=0: the KL needs no common width).
+  # instruction) and gives its default sub-model's vectors. The anchor compares
+  # vectors in one space: with another teacher set anchor_map="procrustes" (a fixed
+  # orthogonal map from the teacher's space to the pretrained student's, fitted on
+  # anchor_map_texts training texts before step 0; train/anchor_map.py), or
+  # anchor_weight=0 (the KL compares in-batch similarities and needs no common width).
   c.loss.distill = ml_collections.ConfigDict(dict(
       weight=0.0, anchor_weight=0.0, pair_weight=1.0, scale=20.0, temperature=1.0,
-      anchor_min_tokens=0, kl_min_tokens=0, teacher=""))
+      anchor_min_tokens=0, kl_min_tokens=0, teacher="", anchor_map="",
+      anchor_map_texts=4096))
   c.loss.matryoshka = ml_collections.ConfigDict()
   c.loss.matryoshka.mode = "grid"                    # none | mrl | grid | pairs
   c.loss.matryoshka.layers = (1, 2, 3, 4, 5, 6)

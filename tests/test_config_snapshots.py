@@ -36,7 +36,8 @@ CHANGED = {"ood_ablation:smoke,arm=split_teacher": {"train.batch_size": (16, 64)
 # Sections added to the defaults after the snapshot; a config that leaves them at
 # their default builds the run it built before.
 ADDED = ("model.multivector", "eval.split", "eval.split_seed", "loss.exit_teacher",
-         "loss.distill.teacher", "data.size_temperature")
+         "loss.distill.teacher", "data.size_temperature", "loss.distill.anchor_map",
+         "loss.distill.anchor_map_texts")
 
 
 def _build(key):

@@ -92,7 +92,7 @@ def relational_kd(student, teacher, *, scale: float = 20.0, temperature: float =
 def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
                          full_layer: int, scale: float = 20.0, temperature: float = 1.0,
                          weight: float = 1.0, anchor_weight: float = 0.0,
-                         anchor_rows=None, kl_rows=None):
+                         anchor_rows=None, kl_rows=None, anchor_teacher=None):
   """A frozen teacher's knowledge kept in every Matryoshka cell: `weight` x the mean of
   `relational_kd` over the (layer, dim) cells, weighted as the cells are, plus
   `anchor_weight` x (1 - cosine) between the full model's last layer and the teacher's
@@ -100,7 +100,9 @@ def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
 
   texts_by_layer: [n, layers, width] student vectors of the batch's texts; teacher:
   [n, d_t]; anchor_rows, kl_rows: None, or [n] bools, the texts the anchor holds and
-  those whose similarity distributions the KL matches (means over them). Returns
+  those whose similarity distributions the KL matches (means over them);
+  anchor_teacher: None, or [n, width] the teacher's vectors mapped into the student's
+  space (loss.distill.anchor_map), which the anchor then reads instead. Returns
   (loss, {"distill/<cell>": kl, "distill": their weighted mean, ["anchor": 1 - cos]}).
   """
   total_w = sum(c.weight for c in cells)
@@ -115,7 +117,8 @@ def teacher_distillation(texts_by_layer, teacher, *, cells, layer_index: dict,
     loss = weight * parts["distill"]
   if anchor_weight:
     full = l2_normalize(texts_by_layer[:, layer_index[full_layer]])
-    t = l2_normalize(jax.lax.stop_gradient(teacher))
+    t = l2_normalize(jax.lax.stop_gradient(teacher if anchor_teacher is None
+                                           else anchor_teacher))
     if full.shape[-1] != t.shape[-1]:
       raise ValueError(f"the anchor needs the student's width {full.shape[-1]} to equal "
                        f"the teacher's {t.shape[-1]}")

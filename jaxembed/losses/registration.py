@@ -37,13 +37,16 @@ class BatchInputs:
   group: positives of each other); the frozen teacher's vectors `teacher` (anchors
   [batch, width], positives[, negatives [batch, k, width]]) and `text_tokens`, each
   text's token count laid out like them (loss.distill.anchor_min_tokens,
-  kl_min_tokens); `pair_weight` and `teacher_weight`, the batch's own multipliers of
-  the pair objective and of the teacher terms (a mixture's per-dataset weights;
+  kl_min_tokens); `anchor_teacher`, the teacher's vectors mapped into the student's
+  space for the anchor, laid out the same (loss.distill.anchor_map; None: the anchor
+  reads `teacher`); `pair_weight` and `teacher_weight`, the batch's own multipliers
+  of the pair objective and of the teacher terms (a mixture's per-dataset weights;
   None = 1)."""
   grades: object = None
   groups: object = None
   teacher: object = None
   text_tokens: object = None
+  anchor_teacher: object = None
   pair_weight: object = None
   teacher_weight: object = None
 

@@ -120,12 +120,14 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
       student, target = _texts_of_batch(q, d, negatives), _texts_of_batch(*teacher)
       tokens = (None if inputs.text_tokens is None
                 else _texts_of_batch(*inputs.text_tokens))
+      mapped = (None if inputs.anchor_teacher is None
+                else _texts_of_batch(*inputs.anchor_teacher))
       kd_loss, parts = teacher_distillation(
           student, target, cells=cells, layer_index=ctx.layer_index,
           full_layer=num_layers, scale=kd.scale, temperature=kd.temperature,
           weight=kd.weight, anchor_weight=kd.anchor_weight,
           anchor_rows=_rows(kd, "anchor_min_tokens", tokens),
-          kl_rows=_rows(kd, "kl_min_tokens", tokens))
+          kl_rows=_rows(kd, "kl_min_tokens", tokens), anchor_teacher=mapped)
       if teacher_weight is not None:
         kd_loss = teacher_weight * kd_loss
       loss = kd.pair_weight * loss + kd_loss
@@ -136,6 +138,11 @@ def make_loss(cfg, *, num_layers: int, hidden: int, mesh=None):
       aux = dict(aux, bias=lp["bias"])
     return loss, aux
   return loss_fn
+
+
+# loss.distill.anchor_map: '' (the teacher's own vectors) or a fixed map fitted before
+# step 0 (train/anchor_map.py).
+ANCHOR_MAPS = ("", "procrustes")
 
 
 def distill_settings(cfg):
@@ -151,6 +158,23 @@ def distill_settings(cfg):
       raise ConfigError(f"loss.distill.{name}={value!r} must be a finite number >= 0")
   if kd.scale == 0 or kd.temperature == 0:
     raise ConfigError("loss.distill.scale and loss.distill.temperature must be > 0")
+  anchor_map = kd.get("anchor_map", "")
+  if anchor_map not in ANCHOR_MAPS:
+    raise ConfigError(f"loss.distill.anchor_map={anchor_map!r}: one of {list(ANCHOR_MAPS)}")
+  if anchor_map:
+    texts = kd.get("anchor_map_texts", 0)
+    if not isinstance(texts, int) or isinstance(texts, bool) or texts < 2:
+      raise ConfigError(f"loss.distill.anchor_map_texts={texts!r} must be an integer >= 2 "
+                        "(the training texts the map is fitted on)")
+    if not kd.anchor_weight:
+      raise ConfigError(f"loss.distill.anchor_map={anchor_map!r} maps the teacher for the "
+                        "anchor term, and loss.distill.anchor_weight is 0: set it > 0, "
+                        "or anchor_map=''")
+    if not kd.get("teacher", ""):
+      raise ConfigError(f"loss.distill.anchor_map={anchor_map!r} maps another model's "
+                        "space into the student's; the teacher is the student's own "
+                        "pretrained model (loss.distill.teacher=''), already in its "
+                        "space: set anchor_map=''")
   if not (kd.weight or kd.anchor_weight):
     if kd.pair_weight != 1.0:
       raise ConfigError(f"loss.distill.pair_weight={kd.pair_weight} without a teacher "

@@ -22,10 +22,12 @@ from jaxembed.evals.tasks import (ClassificationTask, ClusteringTask, RetrievalT
 from jaxembed.train import sources
 
 
-def make_inputs(config, model, tokenizer, teacher_tokenizer=None):
+def make_inputs(config, model, tokenizer, teacher_tokenizer=None, anchor_texts: int = 0):
   """(the per-host grain dataset, the evaluation tasks, the texts that centre the
-  layers with model.centred_exits (else [])) for `model`; with `teacher_tokenizer`
-  (a teacher other than the student) each batch also carries its texts through it."""
+  layers with model.centred_exits (else []), about `anchor_texts` training texts for
+  the anchor's map (loss.distill.anchor_map; else [])) for `model`; with
+  `teacher_tokenizer` (a teacher other than the student) each batch also carries its
+  texts through it."""
   d = config.data
   batch = config.train.batch_size
   if d.workers < 0:
@@ -41,7 +43,7 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None):
       raise ConfigError(f"loss.distill.teacher={config.loss.distill.teacher!r}: a teacher "
                         f"other than the student reads text pairs; data.source="
                         f"{d.source!r} gives {single.what}")
-    return single.inputs(config, tokenizer)
+    return (*single.inputs(config, tokenizer), [])
   if model.query_modality != "text":
     raise ConfigError(f"the model's queries are {model.query_modality}s; data.source="
                       f"{d.source!r} gives text pairs: use a source that gives "
@@ -65,15 +67,16 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None):
         train_sources, names=[c["name"] for c in components], instruction=instructions,
         weights=weights, no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
-  centring = []
-  if model.centred_exits:
+  def sample(n):
     # The records a run trains on: the first data.max_train_examples of each source.
     limit = d.max_train_examples
-    centring = centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
-                                weights,
-                                config.model.centring_texts)
+    return centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
+                           weights, n)
+  centring = sample(config.model.centring_texts) if model.centred_exits else []
+  anchor = sample(anchor_texts) if anchor_texts else []
   held_out = ctx.wordnet() if config.eval.wordnet_queries else None
-  return dataset, build_eval_tasks(config, held_out, training_sources=train_sources), centring
+  return (dataset, build_eval_tasks(config, held_out, training_sources=train_sources),
+          centring, anchor)
 
 
 def _by_modality(modality: str) -> list[str]:

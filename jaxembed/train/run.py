@@ -25,7 +25,7 @@ from jaxembed.losses.registry import deepest_layer, distill_settings, init_loss_
 from jaxembed.models import ModelSpec, abstract_params, build, lora, read_model_folder
 from jaxembed.models.build import abstract_boxed_params
 from jaxembed.models.embedder import CENTER, COMPONENTS
-from jaxembed.train import centring, inputs, sources
+from jaxembed.train import anchor_map, centring, inputs, sources
 from jaxembed.train.optim import make_optimizer, trainable_mask
 from jaxembed.train.state import initial_params
 from jaxembed.train.step import Forward, OtherTeacher, ParamView
@@ -61,6 +61,10 @@ class Run:
   other_teacher: OtherTeacher | None = None
   teacher_model: Any = None
   centring_texts: tuple = ()  # model.centred_exits: the texts whose layer means centre
+  # loss.distill.anchor_map: the training texts its map is fitted on, and the map
+  # (train/anchor_map.py) once fitted or read back from the workdir.
+  anchor_texts: tuple = ()
+  anchor_map: Any = None
 
   @property
   def train_model(self):
@@ -97,14 +101,20 @@ class Run:
     laid out like the student's; or another model's (loss.distill.teacher),
     replicated on every device."""
     if self.teacher_model is not None:
-      return shd.host_to_global(self.teacher_model.params, shd.replicated(self.mesh))
+      params = self.teacher_model.params
+      if self.other_teacher.mapped:
+        if self.anchor_map is None:
+          self.anchor_map = anchor_map.fitted(self, lambda: initial_params(self))
+        params = {"model": params, "anchor_map": self.anchor_map}
+      return shd.host_to_global(params, shd.replicated(self.mesh))
     return {k: v for k, v in initial_params(self).items() if k not in ("loss", lora.GROUP)}
 
 
 def load_other_teacher(config, model):
   """(OtherTeacher, its EmbeddingModel) when loss.distill.teacher names a model, else
   (None, None). The anchor term compares the student's full vectors with the
-  teacher's, so it needs one width; the KL compares in-batch similarities and needs
+  teacher's, so it needs one width, or the teacher mapped into the student's space
+  (loss.distill.anchor_map); the KL compares in-batch similarities and needs
   none."""
   kd = distill_settings(config.loss)
   path = kd.get("teacher", "") if kd is not None else ""
@@ -119,14 +129,18 @@ def load_other_teacher(config, model):
                       "teacher terms need one vector per text")
   layer = teacher.default_layer or teacher.num_layers
   dim = teacher.default_dim or teacher.hidden_size          # as `encode` gives them
-  if kd.anchor_weight and dim != model.output_width:
+  mapped = bool(kd.anchor_weight and kd.get("anchor_map", ""))
+  if kd.anchor_weight and not mapped and dim != model.output_width:
     raise ConfigError(f"loss.distill.anchor_weight={kd.anchor_weight}: the anchor needs "
                       f"the teacher's width, and loss.distill.teacher={path!r} gives "
                       f"{dim} dims against the student's {model.output_width}; set "
-                      "loss.distill.anchor_weight=0 (the KL terms need no common width)")
+                      "loss.distill.anchor_map='procrustes' (a fixed map into the "
+                      "student's space) or loss.distill.anchor_weight=0 (the KL terms "
+                      "need no common width)")
   module = teacher.module.clone(layers=(layer,), early_exit=True)
-  logging.info("loss.distill.teacher: %s, layer %d, %d dims", path, layer, dim)
-  return OtherTeacher(module, dim), teacher
+  logging.info("loss.distill.teacher: %s, layer %d, %d dims%s", path, layer, dim,
+               f"; the anchor through a {kd.anchor_map} map" if mapped else "")
+  return OtherTeacher(module, dim, mapped), teacher
 
 
 def check_distill_config(config, model) -> None:
@@ -327,9 +341,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
                              min(config.eval.max_length, text_config.max_position_embeddings),
                              config.data.padding_side)
   other_teacher, teacher_model = load_other_teacher(config, model)
-  dataset, eval_tasks, centring_texts = inputs.make_inputs(
+  dataset, eval_tasks, centring_texts, anchor_texts = inputs.make_inputs(
       config, model, tokenizer,
-      teacher_tokenizer=teacher_model.tokenizer if teacher_model is not None else None)
+      teacher_tokenizer=teacher_model.tokenizer if teacher_model is not None else None,
+      anchor_texts=(config.loss.distill.anchor_map_texts
+                    if other_teacher is not None and other_teacher.mapped else 0))
   return Run(config=config, workdir=Workdir(workdir), folder=folder, model=model,
              spec=build.run_spec(config, model), mesh=mesh, rules=rules,
              tokenizer=tokenizer, eval_tokenizer=eval_tokenizer, tx=tx,
@@ -338,4 +354,4 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices=None) -> Run:
              train_depth=train_depth, end_hooks=(
                  (centring.with_exit_centres,) if config.model.refresh_exits_at_end else ()),
              centring_texts=tuple(centring_texts), other_teacher=other_teacher,
-             teacher_model=teacher_model)
+             teacher_model=teacher_model, anchor_texts=tuple(anchor_texts))

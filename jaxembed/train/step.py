@@ -32,9 +32,12 @@ class OtherTeacher:
   """A frozen teacher that is not the student's own pretrained model
   (loss.distill.teacher): `module` (its sub-model as `encode` runs it by default,
   one layer out) reads batch['teacher'], the texts through its own tokenizer, and
-  gives its first `dim` coordinates."""
+  gives its first `dim` coordinates. `mapped`: the anchor reads those vectors through
+  a fixed map into the student's space (loss.distill.anchor_map, `train/anchor_map.py`);
+  the teacher's parameters are then {"model": its weights, "anchor_map": the map}."""
   module: nn.Module
   dim: int
+  mapped: bool = False
 
 
 def teacher_embeddings(model: nn.Module, teacher_params, batch,
@@ -46,6 +49,8 @@ def teacher_embeddings(model: nn.Module, teacher_params, batch,
   if other is None:
     out = encode_pairs(model, teacher_params, batch, None, deterministic=True)
     return tuple(jax.lax.stop_gradient(x[..., -1, :]) for x in out)
+  if other.mapped:
+    teacher_params = teacher_params["model"]
   out = encode_pairs(other.module, teacher_params, batch["teacher"], None,
                      deterministic=True)
   return tuple(jax.lax.stop_gradient(x[..., 0, :other.dim]) for x in out)
@@ -55,17 +60,22 @@ def loss_inputs(model: nn.Module, batch, teacher_params=None,
                 other: OtherTeacher | None = None) -> BatchInputs:
   """What the objective takes from a batch besides the vectors: graded pairs' `grades`,
   grouped pairs' `groups`, the frozen teacher's vectors (`teacher`) and each text's
-  token count laid out like them, and the weights of the pair and teacher terms for the
-  batch's dataset (each batch is drawn from one dataset of a mixture, so the mean of
-  its rows' weights is that dataset's)."""
-  teacher = tokens = None
+  token count laid out like them, the teacher's vectors through the anchor's map
+  (`anchor_teacher`, loss.distill.anchor_map), and the weights of the pair and
+  teacher terms for the batch's dataset (each batch is drawn from one dataset of a
+  mixture, so the mean of its rows' weights is that dataset's)."""
+  teacher = tokens = mapped = None
   if teacher_params is not None:
     teacher = teacher_embeddings(model, teacher_params, batch, other)
     tokens = tuple(jnp.sum(batch[side]["attention_mask"], axis=-1)
                    for side in ("anchor", "positive", "negatives") if side in batch)
+    if other is not None and other.mapped:
+      w = teacher_params["anchor_map"]
+      mapped = tuple(x.astype(jnp.float32) @ w for x in teacher)
   mean = lambda k: jnp.mean(batch[k]) if k in batch else None  # noqa: E731
   return BatchInputs(grades=batch.get("score"), groups=batch.get("group"),
-                     teacher=teacher, text_tokens=tokens, pair_weight=mean("pair_weight"),
+                     teacher=teacher, text_tokens=tokens, anchor_teacher=mapped,
+                     pair_weight=mean("pair_weight"),
                      teacher_weight=None if teacher is None else mean("teacher_weight"))
 
 
