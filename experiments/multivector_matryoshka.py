@@ -42,9 +42,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments.results_io import run_or_table
-from experiments.study_io import (SET_NAMES, cell_label, machine, maxsim_matrix,
-                                  reciprocal_ranks, test_tasks, train, verdict_rows,
-                                  wall_lines)
+from experiments.study_io import (SET_NAMES, cell_tables, finished_seeds, machine,
+                                  maxsim_matrix, reciprocal_ranks, seed_scores, test_tasks,
+                                  train, verdict_rows, wall_lines)
 
 CONFIG = "configs/colbert_minilm.py"
 ARMS = {"multi": "", "grid": "matryoshka"}
@@ -138,36 +138,20 @@ def comparisons(cells: list[str]) -> list:
 
 
 def table(results: dict) -> str:
-  from jaxembed.evals import stats
   rr = results["rr"]
   sets = results["sets"]
   cells = [f"{l}_{d}" for l, d in sorted(results["cells"])]
   arms = [a for a in ARMS if a in rr]
-  seeds = sorted({s for a in arms for s in rr[a]}, key=int)
-  done = [s for s in seeds if all(
-      s in rr[a] and all(c in rr[a][s].get(n, {}) for n in sets for c in cells)
-      for a in arms)]
-
-  def per_seed(arm, n, cell):
-    return np.array([rr[arm][s][n][cell] for s in done])
-
+  seeds, done = finished_seeds(rr, arms, sets, cells)
+  per_seed = seed_scores(rr, done)
   lines = [f"Test halves (eval.split=test, every test query), MRR@{results['k']} x100, "
            + (f"mean ± sample sd over seeds {', '.join(done)}; " if len(done) > 1
               else f"seed {', '.join(done)}; ")
            + f"{results['machine']}. A cell's index holds dim floats per document "
            "token.", ""]
-  for n in sets:
-    lines += [f"**{SET_NAMES[n]}** ({results['queries'][n]} test queries, "
-              f"{results['corpus'][n]} documents)", "",
-              "| (layer, dim) | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
-    for cell in cells:
-      row = []
-      for arm in arms:
-        means = 100 * per_seed(arm, n, cell).mean(axis=1)
-        row.append(f"{means.mean():.1f}" + (f" ± {stats.sample_sd(means):.1f}"
-                                            if len(means) > 1 else ""))
-      lines.append(f"| {cell_label(cell)} | " + " | ".join(row) + " |")
-    lines.append("")
+  lines += cell_tables(per_seed, arms, sets, cells, lambda n: (
+      f"**{SET_NAMES[n]}** ({results['queries'][n]} test queries, "
+      f"{results['corpus'][n]} documents)"))
   lines += ["Paired differences grid − multi, MRR@10 x100 (95% bootstrap interval over "
             "seeds, then queries; the claim's direction per cell, no effect size; rule: "
             "jaxembed/evals/stats.py):", "",

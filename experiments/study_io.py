@@ -91,6 +91,41 @@ def cell_label(cell: str) -> str:
   return f"({cell.replace('_', ', ')})"
 
 
+def finished_seeds(rr: dict, arms, sets, cells) -> tuple[list[str], list[str]]:
+  """(every seed some arm of `arms` has in rr[arm][seed][set][cell], in order; those
+  every arm has finished at every set and cell: the seeds a table may use)."""
+  seeds = sorted({s for a in arms for s in rr[a]}, key=int)
+  done = [s for s in seeds if all(
+      s in rr[a] and all(c in rr[a][s].get(n, {}) for n in sets for c in cells)
+      for a in arms)]
+  return seeds, done
+
+
+def seed_scores(rr: dict, seeds):
+  """per_seed(arm, set, cell) -> [seeds, queries] scores of rr[arm][seed][set][cell]."""
+  return lambda arm, n, cell: np.array([rr[arm][s][n][cell] for s in seeds])
+
+
+def cell_tables(per_seed, arms, sets, cells, heading) -> list[str]:
+  """Per set, `heading(set)` and a table of MRR@10 x100 per cell (rows) and arm
+  (columns): the mean over seeds of each seed's mean over queries, ± the sample sd
+  when there are several seeds."""
+  from jaxembed.evals import stats
+  lines = []
+  for n in sets:
+    lines += [heading(n), "", "| (layer, dim) | " + " | ".join(arms) + " |",
+              "|---|" + "---|" * len(arms)]
+    for cell in cells:
+      row = []
+      for arm in arms:
+        means = 100 * per_seed(arm, n, cell).mean(axis=1)
+        row.append(f"{means.mean():.1f}" + (f" ± {stats.sample_sd(means):.1f}"
+                                            if len(means) > 1 else ""))
+      lines.append(f"| {cell_label(cell)} | " + " | ".join(row) + " |")
+    lines.append("")
+  return lines
+
+
 def verdict_rows(comparisons, sets, cells, per_seed, label=cell_label) -> list[str]:
   """One verdict row per (b, a, direction) of `comparisons`, set and cell: the paired
   difference b − a of per_seed(arm, set, cell) ([seeds, queries] scores) with its 95%
