@@ -43,8 +43,9 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (SET_NAMES, cell_tables, finished_seeds, machine,
-                                  maxsim_matrix, reciprocal_ranks, seed_scores, test_tasks,
-                                  train, verdict_rows, wall_lines)
+                                  maxsim_matrix, reciprocal_ranks, seed_scores, seeds_phrase,
+                                  test_tasks, train, unfinished_note, verdict_rows,
+                                  wall_lines)
 
 CONFIG = "configs/colbert_minilm.py"
 ARMS = {"multi": "", "grid": "matryoshka"}
@@ -145,8 +146,7 @@ def table(results: dict) -> str:
   seeds, done = finished_seeds(rr, arms, sets, cells)
   per_seed = seed_scores(rr, done)
   lines = [f"Test halves (eval.split=test, every test query), MRR@{results['k']} x100, "
-           + (f"mean ± sample sd over seeds {', '.join(done)}; " if len(done) > 1
-              else f"seed {', '.join(done)}; ")
+           + seeds_phrase(done)
            + f"{results['machine']}. A cell's index holds dim floats per document "
            "token.", ""]
   lines += cell_tables(per_seed, arms, sets, cells, lambda n: (
@@ -160,9 +160,9 @@ def table(results: dict) -> str:
   if "grid" in arms and "multi" in arms:
     for b, a, direction, some in comparisons(cells):
       lines += verdict_rows([(b, a, direction)], sets, some, per_seed)
-  skipped = [s for s in seeds if s not in done]
-  if skipped:
-    lines += ["", f"Seeds not in the tables yet (some arm unfinished): {', '.join(skipped)}."]
+  note = unfinished_note(seeds, done)
+  if note:
+    lines += ["", note]
   return "\n".join(lines + wall_lines(results)) + "\n"
 
 

@@ -40,8 +40,8 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (SET_NAMES, cell_tables, evaluate_cells, finished_seeds,
-                                  machine, seed_scores, test_tasks, train, verdict_rows,
-                                  wall_lines)
+                                  machine, seed_scores, seeds_phrase, test_tasks, train,
+                                  unfinished_note, verdict_rows, wall_lines)
 
 CONFIG = "configs/matryoshka_schemes.py"
 ARMS = ("starbucks", "2dmse", "separate")
@@ -125,8 +125,7 @@ def table(results: dict) -> str:
   seeds, done = finished_seeds(rr, arms, sets, cells)
   per_seed = seed_scores(rr, done)
   lines = [f"Test halves (eval.split=test, every test query), MRR@{results['k']} x100, "
-           + (f"mean ± sample sd over seeds {', '.join(done)}; " if len(done) > 1
-              else f"seed {', '.join(done)}; ")
+           + seeds_phrase(done)
            + f"{results['settings']['steps']} steps per run; {results['machine']}.", ""]
   lines += cell_tables(per_seed, arms, sets, cells, lambda n: (
       f"**{SET_NAMES[n]}** ({results['queries'][n]} test queries)"))
@@ -143,9 +142,9 @@ def table(results: dict) -> str:
             "(one encoder pass per step, all six layers); separate six runs of "
             f"{steps} steps, the run at layer k computing k of the six layers "
             "(about 3.5 full runs together)."]
-  skipped = [s for s in seeds if s not in done]
-  if skipped:
-    lines.append(f"Seeds not in the tables yet (some arm unfinished): {', '.join(skipped)}.")
+  note = unfinished_note(seeds, done)
+  if note:
+    lines.append(note)
   return "\n".join(lines + wall_lines(results)) + "\n"
 
 

@@ -101,6 +101,21 @@ def finished_seeds(rr: dict, arms, sets, cells) -> tuple[list[str], list[str]]:
   return seeds, done
 
 
+def seeds_phrase(done) -> str:
+  """How a table's header names its seeds: their mean and sample sd, or the one seed."""
+  if len(done) > 1:
+    return f"mean ± sample sd over seeds {', '.join(done)}; "
+  return f"seed {', '.join(done)}; "
+
+
+def unfinished_note(seeds, done) -> str:
+  """The line naming the seeds a table leaves out ('' when none)."""
+  skipped = [s for s in seeds if s not in done]
+  if not skipped:
+    return ""
+  return f"Seeds not in the tables yet (some arm unfinished): {', '.join(skipped)}."
+
+
 def seed_scores(rr: dict, seeds):
   """per_seed(arm, set, cell) -> [seeds, queries] scores of rr[arm][seed][set][cell]."""
   return lambda arm, n, cell: np.array([rr[arm][s][n][cell] for s in seeds])
