@@ -182,3 +182,32 @@ def test_size_temperature_resamples_the_mixture(smoke_config):
     d.size_temperature = bad
     with pytest.raises(ConfigError, match="data.size_temperature"):
       inputs.mixture_weights(d, components, sizes)
+
+
+@pytest.mark.parametrize("mixture", [False, True])
+def test_train_text_batches_are_the_runs_batches(smoke_config, mixture):
+  """The texts train_text_batches gives for step k, tokenised as a run tokenises them
+  (the anchors after the query instruction), are the ids of the run's own batch k: one
+  dataset, and a WordNet + FOLDOC mixture."""
+  import types
+  from jaxembed.errors import ConfigError
+  from jaxembed.train import inputs
+  overrides = {"data.query_instruction": "query: "}
+  if mixture:
+    overrides["data.mixture"] = ({"source": "wordnet", "weight": 2.0},
+                                 {"source": "foldoc"})
+  config = smoke_config(**overrides)
+  tok = Tokenizer(read_model_folder(MINILM).tokenizer, config.data.seq_len)
+  model = types.SimpleNamespace(query_modality="text", centred_exits=False)
+  dataset = iter(inputs.make_inputs(config, model, tok)[0])
+  texts = inputs.train_text_batches(config)
+  for _ in range(3):
+    got, want = next(texts), next(dataset)
+    assert got["instruction"] == "query: "
+    assert len(got["anchor"]) == config.train.batch_size
+    for side in ("anchor", "positive"):
+      enc = tok.encode(got[side], pad_to=config.data.seq_len,
+                       instruction=got["instruction"] if side == "anchor" else "")
+      np.testing.assert_array_equal(enc["input_ids"], want[side]["input_ids"])
+  with pytest.raises(ConfigError, match="data.workers=-1"):
+    inputs.train_text_batches(smoke_config(**{"data.workers": -1}))

@@ -89,6 +89,37 @@ class TokenizePairs:
     return out
 
 
+class PairTexts:
+  """Batch of records -> {'anchor', 'positive': [batch] str[, 'negatives': [batch][k]
+  str], 'instruction': the anchors' query instruction}: the texts a run's batch is made
+  of, untokenised (what a peer library given the same pairs reads)."""
+
+  def __init__(self, instruction=""):
+    self.instruction = instruction
+
+  def __call__(self, batch):
+    instruction = self.instruction
+    if not isinstance(instruction, str):
+      instruction = instruction[int(batch.get("source", 0))]
+    out = {side: [decode_text(t) for t in batch[side]] for side in ("anchor", "positive")}
+    negatives = batch.get("negatives")
+    if negatives is not None and len(negatives):
+      columns = [[decode_text(t) for t in col] for col in negatives]
+      out["negatives"] = [list(row) for row in zip(*columns)]
+    out["instruction"] = instruction
+    return out
+
+
+def _pairs_map(tokenizer, seq_len, instruction, loss_weights, pack_length, pack_granule,
+               teacher_tokenizer):
+  """What turns a batch of records into the step's input: TokenizePairs, or with
+  `tokenizer` None the texts alone (PairTexts)."""
+  if tokenizer is None:
+    return PairTexts(instruction)
+  return TokenizePairs(tokenizer, seq_len, instruction, loss_weights, pack_length,
+                       pack_granule, teacher_tokenizer)
+
+
 class HostShard(grain.MapDataset):
   """This host's rows of each global batch of `parent`.
 
@@ -115,14 +146,15 @@ class HostShard(grain.MapDataset):
     return self._parent[batch * self._global + self._offset + row]
 
 
-def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
+def pair_dataset(source, *, tokenizer: Tokenizer | None, batch_size: int, seq_len: int,
                  seed: int, process_index: int = 0, process_count: int = 1,
                  max_examples: int | None = None, split_name: str = "train",
                  num_threads: int = 2, workers: int = 0,
                  instruction: str = "", pack_length: int = 0,
                  pack_granule: int = 8, teacher_tokenizer: Tokenizer | None = None
                  ) -> grain.IterDataset:
-  """An endless, per-epoch reshuffled stream of tokenised pair batches for this host.
+  """An endless, per-epoch reshuffled stream of tokenised pair batches for this host
+  (with `tokenizer` None, their texts: PairTexts).
 
   `batch_size` is the global batch; this host yields its `batch_size / process_count`
   rows of each global batch (see HostShard).
@@ -143,9 +175,8 @@ def pair_dataset(source, *, tokenizer: Tokenizer, batch_size: int, seq_len: int,
   ds = HostShard(ds.shuffle(seed=seed).repeat(None), batch_size, process_index,
                  process_count)
   ds = (ds.batch(batch_size // process_count, drop_remainder=True)
-        .map(TokenizePairs(tokenizer, seq_len, instruction, pack_length=pack_length,
-                           pack_granule=pack_granule,
-                           teacher_tokenizer=teacher_tokenizer)))
+        .map(_pairs_map(tokenizer, seq_len, instruction, None, pack_length, pack_granule,
+                        teacher_tokenizer)))
   return _to_iter(ds, num_threads, workers)
 
 
@@ -186,7 +217,7 @@ def _num_negatives(source) -> int:
   return 0 if negatives is None else len(negatives)
 
 
-def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
+def planned_dataset(sources, *, names, tokenizer: Tokenizer | None, batch_size: int,
                     seq_len: int, seed: int, weights=None, no_duplicates: bool = False,
                     process_index: int = 0, process_count: int = 1,
                     max_examples: int | None = None, num_threads: int = 2,
@@ -198,6 +229,7 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
   batch from one of them) and/or batches in which no text occurs twice. `instruction`:
   the query instruction, one string or one per source. `loss_weights`: None, or one
   (pair, teacher) pair of loss-term weights per source, carried by its batches.
+  `tokenizer` None: the batches' texts instead (PairTexts).
 
   Deterministic in the seed; the checkpointed state is the batch number.
   """
@@ -226,9 +258,9 @@ def planned_dataset(sources, *, names, tokenizer: Tokenizer, batch_size: int,
       raise DataError(f"data {name}: {e}; data.no_duplicates needs more distinct "
                       "texts") from None
   ds = batching.PlannedBatches(sources, plan, batch_size, process_index, process_count,
-                               negs[0]).map(TokenizePairs(tokenizer, seq_len, instruction,
-                                                          loss_weights, pack_length,
-                                                          pack_granule, teacher_tokenizer))
+                               negs[0]).map(_pairs_map(tokenizer, seq_len, instruction,
+                                                       loss_weights, pack_length,
+                                                       pack_granule, teacher_tokenizer))
   return _to_iter(ds, num_threads, workers)
 
 

@@ -29,7 +29,6 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None, anchor_texts: 
   `teacher_tokenizer` (a teacher other than the student) each batch also carries its
   texts through it."""
   d = config.data
-  batch = config.train.batch_size
   if d.workers < 0:
     raise ConfigError(f"data.workers={d.workers} must be >= 0")
   single = sources.unmixed(d)
@@ -48,6 +47,25 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None, anchor_texts: 
     raise ConfigError(f"the model's queries are {model.query_modality}s; data.source="
                       f"{d.source!r} gives text pairs: use a source that gives "
                       f"{model.query_modality}s ({_by_modality(model.query_modality)})")
+  dataset, train_sources, weights, ctx = _train_dataset(config, tokenizer,
+                                                        teacher_tokenizer)
+  def sample(n):
+    # The records a run trains on: the first data.max_train_examples of each source.
+    limit = d.max_train_examples
+    return centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
+                           weights, n)
+  centring = sample(config.model.centring_texts) if model.centred_exits else []
+  anchor = sample(anchor_texts) if anchor_texts else []
+  held_out = ctx.wordnet() if config.eval.wordnet_queries else None
+  return (dataset, build_eval_tasks(config, held_out, training_sources=train_sources),
+          centring, anchor)
+
+
+def _train_dataset(config, tokenizer, teacher_tokenizer=None):
+  """(this host's pair dataset, its sources, the mixture's weights, the sources'
+  Context) for a text-pair run; `tokenizer` None: batches of texts (PairTexts)."""
+  d = config.data
+  batch = config.train.batch_size
   components = mixture_components(d)
   loss_weights = mixture_loss_weights(config, components)
   ctx = sources.Context(d)
@@ -67,16 +85,20 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None, anchor_texts: 
         train_sources, names=[c["name"] for c in components], instruction=instructions,
         weights=weights, no_duplicates=d.no_duplicates,
         loss_weights=loss_weights, **common)
-  def sample(n):
-    # The records a run trains on: the first data.max_train_examples of each source.
-    limit = d.max_train_examples
-    return centring_sample([pipeline.text_fields(s, limit=limit) for s in train_sources],
-                           weights, n)
-  centring = sample(config.model.centring_texts) if model.centred_exits else []
-  anchor = sample(anchor_texts) if anchor_texts else []
-  held_out = ctx.wordnet() if config.eval.wordnet_queries else None
-  return (dataset, build_eval_tasks(config, held_out, training_sources=train_sources),
-          centring, anchor)
+  return dataset, train_sources, weights, ctx
+
+
+def train_text_batches(config):
+  """The texts of each batch a text-pair run of `config` trains on, in step order
+  ({'anchor', 'positive': [batch] str[, 'negatives'], 'instruction'}; this host's rows):
+  the same pairs for a peer library, or for reading what step k saw."""
+  if config.data.workers < 0:
+    raise ConfigError(f"data.workers={config.data.workers} must be >= 0")
+  single = sources.unmixed(config.data)
+  if single is not None and single.inputs is not None:
+    raise ConfigError(f"data.source={config.data.source!r} gives {single.what}, not text "
+                      "pairs")
+  return iter(_train_dataset(config, None)[0])
 
 
 def _by_modality(modality: str) -> list[str]:
