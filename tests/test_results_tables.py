@@ -72,6 +72,13 @@ def test_every_verdict_row_follows_the_rule():
   assert rows >= 3
 
 
+def test_every_parity_row_follows_the_rule():
+  for doc in ("experiments/RESULTS.md", "README.md"):
+    for m in stats.PARITY_ROW.finditer(open(os.path.join(REPO, doc)).read()):
+      interval = stats.Interval(float(m["mean"]), float(m["low"]), float(m["high"]))
+      assert stats.parity(interval, float(m["margin"])) == m["verdict"], m.group(0)
+
+
 def test_results_save_keeps_number_lists_on_one_line(tmp_path):
   """results.json round-trips exactly; a per-query list takes one line, not one per
   number; lists of strings and nested lists keep the indented layout."""

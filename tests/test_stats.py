@@ -99,3 +99,20 @@ def test_a_verdict_row_parses_back_to_its_rule():
 def test_a_verdict_row_never_shows_minus_zero():
   row = stats.verdict_row("x", stats.Interval(-0.0001, -0.0004, 0.019), +1, scale=100)
   assert "| +0.0 | [+0.0, +1.9] |" in row and "-0.0" not in row
+
+
+@pytest.mark.parametrize("low, high, margin, want", [
+    (-1.0, 1.5, 2.0, "equivalent"),
+    (-2.5, 1.0, 2.0, "inconclusive"),          # holds zero, reaches past the margin
+    (0.3, 1.5, 2.0, "different"),              # excludes zero, however small
+    (-4.0, -2.5, 2.0, "different"),
+    (-2.0, 1.0, 2.0, "inconclusive"),          # the margin itself is not inside
+])
+def test_parity_rule(low, high, margin, want):
+  interval = stats.Interval(mean=(low + high) / 2, low=low, high=high)
+  assert stats.parity(interval, margin) == want
+  row = stats.parity_row("x", interval, margin)
+  m = stats.PARITY_ROW.search(row)
+  assert m and m["verdict"] == want and float(m["margin"]) == margin, row
+  with pytest.raises(ValueError, match="margin"):
+    stats.parity(interval, 0.0)

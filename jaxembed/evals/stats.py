@@ -15,6 +15,11 @@ arms with a 95% bootstrap interval, and a verdict by a rule stated before the ru
                   than claimed, or of the other sign): with no effect size given, when
                   it lies wholly on the other side of zero;
     inconclusive  otherwise.
+- `parity(interval, margin)`, for a claim of no difference (two implementations of
+  one method, with a margin stated before the run):
+    equivalent    the interval lies inside (-margin, +margin);
+    different     it excludes zero;
+    inconclusive  otherwise (it holds zero and reaches past the margin).
 """
 
 from __future__ import annotations
@@ -96,6 +101,37 @@ def verdict(interval: Interval, direction: int, paper_effect: float | None = Non
   elif high < 0:
     return "contradicted"
   return "inconclusive"
+
+
+PARITY = ("equivalent", "different", "inconclusive")
+
+
+def parity(interval: Interval, margin: float) -> str:
+  """The parity rule in the module's docstring; margin > 0, in the interval's units."""
+  if not margin > 0:
+    raise ValueError(f"margin={margin!r} must be positive")
+  if -margin < interval.low and interval.high < margin and not interval.excludes(0.0):
+    return "equivalent"
+  if interval.excludes(0.0):
+    return "different"
+  return "inconclusive"
+
+
+# A parity row: "| name | ±m | Δ | [low, high] | verdict |" (tests/test_results_tables.py
+# applies the rule to each again).
+PARITY_ROW = re.compile(r"^\| (?P<name>[^|]+) \| ±(?P<margin>[\d.]+) \| (?P<mean>[+-][\d.]+) "
+                        r"\| \[(?P<low>[+-][\d.]+), (?P<high>[+-][\d.]+)\] "
+                        r"\| (?P<verdict>equivalent|different|inconclusive) \|$", re.M)
+
+
+def parity_row(name: str, interval: Interval, margin: float, scale: float = 1.0) -> str:
+  """"| name | ±margin | Δ | [low, high] | verdict |", numbers times `scale` to one
+  decimal, the verdict computed on the rounded numbers (as `verdict_row`)."""
+  r = lambda x: round(scale * x, 1) + 0.0  # noqa: E731
+  shown = Interval(r(interval.mean), r(interval.low), r(interval.high))
+  m = r(margin)
+  return (f"| {name} | ±{m:.1f} | {shown.mean:+.1f} | [{shown.low:+.1f}, "
+          f"{shown.high:+.1f}] | {parity(shown, m)} |")
 
 
 # A verdict row of a results table: "| name | claim | Δ | [low, high] | verdict |", the
