@@ -44,8 +44,7 @@ from absl import app, flags
 from experiments.results_io import run_or_table
 from experiments.study_io import (SET_NAMES, cell_tables, finished_seeds, machine,
                                   maxsim_matrix, reciprocal_ranks, seed_scores, seeds_phrase,
-                                  test_tasks, train, unfinished_note, verdict_rows,
-                                  wall_lines)
+                                  table_text, test_tasks, train, verdict_rows)
 
 CONFIG = "configs/colbert_minilm.py"
 ARMS = {"multi": "", "grid": "matryoshka"}
@@ -160,10 +159,7 @@ def table(results: dict) -> str:
   if "grid" in arms and "multi" in arms:
     for b, a, direction, some in comparisons(cells):
       lines += verdict_rows([(b, a, direction)], sets, some, per_seed)
-  note = unfinished_note(seeds, done)
-  if note:
-    lines += ["", note]
-  return "\n".join(lines + wall_lines(results)) + "\n"
+  return table_text(lines, seeds, done, results)
 
 
 def main(argv):

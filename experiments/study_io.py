@@ -116,6 +116,13 @@ def unfinished_note(seeds, done) -> str:
   return f"Seeds not in the tables yet (some arm unfinished): {', '.join(skipped)}."
 
 
+def table_text(lines: list[str], seeds, done, results: dict) -> str:
+  """A table's text: `lines`, the unfinished-seeds line when some seed is left out, and
+  the training wall times."""
+  note = unfinished_note(seeds, done)
+  return "\n".join(lines + (["", note] if note else []) + wall_lines(results)) + "\n"
+
+
 def seed_scores(rr: dict, seeds):
   """per_seed(arm, set, cell) -> [seeds, queries] scores of rr[arm][seed][set][cell]."""
   return lambda arm, n, cell: np.array([rr[arm][s][n][cell] for s in seeds])

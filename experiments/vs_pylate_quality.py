@@ -41,8 +41,8 @@ from absl import app, flags
 
 from experiments.results_io import run_or_table
 from experiments.study_io import (SET_NAMES, finished_seeds, machine, maxsim_matrix,
-                                  reciprocal_ranks, seeds_phrase, test_tasks, train,
-                                  unfinished_note, wall_lines)
+                                  reciprocal_ranks, seeds_phrase, table_text, test_tasks,
+                                  train)
 
 CONFIG = "configs/colbert_minilm.py"
 ARMS = ("jaxembed", "pylate")
@@ -216,10 +216,7 @@ def table(results: dict) -> str:
                                        resamples=2000)
       lines.append(stats.parity_row(f"jaxembed − PyLate, {SET_NAMES[n]}", interval,
                                     results["settings"]["margin"], scale=100))
-  note = unfinished_note(seeds, done)
-  if note:
-    lines += ["", note]
-  return "\n".join(lines + wall_lines(results)) + "\n"
+  return table_text(lines, seeds, done, results)
 
 
 def main(argv):
