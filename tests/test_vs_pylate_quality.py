@@ -84,7 +84,21 @@ def test_the_table_is_made_from_the_per_query_scores(study):
   for m in rows:
     interval = stats.Interval(float(m["mean"]), float(m["low"]), float(m["high"]))
     assert stats.parity(interval, 2.0) == m["verdict"]
+  assert "Training throughput" not in md          # no rates stored: no line
+  results["pairs_per_s"] = {"jaxembed": {"1": 40.0, "2": 44.0}, "pylate": {"1": 20.0,
+                                                                           "2": 30.0}}
+  assert "pairs/s (median over seeds): jaxembed 42.0 (its logged steps), PyLate 25.0" \
+      in study.table(results)
   # a seed PyLate has not finished stays out of the tables and is named
   del rr["pylate"]["2"]
   md = study.table(results)
   assert "seed 1;" in md and "Seeds not in the tables yet (some arm unfinished): 2." in md
+
+
+def test_the_logged_rate_leaves_out_the_compiling_step(study, tmp_path):
+  import json
+  rates = [3.0, 40.0, 50.0, None, 44.0]
+  with open(tmp_path / "train_log.jsonl", "w") as f:
+    for i, r in enumerate(rates):
+      f.write(json.dumps({"step": i, **({"examples_per_sec": r} if r else {})}) + "\n")
+  assert study.logged_rate(str(tmp_path)) == 44.0
