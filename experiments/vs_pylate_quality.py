@@ -12,7 +12,10 @@ to 33 tokens in training and 180 in evaluation, punctuation skipped:
   pylate    PyLate 1.6's models.ColBERT + losses.Contrastive, trained by
             experiments/pylate_peer.py in PyLate's own Python (`--peer_python`)
 What differs is each library's own: the projection's random initialisation, dropout's
-masks, PyLate's tokenizer (Hugging Face's) against ours. Each model's own `encode`
+masks, PyLate's tokenizer (Hugging Face's) against ours, and the matmul precision:
+jaxembed's default model.dtype=auto (bfloat16 inputs with float32 accumulation on a CPU
+with AVX512-BF16 or AMX, float32 elsewhere; the run's precision.json says which)
+against PyLate's float32. Each model's own `encode`
 gives the token vectors; both are scored by the same exhaustive MaxSim on the test
 halves of WordNet (in domain), the man pages and docstrings (out of domain), MRR@10.
 
