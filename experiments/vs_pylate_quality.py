@@ -242,12 +242,13 @@ def table(results: dict) -> str:
                                     results["settings"]["margin"], scale=100))
   rates = results.get("pairs_per_s", {})
   if all(rates.get(a, {}).get(s) for a in ARMS for s in done) and done:
-    median = lambda a: float(np.median([rates[a][s] for s in done]))  # noqa: E731
-    lines += ["", f"Training throughput, pairs/s (median over seeds): jaxembed "
-              f"{median('jaxembed'):.1f} (its logged steps), PyLate {median('pylate'):.1f} "
-              "(its training loop, model load left out); taken at different moments on "
-              "the machine, not in one run: the ratio benchmarks/vs_pylate.py measures "
-              "is the one to quote."]
+    each = lambda a: " / ".join(f"{rates[a][s]:.1f}" for s in done)  # noqa: E731
+    lines += ["", f"Training throughput, pairs/s (seed{'s' * (len(done) > 1)} "
+              f"{', '.join(done)}): jaxembed "
+              f"{each('jaxembed')} (its logged steps), PyLate {each('pylate')} (its "
+              "training loop, model load left out); taken at different moments on the "
+              "machine, not in one run: the ratio benchmarks/vs_pylate.py measures is "
+              "the one to quote."]
   return table_text(lines, seeds, done, results)
 
 

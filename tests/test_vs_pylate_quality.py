@@ -87,8 +87,8 @@ def test_the_table_is_made_from_the_per_query_scores(study):
   assert "Training throughput" not in md          # no rates stored: no line
   results["pairs_per_s"] = {"jaxembed": {"1": 40.0, "2": 44.0}, "pylate": {"1": 20.0,
                                                                            "2": 30.0}}
-  assert "pairs/s (median over seeds): jaxembed 42.0 (its logged steps), PyLate 25.0" \
-      in study.table(results)
+  assert "pairs/s (seeds 1, 2): jaxembed 40.0 / 44.0 (its logged steps), PyLate " \
+      "20.0 / 30.0 (its" in study.table(results)
   # a seed PyLate has not finished stays out of the tables and is named
   del rr["pylate"]["2"]
   md = study.table(results)
