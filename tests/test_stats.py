@@ -104,7 +104,8 @@ def test_a_verdict_row_never_shows_minus_zero():
 @pytest.mark.parametrize("low, high, margin, want", [
     (-1.0, 1.5, 2.0, "equivalent"),
     (-2.5, 1.0, 2.0, "inconclusive"),          # holds zero, reaches past the margin
-    (0.3, 1.5, 2.0, "different"),              # excludes zero, however small
+    (0.3, 1.5, 2.0, "equivalent"),             # a real difference, inside the margin
+    (0.3, 2.5, 2.0, "different"),              # excludes zero, reaches past the margin
     (-4.0, -2.5, 2.0, "different"),
     (-2.0, 1.0, 2.0, "inconclusive"),          # the margin itself is not inside
 ])

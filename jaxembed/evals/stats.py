@@ -17,8 +17,9 @@ arms with a 95% bootstrap interval, and a verdict by a rule stated before the ru
     inconclusive  otherwise.
 - `parity(interval, margin)`, for a claim of no difference (two implementations of
   one method, with a margin stated before the run):
-    equivalent    the interval lies inside (-margin, +margin);
-    different     it excludes zero;
+    equivalent    the interval lies inside (-margin, +margin) (a difference smaller
+                  than the margin, even one that excludes zero, is parity as claimed);
+    different     otherwise, when it excludes zero;
     inconclusive  otherwise (it holds zero and reaches past the margin).
 """
 
@@ -110,7 +111,7 @@ def parity(interval: Interval, margin: float) -> str:
   """The parity rule in the module's docstring; margin > 0, in the interval's units."""
   if not margin > 0:
     raise ValueError(f"margin={margin!r} must be positive")
-  if -margin < interval.low and interval.high < margin and not interval.excludes(0.0):
+  if -margin < interval.low and interval.high < margin:
     return "equivalent"
   if interval.excludes(0.0):
     return "different"
