@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.results_io import ResultsFolder
+from experiments.study_io import bm25_scores
 from jaxembed.data.readers import read_jsonl_retrieval
 from jaxembed.evals.retrieval import dense_retrieval_metrics
 
@@ -39,7 +40,6 @@ def recalls(scores, rel) -> dict:
 
 
 def run() -> dict:
-  import bm25s  # the experiment's peer: pip install bm25s
   import jaxembed
   from jaxembed.evals.muvera import maxsim
   queries, docs, rel = read_jsonl_retrieval(_DATA.value, field="--data")
@@ -53,15 +53,7 @@ def run() -> dict:
     for dim in [int(x) for x in _DIMS.value]:
       s = unit(qv[:, layer - 1, :dim]) @ unit(dv[:, layer - 1, :dim]).T
       out["single_vector"].append({"layer": layer, "dim": dim, **recalls(s, rel)})
-  retriever = bm25s.BM25()
-  retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False),
-                  show_progress=False)
-  ids, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en",
-                                                  show_progress=False),
-                                   k=len(docs), show_progress=False)
-  bm = np.zeros(rel.shape, np.float64)
-  np.put_along_axis(bm, ids, scores, axis=1)
-  out["bm25"] = recalls(bm, rel)
+  out["bm25"] = recalls(bm25_scores(queries, docs), rel)
   for layer in [int(x) for x in _MAXSIM.value]:
     qt = model.encode_tokens(queries, layer=layer)
     dt = model.encode_tokens(docs, layer=layer)

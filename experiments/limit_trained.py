@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.results_io import run_or_table
-from experiments.study_io import machine, seeds_phrase, table_text, train
+from experiments.study_io import bm25_scores, machine, seeds_phrase, table_text, train
 
 SINGLE = "configs/minilm_wordnet_2d.py"
 MULTI = "configs/colbert_minilm.py"
@@ -80,19 +80,6 @@ def multi_scores(path: str, queries, docs) -> np.ndarray:
   model = jaxembed.load(path)
   return maxsim_matrix(model.encode_multivector(queries, is_query=True),
                        model.encode_multivector(docs, is_query=False))
-
-
-def bm25_scores(queries, docs) -> np.ndarray:
-  import bm25s  # the peer: pip install bm25s
-  retriever = bm25s.BM25()
-  retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False),
-                  show_progress=False)
-  ids, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en",
-                                                  show_progress=False),
-                                   k=len(docs), show_progress=False)
-  out = np.zeros((len(queries), len(docs)), np.float64)
-  np.put_along_axis(out, ids, scores, axis=1)
-  return out
 
 
 def reuse(folder: str, name: str) -> str:

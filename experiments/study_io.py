@@ -175,6 +175,21 @@ def verdict_section(comparisons, sets, cells, per_seed) -> list[str]:
           "|---|---|---|---|---|"] + verdict_rows(comparisons, sets, cells, per_seed)
 
 
+def bm25_scores(queries, docs) -> np.ndarray:
+  """BM25 scores [Q, N] of every query against every document: the bm25s library,
+  English stopwords (the studies' lexical peer: pip install bm25s)."""
+  import bm25s
+  retriever = bm25s.BM25()
+  retriever.index(bm25s.tokenize(docs, stopwords="en", show_progress=False),
+                  show_progress=False)
+  ids, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en",
+                                                  show_progress=False),
+                                   k=len(docs), show_progress=False)
+  out = np.zeros((len(queries), len(docs)), np.float64)
+  np.put_along_axis(out, ids, scores, axis=1)
+  return out
+
+
 def maxsim_matrix(queries, docs) -> np.ndarray:
   """Exhaustive MaxSim [Q, N] of token matrices [t_i, dim] (`encode_multivector`'s),
   the documents scored in length buckets so that padding stays small."""
