@@ -29,9 +29,7 @@ def make_inputs(config, model, tokenizer, teacher_tokenizer=None, anchor_texts: 
   `teacher_tokenizer` (a teacher other than the student) each batch also carries its
   texts through it."""
   d = config.data
-  if d.workers < 0:
-    raise ConfigError(f"data.workers={d.workers} must be >= 0")
-  single = sources.unmixed(d)
+  single = _unmixed_source(d)
   if single is not None and single.inputs is not None:
     if model.query_modality != single.query_modality:
       raise ConfigError(f"data.source={d.source!r} gives {single.what}: its queries are "
@@ -92,13 +90,18 @@ def train_text_batches(config):
   """The texts of each batch a text-pair run of `config` trains on, in step order
   ({'anchor', 'positive': [batch] str[, 'negatives'], 'instruction'}; this host's rows):
   the same pairs for a peer library, or for reading what step k saw."""
-  if config.data.workers < 0:
-    raise ConfigError(f"data.workers={config.data.workers} must be >= 0")
-  single = sources.unmixed(config.data)
+  single = _unmixed_source(config.data)
   if single is not None and single.inputs is not None:
     raise ConfigError(f"data.source={config.data.source!r} gives {single.what}, not text "
                       "pairs")
   return iter(_train_dataset(config, None)[0])
+
+
+def _unmixed_source(d):
+  """sources.unmixed(d), after the check both entry points make of data.workers."""
+  if d.workers < 0:
+    raise ConfigError(f"data.workers={d.workers} must be >= 0")
+  return sources.unmixed(d)
 
 
 def _by_modality(modality: str) -> list[str]:
